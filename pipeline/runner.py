@@ -1,0 +1,257 @@
+"""One job: build the index of one experiment, stage by stage, and write it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from pipeline import __version__
+from pipeline.backend import Backend, select_backend
+from pipeline.compress import compress, plan_compression
+from pipeline.config import Config, config_to_dict, dump_config
+from pipeline.evaluate import exact_knn, missing_label_share, recall_at_k
+from pipeline.indexing import (
+    add_batches,
+    assemble_index,
+    describe_index,
+    index_file_name,
+    list_sizes,
+    nprobe_for_k,
+    plan_index,
+    set_search_params,
+    train_coarse,
+    write_index,
+)
+from pipeline.outputs import remove_stale_temps, write_atomic, write_json_atomic, write_text_atomic
+from pipeline.progress import Progress, get_logger, stage
+from pipeline.sources import Manifest, open_feature_set, resolve_experiment, scan_manifest
+from pipeline.stream import iter_batches, iter_blocks, sample_row_ids, take_rows
+
+
+class OutputError(RuntimeError):
+    """The output place cannot take this build (not writable, 'trained' in the path, taken)."""
+
+
+@dataclass
+class BuildResult:
+    """What one build did; ``report`` is the JSON written beside the index."""
+
+    experiment: str
+    status: str  # built | skipped
+    index_path: Path
+    report_path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The fields of the CLI's table."""
+        r = self.report
+        return {
+            "speaker": self.experiment,
+            "status": self.status,
+            "rows": r.get("rows"),
+            "compression": r.get("compression", {}).get("summary"),
+            "n_list": r.get("index", {}).get("n_list"),
+            "nprobe": r.get("index", {}).get("nprobe"),
+            "index": self.index_path.name,
+            "seconds": r.get("seconds"),
+            "recall@8": r.get("evaluation", {}).get("recall_at_k"),
+        }
+
+
+def code_fingerprint() -> str:
+    """Package version plus a hash of its source: a code change invalidates finished outputs."""
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def build_fingerprint(manifest: Manifest, config: Config) -> str:
+    """Inputs (file names, sizes, mtimes) + resolved config + code: equal means same output."""
+    text = "\n".join([manifest.fingerprint(), dump_config(config), code_fingerprint()])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def report_path(out_dir: Path, config: Config) -> Path:
+    """The report written last by a build: its presence with a matching fingerprint means done."""
+    return out_dir / f"rvc-index-{config.name}.report.json"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse paths RVC rewrites or cannot use before any work is spent."""
+    if "trained" in str(out_dir):
+        raise OutputError(f"{out_dir}: 'trained' in the output path; RVC and Applio rewrite it to "
+                          "'added' when loading, so the index would never be found")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create output folder: {exc.strerror or exc}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir}: output folder is not writable")
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A build report, or None when it is missing or unreadable."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def finished_build(out_dir: Path, config: Config, fingerprint: str) -> dict[str, Any] | None:
+    """The existing report if it records this fingerprint and its index file is intact."""
+    report = read_report(report_path(out_dir, config))
+    if report is None:
+        return None
+    index_file = out_dir / report.get("index_file", "")
+    if report.get("fingerprint") != fingerprint or not index_file.is_file():
+        return None
+    if index_file.stat().st_size != report.get("index_bytes"):
+        return None
+    return report
+
+
+def _write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(
+                handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
+            for block in iter_blocks(vectors, client):
+                handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+    write_atomic(path, writer)
+
+
+def build_experiment(path: str | Path, config: Config, out_dir: str | Path | None = None,
+                     backend: Backend | None = None, client: Any | None = None,
+                     force: bool = False) -> BuildResult:
+    """Build, check and write the index of one experiment; return what was done."""
+    log = get_logger()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    backend = backend or select_backend("auto")
+    experiment = resolve_experiment(path)
+    name = experiment.name
+    out = Path(out_dir).absolute() if out_dir is not None else experiment.exp_dir
+    check_output_dir(out)
+    remove_stale_temps(out)
+    rpath = report_path(out, config)
+
+    with stage("scan", timings, name):
+        manifest = scan_manifest(experiment, config.source.on_bad_file)
+        fingerprint = build_fingerprint(manifest, config)
+        done = None if force else finished_build(out, config, fingerprint)
+        if done is not None:
+            log.info("%s: up to date (%s), skipped", name, done["index_file"])
+            return BuildResult(name, "skipped", out / done["index_file"], rpath, done)
+        if rpath.exists() and not force:
+            raise OutputError(f"{rpath}: an index from other inputs or settings is already there; "
+                              "use --force to replace it")
+        features = open_feature_set(experiment, manifest, config.source.chunk_mb,
+                                    config.source.on_bad_file, client)
+    rng = np.random.default_rng(config.seed)
+
+    compress_plan = plan_compression(features.n_rows, config.compress)
+    log.info("%s: %s rows x %d, compression: %s, backend: %s", name, f"{features.n_rows:,}",
+             features.dim, compress_plan.reason, backend.describe())
+    vectors: Any = features.array
+    if compress_plan.apply:
+        with stage("compress", timings, name):
+            vectors = compress(features, compress_plan, config.compress, backend, config.seed, client)
+    n_vectors = int(vectors.shape[0])
+
+    plan = plan_index(n_vectors, features.dim, config.index)
+    for note in plan.notes:
+        log.warning("%s: %s", name, note)
+    log.info("%s: index %s over %s vectors (train on %s rows)", name, plan.factory,
+             f"{n_vectors:,}", f"{plan.train_rows:,}")
+    with stage("train", timings, name):
+        sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, rng), client)
+        centroids = train_coarse(sample, plan.n_list, backend, config.index.train_iterations, config.seed)
+        index = assemble_index(plan, centroids, sample)
+        del sample
+
+    with stage("add", timings, name):
+        add_batches(index, iter_batches(vectors, config.index.add_batch_rows, client), backend,
+                    Progress(f"{name}: add", n_vectors, "vectors"))
+    sizes = list_sizes(index)
+    nprobe = nprobe_for_k(sizes, config.index.search_k, plan.nprobe)
+    if nprobe != plan.nprobe:
+        log.warning("%s: smallest lists hold %s vectors: nprobe raised from %d to %d so every "
+                    "k=%d search is filled", name, np.sort(sizes)[:3].tolist(), plan.nprobe, nprobe,
+                    config.index.search_k)
+    set_search_params(index, nprobe, plan.k_factor)
+
+    evaluation: dict[str, Any] = {}
+    if config.evaluate.recall_queries:
+        with stage("evaluate", timings, name):
+            query_ids = sample_row_ids(features.n_rows, config.evaluate.recall_queries, rng)
+            queries = take_rows(features.array, query_ids, client)
+            k = config.index.search_k
+            _, found = index.search(queries, k)
+            _, truth = exact_knn(backend, queries, iter_blocks(vectors, client), k)
+            evaluation = {"queries": int(len(queries)), "k": k,
+                          "recall_at_k": round(recall_at_k(found, truth, k), 4),
+                          "missing_label_share": missing_label_share(found)}
+        log.info("%s: recall@%d = %.3f over %d queries", name, k, evaluation["recall_at_k"], len(queries))
+
+    index_name = index_file_name(name, features.manifest.version, plan, nprobe, config.output.naming)
+    index_path = out / index_name
+    with stage("write", timings, name):
+        write_index(index, index_path)
+        write_text_atomic(out / f"rvc-index-{config.name}.config.yaml", dump_config(config))
+        if config.output.write_total_fea:
+            _write_total_fea(out / "total_fea.npy", vectors, n_vectors, features.dim, client)
+    report = {
+        "experiment": name,
+        "feature_dir": str(experiment.feature_dir),
+        "version": features.manifest.version,
+        "dim": features.dim,
+        "files": len(features.manifest.files),
+        "skipped_files": [list(item) for item in features.manifest.skipped],
+        "empty_files": list(features.manifest.empty_files),
+        "ignored_entries": list(features.manifest.ignored),
+        "rows_declared": features.manifest.rows,
+        "rows": features.n_rows,
+        "dropped_rows": features.dropped_rows,
+        "compression": {"applied": compress_plan.apply, "reason": compress_plan.reason,
+                        "n_centroids": compress_plan.n_centroids, "method": config.compress.method,
+                        "summary": f"{compress_plan.n_centroids} centroids" if compress_plan.apply else "none"},
+        "index": {**describe_index(index), "factory": plan.factory, "recipe": plan.recipe,
+                  "pq_m": plan.pq_m, "nprobe_configured": plan.nprobe, "train_rows": plan.train_rows,
+                  "notes": list(plan.notes)},
+        "evaluation": evaluation,
+        "backend": backend.describe(),
+        "timings": timings,
+        "seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "index_file": index_name,
+        "index_bytes": index_path.stat().st_size,
+        "fingerprint": fingerprint,
+        "config": config_to_dict(config),
+        "code_version": code_fingerprint(),
+        "faiss_version": faiss.__version__,
+    }
+    old = (read_report(rpath) or {}).get("index_file")
+    write_json_atomic(rpath, report)
+    if old and old != index_name:
+        (out / old).unlink(missing_ok=True)  # the replaced build's index, now superseded
+    log.info("%s: wrote %s (%s vectors, %.1f MB)", name, index_path, f"{index.ntotal:,}",
+             report["index_bytes"] / 2**20)
+    return BuildResult(name, "built", index_path, rpath, report)
+

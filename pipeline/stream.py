@@ -1,0 +1,89 @@
+"""Dask at the edge: compute per-chunk tasks and stream chunks of a dask array in order.
+
+With a ``distributed`` client the work runs on the cluster's workers; with ``client=None`` it
+runs on local threads. Nothing here holds more than ``prefetch`` chunks at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+
+def block_tasks(array: da.Array) -> list[Any]:
+    """One delayed object per row-chunk of a 2-D dask array, in row order."""
+    return list(array.to_delayed().ravel())
+
+
+def compute_each(tasks: Sequence[Any], client: Any | None = None) -> list[Any]:
+    """Compute delayed ``tasks`` (small results each) on the cluster, or on local threads."""
+    if not tasks:
+        return []
+    if client is not None:
+        return client.gather(client.compute(list(tasks)))
+    return list(dask.compute(*tasks, scheduler="threads"))
+
+
+def iter_blocks(array: da.Array | np.ndarray, client: Any | None = None, prefetch: int = 2,
+                block_rows: int = 65536) -> Iterator[np.ndarray]:
+    """Yield the row-chunks of ``array`` as numpy arrays, in order, loading ahead ``prefetch``.
+
+    An in-memory numpy array is yielded in slices of ``block_rows``.
+    """
+    if isinstance(array, np.ndarray):
+        for start in range(0, array.shape[0], block_rows):
+            yield array[start:start + block_rows]
+        return
+    tasks = block_tasks(array)
+    prefetch = max(1, prefetch)
+    if client is not None:
+        pending: deque[Any] = deque()
+        next_task = 0
+        while next_task < len(tasks) or pending:
+            while next_task < len(tasks) and len(pending) < prefetch:
+                pending.append(client.compute(tasks[next_task]))
+                next_task += 1
+            future = pending.popleft()
+            yield np.asarray(future.result())
+            future.release()
+        return
+    with ThreadPoolExecutor(max_workers=prefetch) as pool:
+        pending_local: deque[Any] = deque()
+        next_task = 0
+        while next_task < len(tasks) or pending_local:
+            while next_task < len(tasks) and len(pending_local) < prefetch:
+                pending_local.append(pool.submit(tasks[next_task].compute, scheduler="synchronous"))
+                next_task += 1
+            yield np.asarray(pending_local.popleft().result())
+
+
+def iter_batches(array: da.Array | np.ndarray, batch_rows: int, client: Any | None = None) -> Iterator[np.ndarray]:
+    """Yield consecutive [<= batch_rows, D] slices of the array, streaming chunk by chunk."""
+    for block in iter_blocks(array, client):
+        for start in range(0, block.shape[0], batch_rows):
+            yield block[start:start + batch_rows]
+
+
+def take_rows(array: da.Array | np.ndarray, row_ids: np.ndarray, client: Any | None = None) -> np.ndarray:
+    """Rows ``row_ids`` (sorted, unique) of ``array`` as a numpy array; only their chunks load."""
+    if len(row_ids) == 0:
+        return np.empty((0, array.shape[1]), dtype=array.dtype)
+    if isinstance(array, np.ndarray):
+        return array[np.asarray(row_ids, dtype=np.int64)]
+    selection = array[np.asarray(row_ids, dtype=np.int64)]
+    if client is not None:
+        return np.asarray(client.compute(selection).result())
+    return np.asarray(selection.compute(scheduler="threads"))
+
+
+def sample_row_ids(n_rows: int, n_sample: int, rng: np.random.Generator) -> np.ndarray:
+    """``min(n_sample, n_rows)`` distinct row ids drawn uniformly, sorted."""
+    if n_sample >= n_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    return np.sort(rng.choice(n_rows, size=n_sample, replace=False)).astype(np.int64)
