@@ -15,7 +15,7 @@ def exact_knn(backend: Backend, queries: np.ndarray, blocks: Iterable[np.ndarray
     """Exact L2 k-NN of ``queries`` [q, D] over the rows of ``blocks`` (streamed, in id order).
 
     Returns (squared distances [q, k] float32, ids [q, k] int64), nearest first; ids count rows
-    across blocks from 0. Ties keep the lower id.
+    across blocks from 0.
     """
     xp = backend.xp
     q = backend.asarray(queries)
@@ -28,6 +28,9 @@ def exact_knn(backend: Backend, queries: np.ndarray, blocks: Iterable[np.ndarray
             tile = backend.asarray(block[start:start + tile_rows])
             dist = xp.maximum(q_norms[:, None] - 2.0 * (q @ tile.T) + squared_norms(xp, tile)[None, :], 0.0)
             ids = xp.broadcast_to(xp.arange(offset + start, offset + start + tile.shape[0]), dist.shape)
+            if tile.shape[0] > k:  # keep each query's k best of the tile before merging
+                part = xp.argpartition(dist, k - 1, axis=1)[:, :k]
+                dist, ids = xp.take_along_axis(dist, part, axis=1), xp.take_along_axis(ids, part, axis=1)
             all_d = xp.concatenate([best_d, dist.astype(xp.float32)], axis=1)
             all_i = xp.concatenate([best_i, ids], axis=1)
             order = xp.argsort(all_d, axis=1, kind="stable")[:, :k]

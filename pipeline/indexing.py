@@ -183,16 +183,16 @@ def write_index(index: faiss.Index, path: Path) -> Path:
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:
     """Type, width, size, search settings and list-size spread of a (loaded) index."""
-    index = faiss.downcast_index(index)
+    typed = faiss.downcast_index(index)  # a view: ``index`` keeps owning the C++ object
     info: dict[str, Any] = {
-        "type": type(index).__name__,
+        "type": type(typed).__name__,
         "d": int(index.d),
         "ntotal": int(index.ntotal),
         "metric": "L2" if index.metric_type == faiss.METRIC_L2 else f"metric {index.metric_type}",
     }
-    if isinstance(index, faiss.IndexRefine):
-        info["k_factor"] = float(index.k_factor)
-        info["base_type"] = type(faiss.downcast_index(index.base_index)).__name__
+    if isinstance(typed, faiss.IndexRefine):
+        info["k_factor"] = float(typed.k_factor)
+        info["base_type"] = type(faiss.downcast_index(typed.base_index)).__name__
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:

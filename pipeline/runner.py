@@ -76,9 +76,14 @@ def code_fingerprint() -> str:
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
+def config_fingerprint(config: Config) -> str:
+    """sha256 of the resolved config."""
+    return hashlib.sha256(dump_config(config).encode()).hexdigest()
+
+
 def build_fingerprint(manifest: Manifest, config: Config) -> str:
     """Inputs (file names, sizes, mtimes) + resolved config + code: equal means same output."""
-    text = "\n".join([manifest.fingerprint(), dump_config(config), code_fingerprint()])
+    text = "\n".join([manifest.fingerprint(), config_fingerprint(config), code_fingerprint()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -159,8 +164,9 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         if done is not None:
             log.info("%s: up to date (%s), skipped", name, done["index_file"])
             return BuildResult(name, "skipped", out / done["index_file"], rpath, done)
-        if rpath.exists() and not force:
-            raise OutputError(f"{rpath}: an index from other inputs or settings is already there; "
+        previous = read_report(rpath)
+        if not force and previous is not None and previous.get("config_fingerprint") != config_fingerprint(config):
+            raise OutputError(f"{rpath}: an index built with other settings is already there; "
                               "use --force to replace it")
         features = open_feature_set(experiment, manifest, config.source.chunk_mb,
                                     config.source.on_bad_file, client)
@@ -182,6 +188,8 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
              f"{n_vectors:,}", f"{plan.train_rows:,}")
     with stage("train", timings, name):
         sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, rng), client)
+        if not compress_plan.apply:  # as RVC: raw rows reach k-means in a (seeded) shuffled order
+            sample = sample[np.random.default_rng(config.seed).permutation(sample.shape[0])]
         centroids = train_coarse(sample, plan.n_list, backend, config.index.train_iterations, config.seed)
         index = assemble_index(plan, centroids, sample)
         del sample
@@ -212,6 +220,9 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
 
     index_name = index_file_name(name, features.manifest.version, plan, nprobe, config.output.naming)
     index_path = out / index_name
+    previous_index = (read_report(rpath) or {}).get("index_file")
+    if index_path.exists() and index_name != previous_index and not force:
+        raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
     with stage("write", timings, name):
         write_index(index, index_path)
         write_text_atomic(out / f"rvc-index-{config.name}.config.yaml", dump_config(config))
@@ -243,14 +254,14 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         "index_file": index_name,
         "index_bytes": index_path.stat().st_size,
         "fingerprint": fingerprint,
+        "config_fingerprint": config_fingerprint(config),
         "config": config_to_dict(config),
         "code_version": code_fingerprint(),
         "faiss_version": faiss.__version__,
     }
-    old = (read_report(rpath) or {}).get("index_file")
     write_json_atomic(rpath, report)
-    if old and old != index_name:
-        (out / old).unlink(missing_ok=True)  # the replaced build's index, now superseded
+    if previous_index and previous_index != index_name:
+        (out / previous_index).unlink(missing_ok=True)  # the replaced build's index, now superseded
     log.info("%s: wrote %s (%s vectors, %.1f MB)", name, index_path, f"{index.ntotal:,}",
              report["index_bytes"] / 2**20)
     return BuildResult(name, "built", index_path, rpath, report)

@@ -145,7 +145,7 @@ def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
             elif version in ((2, 0), (3, 0)):
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
             else:
-                raise FeatureFileError(path, f"unsupported .npy format version {version}")
+                raise FeatureFileError(path, f"not a valid .npy file (unknown format version {version})")
             offset = handle.tell()
     except FeatureFileError:
         raise

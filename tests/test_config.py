@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, ConfigError, config_from_dict, dump_config, load_config, parse_override
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_loads_and_round_trips(preset, tmp_path):
+    config = load_config(CONFIGS / preset)
+    assert config.name == preset.removesuffix(".yaml")
+    written = tmp_path / "resolved.yaml"
+    written.write_text(dump_config(config))
+    assert load_config(written) == config
+
+
+def test_rvc_classic_is_rvcs_recipe():
+    config = load_config(CONFIGS / "rvc-classic.yaml")
+    assert config.index.recipe == "ivf-flat"
+    assert (config.index.sqrt_factor, config.index.min_rows_per_list, config.index.nprobe) == (16.0, 39, 1)
+    assert (config.compress.row_threshold, config.compress.n_centroids) == (200_000, 10_000)
+    assert config.compress.init == "random"
+    assert config.index.add_batch_rows == 8192
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("index:\n  nprobes: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'index.nprobes' \(did you mean 'index.nprobe'\?\)"):
+        load_config(path)
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match="unknown config key 'indx'"):
+        config_from_dict({"indx": {}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("index.nprobe=four", "index.nprobe: expected an integer"),
+    ("index.nprobe=1.5", "index.nprobe: expected an integer"),
+    ("index.recipe=hnsw", "index.recipe: 'hnsw' is not one of"),
+    ("compress.enabled=1", "compress.enabled: expected true or false"),
+    ("index.nprobe=0", "index.nprobe must be > 0"),
+    ("index=3", "index: expected a mapping"),
+    ("nonsense", "--set expects key=value"),
+])
+def test_mistyped_values_are_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, [override])
+
+
+def test_overrides_apply_and_ints_become_floats():
+    config = config_from_dict({}, ["index.nprobe=4", "compress.epochs=2", "name=mine", "seed=7"])
+    assert config.index.nprobe == 4
+    assert config.compress.epochs == 2.0 and isinstance(config.compress.epochs, float)
+    assert (config.name, config.seed) == ("mine", 7)
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.seed = 3  # type: ignore[misc]
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("a= 3 ") == ("a", 3)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cross_field_rule():
+    with pytest.raises(ConfigError, match="compress.n_centroids"):
+        config_from_dict({"compress": {"n_centroids": 4}})

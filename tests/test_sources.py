@@ -1,0 +1,173 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from pipeline.sources import (
+    SourceError,
+    load_group,
+    open_feature_set,
+    plan_chunks,
+    resolve_experiment,
+    scan_manifest,
+)
+from pipeline.stream import iter_blocks
+
+
+def feature_dir(tmp_path, name="3_feature768", exp="spk"):
+    folder = tmp_path / exp / name
+    folder.mkdir(parents=True)
+    return folder
+
+
+def save(folder, name, array):
+    np.save(folder / name, array)
+    return folder / name
+
+
+def open_set(path, **kwargs):
+    experiment = resolve_experiment(path)
+    on_bad = kwargs.pop("on_bad_file", "error")
+    return open_feature_set(experiment, scan_manifest(experiment, on_bad), on_bad_file=on_bad, **kwargs)
+
+
+def rows(n, dim=768, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def test_resolve_experiment_forms(tmp_path):
+    folder = feature_dir(tmp_path)
+    save(folder, "a.npy", rows(10))
+    by_exp = resolve_experiment(tmp_path / "spk")
+    by_dir = resolve_experiment(folder)
+    assert by_exp == by_dir
+    assert (by_exp.name, by_exp.version, by_exp.expected_dim) == ("spk", "v2", 768)
+    assert by_exp.exp_dir == (tmp_path / "spk").absolute()
+    plain = tmp_path / "loose"
+    plain.mkdir()
+    save(plain, "a.npy", rows(10, 256))
+    loose = resolve_experiment(plain)
+    assert (loose.name, loose.version, loose.expected_dim) == ("loose", None, None)
+    assert scan_manifest(loose).version == "v1"
+
+
+def test_both_versions_in_one_experiment_is_ambiguous(tmp_path):
+    save(feature_dir(tmp_path, "3_feature768"), "a.npy", rows(10))
+    save(feature_dir(tmp_path, "3_feature256"), "a.npy", rows(10, 256))
+    with pytest.raises(SourceError, match="both 3_feature256"):
+        resolve_experiment(tmp_path / "spk")
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(SourceError, match="no such folder"):
+        resolve_experiment(tmp_path / "absent")
+    folder = feature_dir(tmp_path)
+    with pytest.raises(SourceError, match="holds no .npy"):
+        resolve_experiment(tmp_path / "spk")
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(SourceError, match="holds no .npy"):
+        scan_manifest(resolve_experiment(folder))
+
+
+BAD_FILES = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
+    "text": (lambda p: p.write_text("not numpy at all"), "not a valid .npy"),
+    "random": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(5000)), "not a valid .npy"),
+    "one_d": (lambda p: np.save(p, np.zeros(768, np.float32)), "2-D"),
+    "three_d": (lambda p: np.save(p, np.zeros((2, 3, 768), np.float32)), "2-D"),
+    "width": (lambda p: np.save(p, np.zeros((5, 512), np.float32)), "width 512"),
+    "v1_in_v2": (lambda p: np.save(p, np.zeros((5, 256), np.float32)), "v1 and v2"),
+    "int": (lambda p: np.save(p, np.zeros((5, 768), np.int32)), "floating-point"),
+    "complex": (lambda p: np.save(p, np.zeros((5, 768), np.complex64)), "floating-point"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bad_file_is_named_with_its_problem(tmp_path, kind):
+    folder = feature_dir(tmp_path)
+    save(folder, "good.npy", rows(20))
+    bad = save(folder, "bad.npy", rows(20))
+    corrupt, problem = BAD_FILES[kind]
+    corrupt(bad)
+    with pytest.raises(SourceError, match=problem) as info:
+        open_set(folder)
+    assert str(bad) in str(info.value)
+    skipped = open_set(folder, on_bad_file="skip")
+    assert skipped.n_rows == 20
+    assert [name for name, _ in skipped.manifest.skipped] == ["bad.npy"]
+
+
+def test_float16_is_upcast_and_nan_rows_dropped(tmp_path):
+    folder = feature_dir(tmp_path)
+    half = rows(30).astype(np.float16)
+    save(folder, "a.npy", half)
+    with_nan = rows(40, seed=1)
+    with_nan[[3, 7]] = np.nan
+    with_nan[9, 5] = np.inf
+    save(folder, "b.npy", with_nan)
+    save(folder, "c.npy", np.zeros((0, 768), np.float32))
+    (folder / "readme.txt").write_text("ignored")
+    fs = open_set(folder)
+    assert fs.n_rows == 30 + 37
+    assert fs.dropped_rows == 3
+    assert fs.manifest.empty_files == ("c.npy",)
+    assert fs.manifest.ignored == ("readme.txt",)
+    data = fs.array.compute()
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data[:30], half.astype(np.float32))
+    np.testing.assert_array_equal(data[30:], np.delete(with_nan, [3, 7, 9], axis=0))
+
+
+def test_all_nan_file_is_an_error(tmp_path):
+    folder = feature_dir(tmp_path)
+    save(folder, "a.npy", rows(10))
+    save(folder, "b.npy", np.full((4, 768), np.nan, np.float32))
+    with pytest.raises(SourceError, match=r"b.npy: all 4 rows are NaN or Inf"):
+        open_set(folder)
+
+
+def test_files_in_sorted_order_and_chunked_lazily(tmp_path, client):
+    folder = feature_dir(tmp_path)
+    parts = {name: rows(50 + i, seed=i) for i, name in enumerate(["b.npy", "a.npy", "c10.npy", "c2.npy"])}
+    for name, array in parts.items():
+        save(folder, name, array)
+    fs = open_set(folder, chunk_mb=0.3, client=client)
+    expected = np.concatenate([parts[n] for n in sorted(parts)])
+    assert fs.n_rows == expected.shape[0]
+    assert len(fs.chunks) > 1
+    np.testing.assert_array_equal(np.concatenate(list(iter_blocks(fs.array, client))), expected)
+    np.testing.assert_array_equal(np.concatenate(list(iter_blocks(fs.array))), expected)
+    # the graph names files; it does not carry their data
+    assert len(pickle.dumps(dict(fs.array.__dask_graph__()))) < expected.nbytes / 20
+
+
+def test_manifest_records_files_and_fingerprint_tracks_changes(tmp_path):
+    folder = feature_dir(tmp_path)
+    save(folder, "a.npy", rows(10))
+    save(folder, "b.npy", rows(12))
+    manifest = scan_manifest(resolve_experiment(folder))
+    assert [(f.name, f.rows, f.dim) for f in manifest.files] == [("a.npy", 10, 768), ("b.npy", 12, 768)]
+    assert manifest.rows == 22 and manifest.bytes == sum(f.stat().st_size for f in folder.iterdir())
+    before = manifest.fingerprint()
+    assert scan_manifest(resolve_experiment(folder)).fingerprint() == before
+    save(folder, "b.npy", rows(13))
+    assert scan_manifest(resolve_experiment(folder)).fingerprint() != before
+
+
+@pytest.mark.parametrize("sizes, limit", [([], 10), ([5], 10), ([30], 10), ([3, 3, 3, 3], 7), ([1] * 20, 4),
+                                          ([9, 1, 9, 1], 10), ([4, 7, 2, 11, 3], 7)])
+def test_plan_chunks_covers_every_file_once_in_order(sizes, limit):
+    groups = plan_chunks(sizes, limit)
+    flat = [i for start, stop in groups for i in range(start, stop)]
+    assert flat == list(range(len(sizes)))
+    for start, stop in groups:
+        assert stop > start
+        assert stop - start == 1 or sum(sizes[start:stop]) <= limit
+
+
+def test_load_group_drops_nonfinite_rows(tmp_path):
+    folder = feature_dir(tmp_path)
+    a = rows(5)
+    a[1] = np.inf
+    path = save(folder, "a.npy", a)
+    assert load_group([str(path)], 768).shape == (4, 768)
