@@ -9,6 +9,7 @@ batches of 8192. RVC seeds neither the shuffle nor k-means; ``seed`` does here.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,21 @@ class RvcBuild:
 
 
 def rvc_train_index(feature_dir: Path, dim: int, seed: int = 0, row_threshold: int = 200_000,
-                    n_centroids: int = 10_000, n_cpu: int | None = None) -> RvcBuild:
-    """Build the index exactly as RVC's ``train_index`` does (in memory, in this process)."""
+                    n_centroids: int = 10_000, n_cpu: int | None = None,
+                    timings: dict[str, float] | None = None) -> RvcBuild:
+    """Build the index exactly as RVC's ``train_index`` does (in memory, in this process).
+
+    ``timings``, when given, receives the seconds of each step (load, kmeans, train, add).
+    """
     from sklearn.cluster import MiniBatchKMeans
+
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = round(now - clock[0], 3)
+        clock[0] = now
 
     n_cpu = n_cpu or os.cpu_count() or 1
     npys = [np.load(Path(feature_dir) / name) for name in sorted(os.listdir(feature_dir))]
@@ -37,19 +50,23 @@ def rvc_train_index(feature_dir: Path, dim: int, seed: int = 0, row_threshold: i
     big_npy_idx = np.arange(rows)
     np.random.default_rng(seed).shuffle(big_npy_idx)
     big_npy = big_npy[big_npy_idx]
+    lap("load")
     compressed = big_npy.shape[0] > row_threshold
     if compressed:
         big_npy = MiniBatchKMeans(n_clusters=n_centroids, verbose=False, batch_size=256 * n_cpu,
                                   compute_labels=False, init="random",
                                   random_state=seed).fit(big_npy).cluster_centers_
     big_npy = np.ascontiguousarray(big_npy, dtype=np.float32)
+    lap("kmeans")
     n_ivf = max(1, min(int(16 * np.sqrt(big_npy.shape[0])), big_npy.shape[0] // 39))
     index = faiss.index_factory(dim, f"IVF{n_ivf},Flat")
     index_ivf = faiss.extract_index_ivf(index)
     index_ivf.nprobe = 1
     index_ivf.cp.seed = seed
     index.train(big_npy)
+    lap("train")
     batch_size_add = 8192
     for i in range(0, big_npy.shape[0], batch_size_add):
         index.add(big_npy[i:i + batch_size_add])
+    lap("add")
     return RvcBuild(index, big_npy, rows, compressed, n_ivf)

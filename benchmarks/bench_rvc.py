@@ -1,0 +1,353 @@
+"""End to end against RVC's own recipe: one collection, RVC's ``train_index`` and our presets.
+
+Every system builds in a subprocess of its own, timed from launch to exit and with its peak RSS
+measured by the OS (``wait4``); ours run the ``rvc-index build`` command line (no evaluation: RVC
+evaluates nothing either), RVC's recipe runs ``benchmarks/rvc_recipe.py``. Then every index is
+evaluated the same way (``pipeline.evaluate``) on held-out utterances of the same speaker that no
+system indexed, against one exact reference over the original frames.
+
+    python -m benchmarks.bench_rvc --rows 100000 --dim 768
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_report import RVC, add_ratios, checks, table_rows, update_docs
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "rvc-index-bench"
+GENERATOR_VERSION = 1
+SPEAKER = "bench"
+
+
+@dataclass(frozen=True)
+class Collection:
+    feature_dir: Path  # indexed by every system
+    heldout_dir: Path  # never indexed: the evaluation's queries
+    rows: int
+    dim: int
+
+
+def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: int = 0) -> Collection:
+    """One synthetic speaker: exactly ``rows`` frames to index, then whole unseen utterances.
+
+    Reused when ``work`` already holds the same collection (a marker records its parameters).
+    """
+    from pipeline.outputs import write_atomic, write_json_atomic
+    from pipeline.synth import MAX_FRAMES, feature_dir_name, save_npy, utterances
+
+    root = Path(work) / f"n{rows}-d{dim}-s{seed}"
+    feature_dir = root / "logs" / SPEAKER / feature_dir_name(dim)
+    heldout_dir = root / "heldout" / feature_dir_name(dim)
+    marker = root / "collection.json"
+    params = {"rows": rows, "dim": dim, "heldout_rows": heldout_rows, "seed": seed, "version": GENERATOR_VERSION}
+    if marker.is_file() and json.loads(marker.read_text()) == params:
+        return Collection(feature_dir, heldout_dir, rows, dim)
+    for folder in (feature_dir, heldout_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.npy"):
+            stale.unlink()
+    written, held, i = 0, 0, 0
+    for utterance in utterances(rows + heldout_rows + 2 * MAX_FRAMES, dim, [seed, dim, *SPEAKER.encode()]):
+        if written < rows:
+            part, folder = utterance[:rows - written], feature_dir  # the rest of a cut utterance is dropped
+            written += len(part)
+        elif held < heldout_rows:
+            part, folder = utterance, heldout_dir
+            held += len(part)
+        else:
+            break
+        write_atomic(folder / f"{i:06d}.npy", lambda tmp, a=part: save_npy(tmp, a))
+        i += 1
+    write_json_atomic(marker, params)
+    return Collection(feature_dir, heldout_dir, rows, dim)
+
+
+def split_collection(feature_dir: Path, work: Path, fraction: float = 0.02, seed: int = 0) -> Collection:
+    """A given collection: whole files held out (symlinked into their own folder), the rest indexed."""
+    from pipeline.holdout import choose_files
+    from pipeline.sources import resolve_experiment, scan_manifest
+    from pipeline.synth import feature_dir_name
+
+    experiment = resolve_experiment(feature_dir)
+    manifest = scan_manifest(experiment)
+    held = set(choose_files([f.rows for f in manifest.files], fraction, 8, np.random.default_rng(seed)))
+    root = Path(work) / f"given-{experiment.name}-s{seed}"
+    indexed = root / "logs" / experiment.name / feature_dir_name(manifest.dim)
+    heldout = root / "heldout" / feature_dir_name(manifest.dim)
+    for folder in (indexed, heldout):
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.npy"):
+            stale.unlink()
+    for i, entry in enumerate(manifest.files):
+        (heldout if i in held else indexed).joinpath(entry.name).symlink_to(manifest.path(entry.name).absolute())
+    rows = sum(f.rows for i, f in enumerate(manifest.files) if i not in held)
+    return Collection(indexed, heldout, rows, manifest.dim)
+
+
+def warm_cache(folder: Path) -> int:
+    """Read every file once so that no system pays for a cold disk cache; returns bytes read."""
+    total = 0
+    for path in sorted(folder.glob("*.npy")):
+        total += len(path.read_bytes())
+    return total
+
+
+# Launches the command from a bare interpreter (python -S, ~9 MB): the kernel's peak RSS of a child
+# starts from its parent's at fork, so forking straight from this (large) process would inflate it.
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"maxrss_kb": usage.ru_maxrss, "returncode": os.waitstatus_to_exitcode(status)}, out)
+"""
+
+
+def run_measured(cmd: Sequence[str], log_path: Path, timeout: float) -> dict[str, Any]:
+    """Run ``cmd`` in a subprocess: wall seconds from launch to exit, and the peak RSS the kernel
+    reports for it (``wait4``)."""
+    measured = log_path.with_suffix(".rusage.json")
+    measured.unlink(missing_ok=True)
+    with open(log_path, "w") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(measured), *cmd], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the launcher and the command it runs
+            proc.wait()
+        seconds = time.perf_counter() - started
+    usage = json.loads(measured.read_text()) if measured.is_file() else {"maxrss_kb": 0, "returncode": -9}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage["maxrss_kb"] / 1024.0, 1),
+            "returncode": usage["returncode"], "log": str(log_path)}
+
+
+def ours_command(system: str, collection: Collection, out: Path) -> list[str]:
+    """``rvc-index build`` as a user runs it (no build-time evaluation: RVC evaluates nothing).
+
+    ``system`` is a preset name, optionally with overrides: ``tips+expand.enabled=false``.
+    """
+    preset, *overrides = system.split("+")
+    cmd = [sys.executable, "-m", "pipeline", "build", str(collection.feature_dir), "--config", preset,
+           "--out", str(out), "--backend", "cpu", "--force", "--set", "evaluate.recall_queries=0"]
+    for override in overrides:
+        cmd += ["--set", override]
+    return cmd
+
+
+def rvc_command(collection: Collection, out: Path, seed: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.bench_rvc", "_rvc_child", str(collection.feature_dir), str(out),
+            "--dim", str(collection.dim), "--seed", str(seed)]
+
+
+def rvc_child(feature_dir: str, out: str, dim: int, seed: int) -> int:
+    """RVC's ``train_index`` in this process: build, save total_fea.npy and the added index."""
+    import faiss
+
+    from benchmarks.rvc_recipe import rvc_train_index
+
+    timings: dict[str, float] = {}
+    build = rvc_train_index(Path(feature_dir), dim, seed=seed, timings=timings)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "total_fea.npy", build.big_npy)
+    path = out_dir / f"added_IVF{build.n_ivf}_Flat_nprobe_1_{SPEAKER}_v2.index"
+    faiss.write_index(build.index, str(path))
+    print(json.dumps({"index": str(path), "timings": timings, "compressed": build.compressed}))
+    return 0
+
+
+def built_index(system: str, out: Path) -> Path:
+    found = sorted(out.glob("*.index"))
+    if len(found) != 1:
+        raise RuntimeError(f"{system}: expected one index in {out}, found {[p.name for p in found]}")
+    return found[0]
+
+
+def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_queries: int,
+                     seed: int) -> None:
+    """Evaluate every built index on the same held-out queries against one exact reference."""
+    import faiss
+
+    from pipeline.backend import select_backend
+    from pipeline.evaluate import evaluate_index, exact_reference
+    from pipeline.holdout import holdout_from_folder
+    from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+
+    backend = select_backend("cpu")
+    experiment = resolve_experiment(collection.feature_dir)
+    features = open_feature_set(experiment, scan_manifest(experiment))
+    holdout = holdout_from_folder(collection.heldout_dir, max_queries, seed, collection.dim)
+    reference = exact_reference(backend, holdout, features.array)
+    for system in systems:
+        if system["returncode"] != 0:
+            continue
+        index = faiss.read_index(system["index"])
+        result = evaluate_index(index, holdout, features.array, backend, reference=reference, sweep=False)
+        ivf = faiss.extract_index_ivf(index)
+        system.update(recall_at_k=result["recall_at_k"], blend_error=result["blend_error"]["mean"],
+                      blend_error_p95=result["blend_error"]["p95"], coverage=result["coverage"],
+                      coverage_exact=result["coverage_exact"], us_per_frame=result["latency"]["us_per_frame"],
+                      missing_label_share=result["missing_label_share"], vectors=int(index.ntotal),
+                      n_list=int(ivf.nlist), nprobe=int(ivf.nprobe),
+                      index_mb=round(Path(system["index"]).stat().st_size / 2**20, 1),
+                      ram_mb=round(result["size"]["ram_bytes"] / 2**20, 1), queries=result["queries"])
+
+
+def machine() -> dict[str, Any]:
+    import faiss
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_average": round(os.getloadavg()[0], 2), "faiss": faiss.__version__}
+
+
+def presets_available() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *, work: Path = DEFAULT_WORK,
+              feature_dir: Path | None = None, max_queries: int = 1000, heldout_rows: int = 2000, seed: int = 0,
+              timeout: float = 3600.0, figures: Path | None = REPO / "docs" / "bench",
+              docs: Path | None = REPO / "docs" / "benchmarks.md", command: str = "") -> dict[str, Any]:
+    """Build with RVC's recipe and every preset on one collection; evaluate; print and write results."""
+    from pipeline.cli import format_table
+    from pipeline.progress import get_logger
+
+    log = get_logger()
+    work = Path(work)
+    collection = (split_collection(feature_dir, work, seed=seed) if feature_dir is not None
+                  else generate(work, rows, dim, heldout_rows, seed))
+    log.info("collection: %s rows x %d in %s; held-out utterances in %s", f"{collection.rows:,}", collection.dim,
+             collection.feature_dir, collection.heldout_dir)
+    warm_cache(collection.feature_dir)
+    started_machine = machine()
+    out_root = work / f"out-{collection.rows}x{collection.dim}"
+    systems = []
+    for name in [RVC, *(presets or presets_available())]:
+        out = out_root / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob("*.index"):
+            stale.unlink()
+        cmd = rvc_command(collection, out, seed) if name == RVC else ours_command(name, collection, out)
+        log.info("%s: building (%s)", name, " ".join(cmd[1:]))
+        entry = {"system": name, **run_measured(cmd, out_root / f"{name}.log", timeout)}
+        if entry["returncode"] == 0:
+            entry["index"] = str(built_index(name, out))
+        else:
+            log.error("%s: failed with exit code %s, see %s", name, entry["returncode"], entry["log"])
+        log.info("%s: %.1f s, peak RSS %.0f MB", name, entry["seconds"], entry["peak_rss_mb"])
+        systems.append(entry)
+    evaluate_systems(collection, systems, max_queries, seed)
+    add_ratios(systems)
+    result = {"rows": collection.rows, "dim": collection.dim, "queries": max_queries, "command": command,
+              "machine": started_machine, "date": time.strftime("%Y-%m-%d"), "systems": systems}
+    print(format_table(table_rows(result)))
+    for line in checks(result):
+        print("-", line.replace("**", ""))
+    if figures is not None:
+        from pipeline.outputs import write_json_atomic
+        from pipeline.report import write_bench_png
+
+        figures.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(figures / f"end-to-end-{collection.rows}x{collection.dim}.json", result)
+        if docs is not None:
+            render(figures, docs)
+        else:
+            write_bench_png(figures / "end-to-end.png", [result])
+    return result
+
+
+def make_parser(prog: str = "python -m benchmarks.bench_rvc") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="End to end against RVC's own index recipe.")
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", type=int, default=100_000, help="frames to index (default 100000)")
+    parser.add_argument("--dim", type=int, default=768, help="feature width (default 768)")
+    parser.add_argument("--presets", help="comma-separated presets, each optionally with overrides "
+                        "(tips+expand.enabled=false); default: every configs/*.yaml")
+    parser.add_argument("--feature-dir", type=Path, help="take this collection instead of generating one "
+                        "(2%% of its files are held out as queries)")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"data and outputs (default {DEFAULT_WORK})")
+    parser.add_argument("--queries", type=int, default=1000, help="held-out query frames (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per build (default 3600)")
+    parser.add_argument("--figures", type=Path, default=REPO / "docs" / "bench",
+                        help="where the JSON results and PNG go (default docs/bench)")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md",
+                        help="markdown file whose '## End to end vs RVC' section is rewritten")
+    parser.add_argument("--no-write", action="store_true", help="print only: write no JSON, PNG or docs")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: redraw the PNG and the docs section from the JSON results in --figures")
+
+
+def render(figures: Path, docs: Path) -> list[dict[str, Any]]:
+    """Redraw ``end-to-end.png`` and the docs section from every ``end-to-end-*.json`` in ``figures``."""
+    from pipeline.report import write_bench_png
+
+    runs = [json.loads(p.read_text()) for p in sorted(figures.glob("end-to-end-*.json"))]
+    if not runs:
+        raise FileNotFoundError(f"{figures}: no end-to-end-*.json results to render")
+    png = write_bench_png(figures / "end-to-end.png", runs)
+    update_docs(docs, runs, os.path.relpath(png, docs.parent))
+    return runs
+
+
+def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    presets = [p for p in (args.presets or "").split(",") if p] or None
+    return run_bench(args.rows, args.dim, presets, work=args.work, feature_dir=args.feature_dir,
+                     max_queries=args.queries, seed=args.seed, timeout=args.timeout,
+                     figures=None if args.no_write else args.figures, docs=None if args.no_write else args.docs,
+                     command=command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import shlex
+
+    from pipeline.progress import configure_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_rvc_child"]:
+        child = argparse.ArgumentParser()
+        child.add_argument("feature_dir")
+        child.add_argument("out")
+        child.add_argument("--dim", type=int, required=True)
+        child.add_argument("--seed", type=int, default=0)
+        a = child.parse_args(argv[1:])
+        return rvc_child(a.feature_dir, a.out, a.dim, a.seed)
+    args = make_parser().parse_args(argv)
+    configure_logging(0)
+    if args.render:
+        render(args.figures, args.docs)
+        return 0
+    result = run_from_args(args, shlex.join(["python", "-m", "benchmarks.bench_rvc", *argv]))
+    return 0 if all(s["returncode"] == 0 for s in result["systems"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
