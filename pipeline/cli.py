@@ -1,4 +1,4 @@
-"""``rvc-index`` command line: build | inspect | synth | demo."""
+"""``rvc-index`` command line: build | batch | inspect | eval | bench | tune | synth | demo."""
 
 from __future__ import annotations
 
@@ -76,6 +76,56 @@ def make_parser() -> argparse.ArgumentParser:
     synth.add_argument("--dim", type=int, default=768)
     synth.add_argument("--seed", type=int, default=0)
 
+    batch = commands.add_parser("batch", help="build every experiment under a logs/ root on a Dask cluster")
+    batch.add_argument("root", help="RVC's logs/ folder: every <exp>/3_feature256|3_feature768 is built")
+    batch.add_argument("--out", help="write to OUT/<exp>/ (default: each experiment folder, as RVC)")
+    batch.add_argument("--cluster", default="local",
+                       help="local (default), cuda, slurm, a scheduler address or a scheduler file")
+    batch.add_argument("--workers", type=int, help="local: worker processes (default: one per core); "
+                       "cuda: GPUs; slurm: worker jobs; address/file: workers to wait for")
+    batch.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                       help="only experiments whose name matches this glob (repeatable, comma-separated)")
+    batch.add_argument("--shard", help="K/N: build shard K of N (balanced by size); 'slurm': this array task's")
+    batch.add_argument("--report", help="where to write the JSON report (default: batch_report.json in OUT or ROOT)")
+    batch.add_argument("--performance-report", metavar="FILE", help="write Dask's HTML performance report")
+    batch.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    _add_build_options(batch)
+
+    evaluate = commands.add_parser("eval", help="measure an index on held-out utterances of its speaker")
+    evaluate.add_argument("index", help="the .index file")
+    evaluate.add_argument("feature_dir", help="the speaker's features: logs/<exp>, its 3_feature folder or .npy files")
+    evaluate.add_argument("--holdout", type=float, default=0.05, metavar="FRACTION",
+                          help="share of the rows held out, as whole utterances, to query with (default 0.05)")
+    evaluate.add_argument("--queries", metavar="DIR", help="query with these never-indexed utterances instead")
+    evaluate.add_argument("--max-queries", type=int, default=1000, help="query frames (default 1000)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    evaluate.add_argument("--no-sweep", action="store_true", help="skip recall/latency against nprobe")
+    evaluate.add_argument("--json", metavar="FILE", help="write every measure as JSON")
+    evaluate.add_argument("--png", metavar="FILE", help="draw the report picture")
+
+    from benchmarks.bench_rvc import add_arguments as add_bench_arguments
+
+    bench = commands.add_parser("bench", help="end to end against RVC's own recipe on one collection")
+    add_bench_arguments(bench)
+
+    tune = commands.add_parser("tune", help="measure index layouts and search settings on held-out "
+                               "utterances; write the cheapest config meeting a target")
+    tune.add_argument("path", help="logs/<exp>, its 3_feature folder or any folder of .npy files")
+    tune.add_argument("--out", default="tuned.yaml", help="the preset to write (default tuned.yaml)")
+    tune.add_argument("--name", default="tuned", help="the preset's name (default tuned)")
+    tune.add_argument("--min-recall", type=float, default=0.95, help="recall@8 target (default 0.95)")
+    tune.add_argument("--max-us-per-frame", type=float, default=0.0, help="single-thread search limit; 0 = none")
+    tune.add_argument("--max-ram-mb", type=float, default=0.0, help="index RAM budget in MB; 0 = none")
+    tune.add_argument("--objective", choices=["latency", "memory"], default="latency",
+                      help="among configs meeting the target, the fastest (default) or the smallest")
+    tune.add_argument("--holdout", type=float, default=0.05, metavar="FRACTION")
+    tune.add_argument("--max-queries", type=int, default=1000)
+    tune.add_argument("--quick", action="store_true", help="fewer layouts (PQ{D}x4fs at two n_list sizes)")
+    tune.add_argument("--config", "-c", default="tips", help="base preset (default tips)")
+    tune.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     demo = commands.add_parser("demo", help="generate data, build one index per speaker, print a table")
     demo.add_argument("--root", default="demo-data", help="where to write the synthetic logs/ (default demo-data)")
     _add_build_options(demo)
@@ -142,7 +192,110 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "inspect": cmd_inspect, "synth": cmd_synth, "demo": cmd_demo}
+def cmd_batch(args: argparse.Namespace) -> int:
+    import datetime
+    import socket
+
+    from pipeline.batch import parse_shard, plan_jobs, prepare_report, report_file, run_batch, stop_on_signals
+    from pipeline.cluster import forward_worker_logs, open_cluster, performance_report_to
+    from pipeline.config import load_config
+
+    config_path = resolve_config_path(args.config)
+    config = load_config(config_path, args.overrides)
+    shard = parse_shard(args.shard)
+    jobs = plan_jobs(args.root, config, args.out, args.only, shard)
+    if args.dry_run or not jobs:
+        print(format_table([job.summary() for job in jobs]) or f"shard {args.shard}: no experiments")
+        return 0
+    report_path = Path(args.report).absolute() if args.report else report_file(args.root, args.out, shard)
+    prepare_report(report_path)
+    meta = {"root": str(Path(args.root).absolute()), "out": str(Path(args.out).absolute()) if args.out else None,
+            "config": config.name, "config_file": str(config_path), "overrides": args.overrides,
+            "backend": args.backend, "force": args.force, "only": args.only, "shard": args.shard,
+            "host": socket.gethostname(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    log = get_logger()
+    with stop_on_signals(), open_cluster(args.cluster, config.cluster, args.workers) as cluster:
+        log.info("cluster %s; dashboard: %s", cluster.description, cluster.dashboard or "off")
+        forward_worker_logs(cluster.client, get_logger().getEffectiveLevel())
+        meta.update(cluster=cluster.description, dashboard=cluster.dashboard)
+        with performance_report_to(args.performance_report):
+            report = run_batch(jobs, config, cluster.client, backend=args.backend, force=args.force,
+                               report_path=report_path, meta=meta)
+    print(format_table(report.summary_rows()))
+    print(report.headline())
+    print(f"report: {report_path}")
+    return report.exit_code
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.backend import select_backend
+    from pipeline.evaluate import evaluate_files
+    from pipeline.outputs import write_json_atomic
+    from pipeline.report import summary_lines, write_report_png
+
+    result = evaluate_files(args.index, args.feature_dir, select_backend(args.backend), fraction=args.holdout,
+                            queries_dir=args.queries, max_queries=args.max_queries, seed=args.seed,
+                            sweep=not args.no_sweep)
+    print("\n".join(summary_lines(result, result["index"])))
+    print(f"held out: {result['holdout']['note']}")
+    if result.get("nprobe_sweep"):
+        print(format_table(result["nprobe_sweep"]))
+    if args.json:
+        write_json_atomic(Path(args.json), result)
+    if args.png:
+        write_report_png(Path(args.png), result, Path(args.index).name, result["index"])
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench_rvc import render, run_from_args
+
+    if args.render:
+        render(args.figures, args.docs)
+        return 0
+    command = f"rvc-index bench --rows {args.rows} --dim {args.dim}"
+    command += f" --presets {args.presets}" if args.presets else ""
+    command += f" --feature-dir {args.feature_dir}" if args.feature_dir else ""
+    result = run_from_args(args, command)
+    return 0 if all(s["returncode"] == 0 for s in result["systems"]) else EXIT_FAILED
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pipeline.backend import select_backend
+    from pipeline.config import load_config
+    from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+    from pipeline.tune import Target, TuneError, choose, layouts, tune, write_preset
+
+    config = load_config(resolve_config_path(args.config), args.overrides)
+    experiment = resolve_experiment(args.path)
+    manifest = scan_manifest(experiment, config.source.on_bad_file)
+    features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file)
+    target = Target(args.min_recall, args.max_us_per_frame, args.max_ram_mb, args.objective)
+    grid = layouts(features.dim, (1.0, 2.0), (1,), ()) if args.quick else None
+    result = tune(features, config, target, select_backend(args.backend), layout_list=grid,
+                  holdout_fraction=args.holdout, max_queries=args.max_queries, name=args.name)
+    best = {}
+    for trial in result.trials:  # per layout: the chosen trial, else the best recall
+        key = (trial.recipe, trial.n_list, trial.pq_m)
+        pick = choose([trial, best[key]] if key in best else [trial], target)
+        best[key] = pick or max([trial, best.get(key, trial)], key=lambda t: t.recall_at_k)
+    print(format_table([vars(t) | {"meets": t.meets(target)} for t in best.values()]))
+    if result.chosen is None:
+        closest = max(result.trials, key=lambda t: t.recall_at_k)
+        raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "
+                        f"({closest.recipe}, n_list {closest.n_list}, pq_m {closest.pq_m}, nprobe {closest.nprobe}, "
+                        f"k_factor {closest.k_factor}, {closest.us_per_frame:.1f} us/frame)")
+    path = write_preset(Path(args.out), result)
+    chosen = result.chosen
+    print(f"chosen: {chosen.recipe} n_list {chosen.n_list} pq_m {chosen.pq_m} nprobe {chosen.nprobe} "
+          f"k_factor {chosen.k_factor}: recall@8 {chosen.recall_at_k:.3f}, {chosen.us_per_frame:.1f} us/frame, "
+          f"{chosen.ram_mb:.1f} MB")
+    print(f"config: {path}  (rvc-index build {args.path} --config {path})")
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "inspect": cmd_inspect, "synth": cmd_synth, "demo": cmd_demo, "batch": cmd_batch,
+            "eval": cmd_eval, "bench": cmd_bench, "tune": cmd_tune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         get_logger().error("interrupted")
         return 130
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, MemoryError) as exc:  # MemoryError: the memory guard's refusal
         get_logger().error("%s", exc)
         if args.verbose:
             raise

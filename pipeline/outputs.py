@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 TEMP_MARKER = ".tmp-"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class OutputWriteError(OSError):
+    """An output could not be written (disk full, quota, read-only); nothing was replaced."""
+
+
+def _write_failure(final: Path, tmp: Path, exc: BaseException) -> OutputWriteError | None:
+    """``exc`` as an OutputWriteError naming ``final`` when it is a failure to write the file."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        reason, code = exc.strerror or str(exc), exc.errno
+    elif isinstance(exc, RuntimeError) and str(tmp) in str(exc):  # faiss's writer: "... (No space left on device)"
+        text = str(exc)
+        reason, code = (text.rsplit("(", 1)[-1].rstrip(")") if text.endswith(")") else text), None
+    else:
+        return None
+    error = OutputWriteError(f"{final}: could not be written ({reason}); nothing was replaced, "
+                             "no partial file left")
+    error.errno = code
+    return error
 
 
 def temp_name(final: Path) -> Path:
@@ -44,9 +67,21 @@ def atomic_path(final: Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        failure = None if isinstance(exc, OutputWriteError) else _write_failure(final, tmp, exc)
+        if failure is not None:
+            raise failure from exc
         raise
+
+
+@contextmanager
+def atomic_paths(*finals: Path) -> Iterator[list[Path]]:
+    """Temporary paths for several files, renamed into place in the given order only once every
+    one is written: a failure while writing (a full disk) replaces none of them."""
+    with ExitStack() as stack:  # exits in reverse: the first of ``finals`` is renamed first
+        tmps = [stack.enter_context(atomic_path(Path(final))) for final in reversed(finals)]
+        yield tmps[::-1]
 
 
 def write_atomic(final: Path, writer: Callable[[Path], None]) -> Path:
@@ -64,6 +99,17 @@ def write_text_atomic(final: Path, text: str) -> Path:
 def write_json_atomic(final: Path, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``final`` atomically."""
     return write_text_atomic(final, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def ascii_name(name: str) -> str:
+    """``name`` if ASCII, else its ASCII transliteration (NFKD, accents dropped) + ``-`` + 8 hex
+    digits of its hash, so that two names never meet: RVC's GUI and faiss on Windows refuse
+    non-ASCII paths."""
+    if name.isascii():
+        return name
+    base = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().strip()
+    base = " ".join(base.split())
+    return f"{base or 'exp'}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

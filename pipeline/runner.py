@@ -7,7 +7,7 @@ import json
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ import numpy as np
 from pipeline import __version__
 from pipeline.backend import Backend, select_backend
 from pipeline.compress import compress, plan_compression
-from pipeline.config import Config, config_to_dict, dump_config
-from pipeline.evaluate import exact_knn, missing_label_share, recall_at_k
+from pipeline.config import ClusterConfig, Config, ConfigError, SafetyConfig, config_to_dict, dump_config, load_config
+from pipeline.evaluate import evaluate_build
+from pipeline.expand import expand
 from pipeline.indexing import (
     add_batches,
     assemble_index,
+    check_rows,
     describe_index,
     index_file_name,
     list_sizes,
@@ -29,11 +31,13 @@ from pipeline.indexing import (
     plan_index,
     set_search_params,
     train_coarse,
-    write_index,
 )
-from pipeline.outputs import remove_stale_temps, write_atomic, write_json_atomic, write_text_atomic
+from pipeline.locks import output_lock
+from pipeline.memory import guard_build
+from pipeline.outputs import ascii_name, atomic_paths, remove_stale_temps, write_json_atomic
 from pipeline.progress import Progress, get_logger, stage
-from pipeline.sources import Manifest, open_feature_set, resolve_experiment, scan_manifest
+from pipeline.report import write_report_png
+from pipeline.sources import Experiment, Manifest, open_feature_set, resolve_experiment, scan_manifest
 from pipeline.stream import iter_batches, iter_blocks, sample_row_ids, take_rows
 
 
@@ -77,8 +81,10 @@ def code_fingerprint() -> str:
 
 
 def config_fingerprint(config: Config) -> str:
-    """sha256 of the resolved config."""
-    return hashlib.sha256(dump_config(config).encode()).hexdigest()
+    """sha256 of the resolved config, less ``cluster`` and ``safety`` (where and how guarded a build
+    runs does not change its output)."""
+    neutral = replace(config, cluster=ClusterConfig(), safety=SafetyConfig())
+    return hashlib.sha256(dump_config(neutral).encode()).hexdigest()
 
 
 def build_fingerprint(manifest: Manifest, config: Config) -> str:
@@ -110,6 +116,14 @@ def check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: output folder is not writable")
 
 
+def written_with(config_file: Path, config: Config) -> bool:
+    """True when the resolved config written beside an index is ``config`` (cluster settings aside)."""
+    try:
+        return config_fingerprint(load_config(config_file)) == config_fingerprint(config)
+    except ConfigError:
+        return False
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     """A build report, or None when it is missing or unreadable."""
     try:
@@ -133,27 +147,65 @@ def finished_build(out_dir: Path, config: Config, fingerprint: str) -> dict[str,
 
 
 def _write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
-    def writer(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.lib.format.write_array_header_1_0(
-                handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
-            for block in iter_blocks(vectors, client):
-                handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
-    write_atomic(path, writer)
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
+        for block in iter_blocks(vectors, client):
+            handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+
+
+def log_evaluation(name: str, evaluation: dict[str, Any]) -> None:
+    """One log line with the evaluation's key numbers."""
+    if "skipped" in evaluation:
+        get_logger().warning("%s: evaluation skipped: %s", name, evaluation["skipped"])
+        return
+    get_logger().info("%s: recall@%d %.3f, blend error %.4f, %.1f us/frame (1 thread), -1 labels %.1f%% "
+                      "(%d held-out frames)", name, evaluation["k"], evaluation["recall_at_k"],
+                      evaluation["blend_error"]["mean"], evaluation["latency"]["us_per_frame"],
+                      100 * evaluation["missing_label_share"], evaluation["queries"])
+
+
+def file_stem(name: str, config: Config) -> str:
+    """The experiment's name as index file names carry it (ASCII unless ``output.ascii_names`` is off)."""
+    return ascii_name(name) if config.output.ascii_names else name
+
+
+def check_names(name: str, out: Path, config: Config) -> None:
+    """Refuse a name RVC would rewrite; warn about paths RVC's GUI and faiss on Windows cannot open."""
+    stem = file_stem(name, config)
+    if "trained" in stem:
+        raise OutputError(f"{name}: 'trained' in the experiment name, so in the index file name; RVC and "
+                          "Applio rewrite it to 'added' when loading, so the index would never be found: "
+                          "rename the experiment")
+    if stem != name:
+        get_logger().warning("%s: not ASCII: RVC's GUI and faiss on Windows refuse such paths; the index file is "
+                             "named with '%s' (output.ascii_names)", name, stem)
+    if not str(out).isascii():
+        get_logger().warning("%s: output folder is not ASCII: RVC's GUI and faiss on Windows cannot open an index "
+                             "there; pass --out with an ASCII path", out)
 
 
 def build_experiment(path: str | Path, config: Config, out_dir: str | Path | None = None,
                      backend: Backend | None = None, client: Any | None = None,
                      force: bool = False) -> BuildResult:
-    """Build, check and write the index of one experiment; return what was done."""
+    """Build, check and write the index of one experiment; return what was done.
+
+    One build at a time per output folder (``safety.lock``): the lock is taken before stale
+    temporary files are removed and the finished-build check is made.
+    """
+    experiment = resolve_experiment(path)
+    out = Path(out_dir).absolute() if out_dir is not None else experiment.exp_dir
+    check_output_dir(out)
+    check_names(experiment.name, out, config)
+    with output_lock(out, config.safety.lock == "wait", config.safety.lock_timeout_s, experiment.name):
+        return _build_locked(experiment, out, config, backend or select_backend("auto"), client, force)
+
+
+def _build_locked(experiment: Experiment, out: Path, config: Config, backend: Backend, client: Any | None,
+                  force: bool) -> BuildResult:
     log = get_logger()
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    backend = backend or select_backend("auto")
-    experiment = resolve_experiment(path)
     name = experiment.name
-    out = Path(out_dir).absolute() if out_dir is not None else experiment.exp_dir
-    check_output_dir(out)
     remove_stale_temps(out)
     rpath = report_path(out, config)
 
@@ -168,8 +220,10 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         if not force and previous is not None and previous.get("config_fingerprint") != config_fingerprint(config):
             raise OutputError(f"{rpath}: an index built with other settings is already there; "
                               "use --force to replace it")
-        features = open_feature_set(experiment, manifest, config.source.chunk_mb,
-                                    config.source.on_bad_file, client)
+        check_rows(manifest.rows, config.index, str(experiment.feature_dir))  # before any value is read
+        guard = guard_build(manifest, config, backend, client is None, name)  # refuse a plan that cannot fit
+        features = open_feature_set(experiment, manifest, guard.chunk_mb, config.source.on_bad_file, client)
+        check_rows(features.n_rows, config.index, str(experiment.feature_dir))  # NaN/Inf rows dropped
     rng = np.random.default_rng(config.seed)
 
     compress_plan = plan_compression(features.n_rows, config.compress)
@@ -177,8 +231,15 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
              features.dim, compress_plan.reason, backend.describe())
     vectors: Any = features.array
     if compress_plan.apply:
+        guard.check("compress")
         with stage("compress", timings, name):
             vectors = compress(features, compress_plan, config.compress, backend, config.seed, client)
+    expansion: dict[str, Any] = {"applied": False}
+    if config.expand.enabled:  # the vectors to index become their alpha-QE expansions (memory or memmap)
+        guard.check("expand")
+        with stage("expand", timings, name):
+            expanded = expand(vectors, config.expand, backend, client, out, config.seed, name)
+        vectors, expansion = expanded.vectors, expanded.report()
     n_vectors = int(vectors.shape[0])
 
     plan = plan_index(n_vectors, features.dim, config.index)
@@ -186,6 +247,7 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         log.warning("%s: %s", name, note)
     log.info("%s: index %s over %s vectors (train on %s rows)", name, plan.factory,
              f"{n_vectors:,}", f"{plan.train_rows:,}")
+    guard.check("train")
     with stage("train", timings, name):
         sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, rng), client)
         if not compress_plan.apply:  # as RVC: raw rows reach k-means in a (seeded) shuffled order
@@ -194,6 +256,7 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         index = assemble_index(plan, centroids, sample)
         del sample
 
+    guard.check("add")
     with stage("add", timings, name):
         add_batches(index, iter_batches(vectors, config.index.add_batch_rows, client), backend,
                     Progress(f"{name}: add", n_vectors, "vectors"))
@@ -206,28 +269,37 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
     set_search_params(index, nprobe, plan.k_factor)
 
     evaluation: dict[str, Any] = {}
-    if config.evaluate.recall_queries:
+    if config.evaluate.recall_queries:  # held-out utterances; ids are rows unless compressed
+        guard.check("evaluate")
         with stage("evaluate", timings, name):
-            query_ids = sample_row_ids(features.n_rows, config.evaluate.recall_queries, rng)
-            queries = take_rows(features.array, query_ids, client)
-            k = config.index.search_k
-            _, found = index.search(queries, k)
-            _, truth = exact_knn(backend, queries, iter_blocks(vectors, client), k)
-            evaluation = {"queries": int(len(queries)), "k": k,
-                          "recall_at_k": round(recall_at_k(found, truth, k), 4),
-                          "missing_label_share": missing_label_share(found)}
-        log.info("%s: recall@%d = %.3f over %d queries", name, k, evaluation["recall_at_k"], len(queries))
+            evaluation = evaluate_build(index, features, config.evaluate, backend, client,
+                                        aligned=not compress_plan.apply, seed=config.seed,
+                                        stored_is_original=vectors is features.array, k=config.index.search_k)
+        log_evaluation(name, evaluation)
 
-    index_name = index_file_name(name, features.manifest.version, plan, nprobe, config.output.naming)
+    index_name = index_file_name(file_stem(name, config), features.manifest.version, plan, nprobe, config.output.naming)
     index_path = out / index_name
     previous_index = (read_report(rpath) or {}).get("index_file")
-    if index_path.exists() and index_name != previous_index and not force:
+    config_file = out / f"rvc-index-{config.name}.config.yaml"
+    ours = index_name == previous_index or written_with(config_file, config)  # or a killed run's, pre-report
+    if index_path.exists() and not ours and not force:
         raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
-    with stage("write", timings, name):
-        write_index(index, index_path)
-        write_text_atomic(out / f"rvc-index-{config.name}.config.yaml", dump_config(config))
-        if config.output.write_total_fea:
-            _write_total_fea(out / "total_fea.npy", vectors, n_vectors, features.dim, client)
+    guard.check("write")
+    with stage("write", timings, name):  # every file written in full before any is renamed: a full disk replaces none
+        total_fea = [out / "total_fea.npy"] if config.output.write_total_fea else []
+        with atomic_paths(config_file, *total_fea, index_path) as tmps:  # renamed in order: the config marks it ours
+            tmps[0].write_text(dump_config(config), encoding="utf-8")
+            if total_fea:
+                _write_total_fea(tmps[1], vectors, n_vectors, features.dim, client)
+            faiss.write_index(index, str(tmps[-1]))
+    png = out / f"rvc-index-{config.name}.report.png"
+    if "size" in evaluation:
+        evaluation["size"]["disk_bytes"] = index_path.stat().st_size
+    if config.evaluate.plot and "recall_at_k" in evaluation:
+        with stage("report", timings, name):
+            write_report_png(png, evaluation, f"{name}: {index_name}", describe_index(index))
+    else:
+        png.unlink(missing_ok=True)  # a previous build's picture would not describe this index
     report = {
         "experiment": name,
         "feature_dir": str(experiment.feature_dir),
@@ -243,6 +315,7 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         "compression": {"applied": compress_plan.apply, "reason": compress_plan.reason,
                         "n_centroids": compress_plan.n_centroids, "method": config.compress.method,
                         "summary": f"{compress_plan.n_centroids} centroids" if compress_plan.apply else "none"},
+        "expansion": expansion,
         "index": {**describe_index(index), "factory": plan.factory, "recipe": plan.recipe,
                   "pq_m": plan.pq_m, "nprobe_configured": plan.nprobe, "train_rows": plan.train_rows,
                   "notes": list(plan.notes)},
@@ -252,6 +325,9 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
         "seconds": round(time.perf_counter() - started, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "index_file": index_name,
+        "names": {"experiment": name, "in_file_names": file_stem(name, config),
+                  "ascii_path": str(index_path).isascii()},
+        "memory": guard.report(),
         "index_bytes": index_path.stat().st_size,
         "fingerprint": fingerprint,
         "config_fingerprint": config_fingerprint(config),

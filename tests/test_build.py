@@ -10,7 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
+from pipeline.backend import Backend
 from pipeline.config import load_config
+from pipeline.expand import expand
 from pipeline.runner import OutputError, build_experiment
 from pipeline.sources import SourceError
 from pipeline.synth import utterances
@@ -43,7 +45,10 @@ def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, 
     assert report["evaluation"]["recall_at_k"] > (0.85 if preset == "tips" else 0.3)
     assert (exp / f"rvc-index-{preset}.config.yaml").is_file()
     assert load_config(exp / f"rvc-index-{preset}.config.yaml") == config
-    old, new = rvc_check(result.index_path, held_out(500, dim), features_of(exp), dim)
+    stored = features_of(exp)
+    if config.expand.enabled:  # tips stores the alpha-QE expansions of the features (pipeline.expand)
+        stored = expand(stored, config.expand, Backend("cpu", np)).vectors
+    old, new = rvc_check(result.index_path, held_out(500, dim), stored, dim)
     assert old["ntotal"] == new["ntotal"] == 6000
     assert old["nprobe"] == report["index"]["nprobe"]
     assert not [p for p in exp.iterdir() if ".tmp-" in p.name]
