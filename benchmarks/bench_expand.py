@@ -29,9 +29,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.bench_kmeans import matmul_gflops
 from pipeline.backend import Backend, select_backend
 from pipeline.config import ExpandConfig, load_config
-from pipeline.expand import exact_neighbours, expand
+from pipeline.expand import expand
+from pipeline.neighbours import exact_neighbours
 from pipeline.progress import configure_logging
 from pipeline.stream import sample_row_ids
 
@@ -70,19 +72,6 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[f >= 0].tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
 
 
-def matmul_rate(backend: Backend, dim: int, rows: int = 8192, repeats: int = 5) -> float:
-    """GFLOP/s of one float32 [rows, dim] x [dim, rows] product on the backend (best of ``repeats``)."""
-    a = backend.asarray(np.random.default_rng(0).standard_normal((rows, dim)))
-    b = backend.asarray(np.random.default_rng(1).standard_normal((dim, rows)))
-    float((a @ b)[0, 0])  # warm up; reading one value back waits for the device
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        float((a @ b)[0, 0])
-        best = min(best, time.perf_counter() - started)
-    return 2.0 * rows * rows * dim / best / 1e9
-
-
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn(*args)
@@ -118,7 +107,7 @@ def throughput(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
                  "knn_gflop": ours.knn_gflop},
     }
     if backend.is_gpu:
-        rate = matmul_rate(backend, args.dim)
+        rate = matmul_gflops(backend, 8192, args.dim, 8192)
         knn_rate = ours.knn_gflop / ours.timings["neighbours"]
         result["ours"].update(matmul_gflops=round(rate, 1), knn_gflops=round(knn_rate, 1),
                               knn_share_of_matmul_rate=round(knn_rate / rate, 3))

@@ -29,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,14 @@ import faiss
 from distributed import Client, as_completed, get_worker, worker_client
 
 from pipeline.backend import select_backend
+from pipeline.batch_report import BatchReport, lost_record, progress_line
 from pipeline.cluster import build_resources
 from pipeline.config import Config
-from pipeline.outputs import TEMP_MARKER, ascii_name, write_json_atomic
+from pipeline.outputs import ascii_name, write_json_atomic
 from pipeline.progress import get_logger
 from pipeline.runner import build_experiment
 from pipeline.sources import FEATURE_DIRS, SourceError
 
-EXIT_FAILED = 1
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped before the end (signal); a rerun resumes
-REPORT_NAME = "batch_report.json"
 REPORT_EVERY_S = 5.0
 
 
@@ -217,71 +215,6 @@ def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False
     return record
 
 
-def lost_record(job: Job, exc: BaseException) -> dict[str, Any]:
-    """The record of a task that did not return (its workers died, or it was cancelled)."""
-    error = f"{type(exc).__name__}: {exc}"
-    if type(exc).__name__ == "KilledWorker":
-        error += " (out of memory? see the workers' logs)"
-    return {"experiment": job.name, "mode": job.mode, "status": "failed", "error": error}
-
-
-@dataclass
-class BatchReport:
-    """Records of every planned experiment, in name order, and how the batch ended."""
-
-    records: list[dict[str, Any]]
-    seconds: float
-    stopped: str | None = None  # why the batch stopped early
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def counts(self) -> dict[str, int]:
-        counts = {"built": 0, "skipped": 0, "failed": 0, "stopped": 0}
-        for record in self.records:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-        return counts
-
-    @property
-    def exit_code(self) -> int:
-        if self.counts()["failed"]:
-            return EXIT_FAILED
-        return EXIT_STOPPED if self.stopped else 0
-
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """The CLI table: one row per experiment."""
-        rows = []
-        for r in self.records:
-            error = (r.get("error") or "").splitlines()
-            rows.append({"experiment": r["experiment"], "status": r["status"], "mode": r.get("mode"),
-                         "rows": r.get("rows"), "seconds": r.get("seconds"), "recall@8": r.get("recall_at_8"),
-                         "index": r.get("index"), "error": (error[0][:100] if error else None)})
-        return rows
-
-    def headline(self) -> str:
-        counts = self.counts()
-        text = ", ".join(f"{n} {status}" for status, n in counts.items() if n or status != "stopped")
-        return f"{len(self.records)} experiments: {text} in {self.seconds:.1f} s" + (
-            f" (stopped: {self.stopped})" if self.stopped else "")
-
-    def to_json(self, finished: bool = True) -> dict[str, Any]:
-        return {**self.meta, "finished": finished, "stopped": self.stopped, "seconds": round(self.seconds, 3),
-                "counts": self.counts(), "exit_code": self.exit_code, "experiments": self.records}
-
-
-def progress_line(records: Sequence[dict[str, Any]], total: int, elapsed: float) -> str:
-    """``[3/8] alice: built in 2.1 s (5,000 rows, recall@8 0.973); 2 built, 1 skipped, 0 failed; ETA 9 s``."""
-    record, done = records[-1], len(records)
-    line = f"[{done}/{total}] {record['experiment']}: {record['status']}"
-    if record["status"] == "failed":
-        line += f": {((record.get('error') or '').splitlines() or [''])[0]}"
-    else:
-        line += f" in {record.get('seconds', 0.0):.1f} s ({record.get('rows') or 0:,} rows"
-        recall = record.get("recall_at_8")
-        line += f", recall@8 {recall:.3f})" if recall is not None else ")"
-    counts = {status: sum(r["status"] == status for r in records) for status in ("built", "skipped", "failed")}
-    eta = elapsed / done * (total - done)
-    return line + "; " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; ETA {eta:.0f} s"
-
-
 def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: str = "auto", force: bool = False,
               report_path: str | Path | None = None, meta: dict[str, Any] | None = None) -> BatchReport:
     """Run every job on the cluster; isolate failures; write ``report_path`` as results arrive.
@@ -320,7 +253,7 @@ def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: s
             try:
                 record = future.result()
             except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, ...: this job failed
-                record = lost_record(job, exc)
+                record = lost_record(job.name, job.mode, exc)
             records[job.name] = record
             log.log(logging.ERROR if record["status"] == "failed" else logging.INFO, "%s",
                     progress_line(list(records.values()), len(jobs), time.perf_counter() - started))
@@ -353,19 +286,6 @@ def _fill(report: BatchReport, jobs: Sequence[Job], records: dict[str, dict[str,
     report.records = [records.get(j.name) or {"experiment": j.name, "mode": j.mode, "status": missing}
                       for j in sorted(jobs, key=lambda j: j.name)]
     report.seconds = time.perf_counter() - started
-
-
-def report_file(root: str | Path, out: str | Path | None, shard: tuple[int, int] | None) -> Path:
-    """``batch_report.json`` in the output root (``--out``) or ROOT; one per shard of an array."""
-    folder = Path(out if out is not None else root).expanduser().absolute()
-    return folder / (f"batch_report.shard-{shard[0]}-of-{shard[1]}.json" if shard else REPORT_NAME)
-
-
-def prepare_report(path: Path) -> None:
-    """Create the report's folder and drop temporary copies a killed batch left there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}{TEMP_MARKER}*"):
-        stale.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -122,7 +122,8 @@ def make_parser() -> argparse.ArgumentParser:
     tune.add_argument("--holdout", type=float, default=0.05, metavar="FRACTION")
     tune.add_argument("--max-queries", type=int, default=1000)
     tune.add_argument("--quick", action="store_true", help="fewer layouts (PQ{D}x4fs at two n_list sizes)")
-    tune.add_argument("--config", "-c", default="tips", help="base preset (default tips)")
+    tune.add_argument("--config", "-c", default="tips-plain",
+                      help="base preset (default tips-plain: no expansion, so the blend stays closest to exact)")
     tune.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -196,7 +197,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     import datetime
     import socket
 
-    from pipeline.batch import parse_shard, plan_jobs, prepare_report, report_file, run_batch, stop_on_signals
+    from pipeline.batch import parse_shard, plan_jobs, run_batch, stop_on_signals
+    from pipeline.batch_report import prepare_report, report_file
     from pipeline.cluster import forward_worker_logs, open_cluster, performance_report_to
     from pipeline.config import load_config
 

@@ -97,7 +97,7 @@ class KMeansPlan:
 
 def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: Backend) -> KMeansPlan:
     """Resolve the automatic settings: k1 = round(sqrt(K)) (flat below 256 centres), the sample
-    (32 rows per centre, at least 65,536, at most half the rows: the passes over all rows refine it),
+    (16 rows per centre, at least 65,536, at most max(N / 4, 65,536): the passes over all rows refine it),
     and two-level assignment on the CPU, exact on a GPU."""
     n_coarse = config.coarse_centres or (round(math.sqrt(n_centroids)) if n_centroids >= 256 else 1)
     n_coarse = max(1, min(n_coarse, n_centroids))
@@ -105,7 +105,7 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
         two_level = n_coarse > 1 and not backend.is_gpu
     else:
         two_level = config.assign == "two-level" and n_coarse > 1
-    sample_rows = config.sample_rows or min(max(32 * n_centroids, 65_536), n_rows // 2)
+    sample_rows = config.sample_rows or min(max(16 * n_centroids, 65_536), max(n_rows // 4, 65_536))
     sample_rows = min(n_rows, max(sample_rows, n_centroids))
     batch_rows = min(config.batch_rows, n_rows)
     steps = int(config.epochs * n_rows) // batch_rows
@@ -116,10 +116,11 @@ def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: 
                      client: Any | None = None) -> Iterator[np.ndarray]:
     """Batches of ``batch_rows`` rows: chunks in a seeded random order, rows shuffled inside.
 
-    Stops after ``max_rows`` rows (several passes when it exceeds the collection).
+    Stops after ``max_rows`` rows (several passes when it exceeds the collection). Every batch is
+    the same buffer, refilled in place: use it before asking for the next.
     """
     emitted, have = 0, 0
-    pieces: list[np.ndarray] = []  # rows of the next batch, gathered once from shuffled blocks
+    batch = np.empty((batch_rows, features.dim), dtype=np.float32)
     while emitted < max_rows:
         order = rng.permutation(len(features.chunks))
         for block in iter_blocks(features.array.blocks[order.tolist()], client):
@@ -127,11 +128,11 @@ def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: 
             start = 0
             while start < perm.shape[0]:
                 take = min(batch_rows - have, perm.shape[0] - start)
-                pieces.append(block[perm[start:start + take]])
+                batch[have:have + take] = block[perm[start:start + take]]
                 have, start = have + take, start + take
                 if have == batch_rows:
-                    yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-                    emitted, have, pieces = emitted + batch_rows, 0, []
+                    yield batch
+                    emitted, have = emitted + batch_rows, 0
                     if emitted >= max_rows:
                         return
     # a final partial batch is dropped: every update sees a full batch
@@ -219,6 +220,15 @@ def compress(features: FeatureSet, plan: CompressPlan, config: CompressConfig, b
     return backend.to_host(state.centres).astype(np.float32)
 
 
+def minibatch_epochs(features: FeatureSet, state: KMeansState, kplan: KMeansPlan, config: CompressConfig,
+                     backend: Backend, rng: np.random.Generator, client: Any | None = None) -> None:
+    """Phase 2: ``kplan.steps`` mini-batch updates of ``state`` with shuffled batches of every chunk."""
+    progress = Progress("compress: mini-batch", kplan.steps * kplan.batch_rows)
+    for batch in shuffled_batches(features, kplan.batch_rows, kplan.steps * kplan.batch_rows, rng, client):
+        minibatch_step(backend.xp, state, backend.asarray(batch), config.decay, config.nprobe, config.dead_threshold)
+        progress.advance(batch.shape[0])
+
+
 def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,
                   seed: int, client: Any | None = None) -> KMeansState:
     """Run the three phases of ``method=minibatch``; returns the final state (centres on device)."""
@@ -230,14 +240,11 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
 
     sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
     state = initial_state(sample, kplan, config, backend, rng)
-    del sample
+    del sample  # the phases below hold a batch or chunks, never the sample
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell)", config.init, config.init_iters)
 
     if kplan.steps:
-        progress = Progress("compress: mini-batch", kplan.steps * kplan.batch_rows)
-        for batch in shuffled_batches(features, kplan.batch_rows, kplan.steps * kplan.batch_rows, rng, client):
-            minibatch_step(xp, state, backend.asarray(batch), config.decay, config.nprobe, config.dead_threshold)
-            progress.advance(batch.shape[0])
+        minibatch_epochs(features, state, kplan, config, backend, rng, client)
         log.info("compress: %d mini-batch steps, %d dead centres re-seeded", state.step, state.reseeded)
 
     if config.final_pass:

@@ -31,14 +31,14 @@ class CompressConfig:
     n_centroids: int = 10_000
     method: Literal["minibatch", "sklearn"] = "minibatch"  # sklearn = RVC's exact call
     init: Literal["kmeans++", "random"] = "random"  # per coarse cell when coarse_centres > 1
-    batch_rows: int = 65536  # rows per mini-batch step
+    batch_rows: int = 32768  # rows per mini-batch step (100 MB at D=768)
     epochs: float = 1.0  # mini-batch passes over the collection; 0 = none (init and final pass only)
     on_too_few_rows: Literal["error", "clamp"] = "clamp"  # n_centroids > rows
     # minibatch method (pipeline/compress.py): init on a sample, mini-batch epochs, final Lloyd pass
     assign: Literal["auto", "two-level", "exact"] = "auto"  # auto: two-level on the CPU, exact on a GPU
     coarse_centres: int = 0  # k1 of the two-level init/assignment; 0 = round(sqrt(K)) (1 below K=256); 1 = flat
     nprobe: int = 1  # coarse cells searched per row in two-level assignment
-    sample_rows: int = 0  # init sample; 0 = max(32 K, 65536) rows, at most N/2 (memory grows with K, not N)
+    sample_rows: int = 0  # init sample; 0 = max(16 K, 65536) rows, at most max(N/4, 65536) (memory grows with K, not N)
     init_iters: int = 3  # Lloyd iterations per coarse cell on the init sample
     decay: float = 1.0  # centre weights *= decay per step: 1 = Sculley's running means, < 1 = EMA
     dead_threshold: float = 1.0  # re-seed centres hit fewer times (EMA) than this in 20 expected rows; 0 = never

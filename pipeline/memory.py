@@ -31,8 +31,8 @@ from pipeline.sources import Manifest, plan_chunks
 F32 = 4
 MB = 2**20
 FAISS_BLOCK = 4096 * 1024  # faiss's exhaustive search block (queries x database) of float32 distances
-STREAM_HELD = 3  # chunks held while streaming: 2 prefetched + 1 in use (stream.iter_blocks)
-STREAM_LOADING = 2  # on local threads, chunks being concatenated from their files at once (x2 while they are)
+STREAM_HELD = 2  # chunks held while streaming: 1 prefetched + 1 in use (stream.iter_blocks)
+STREAM_LOADING = 1  # on local threads, a chunk's files being read (sources.load_group) next to the chunk
 LIST_GROWTH = 1.5  # inverted lists and the refine store grow as std::vectors (capacity up to 2x)
 MIN_CHUNK_MB = 1.0
 STAGE_HINTS = {
@@ -147,7 +147,6 @@ def estimate_stages(manifest: Manifest, config: Config, backend: Backend, chunk_
     chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
     chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * row
     stream = chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))
-    gather = max(stream, min(threads, len(chunks)) * 2 * chunk) if local else stream  # take_rows on local threads
     biggest = max(f.bytes + f.rows * row * 5 // 4 for f in manifest.files)  # file, float32 copy, finite mask
     at_once = min(threads, len(chunks)) if local else 0  # on local threads; with a client, on the workers
     stages = [StageEstimate("check", at_once * biggest, 0, f"{at_once} files of up to {mb(biggest)} checked at once")]
@@ -161,8 +160,8 @@ def estimate_stages(manifest: Manifest, config: Config, backend: Backend, chunk_
         else:
             kplan = plan_kmeans(n, k, config.compress, backend)
             tile = min(8192, MAX_TILE_ELEMENTS // k) * k * F32  # one [rows, centres] distance tile
-            sample = kplan.sample_rows * row  # gathered (chunks in flight), then copied once
-            transient = max(sample + gather, 2 * sample) + 5 * k * row + 2 * tile + 3 * kplan.batch_rows * row
+            sample = kplan.sample_rows * row  # filled in place from the chunks in flight (stream.take_rows)
+            transient = sample + stream + 5 * k * row + 2 * tile + 2 * kplan.batch_rows * row
             what = f"sample {kplan.sample_rows:,} rows, {k:,} centres, batches of {kplan.batch_rows:,} rows"
         stages.append(StageEstimate("compress", transient, k * row, what))
         vectors = k
@@ -181,8 +180,8 @@ def estimate_stages(manifest: Manifest, config: Config, backend: Backend, chunk_
                                     f"{'spilled to disk' if spill else 'in memory'}, {mb(work)} of tiles"))
 
     plan = plan_index(vectors, dim, config.index)
-    sample = plan.train_rows * row  # gathered (chunks in flight), then shuffled into a copy (+ PQ residuals)
-    train = max(sample + gather, 2 * sample) + (sample if plan.recipe != IVF_FLAT else 0) + 2 * plan.n_list * row
+    sample = plan.train_rows * row  # filled from the chunks in flight, then shuffled into a copy (+ PQ residuals)
+    train = max(sample + stream, 2 * sample) + (sample if plan.recipe != IVF_FLAT else 0) + 2 * plan.n_list * row
     stages.append(StageEstimate("train", train, plan.n_list * row,
                                 f"{plan.train_rows:,} training rows, {plan.n_list:,} lists"))
     per_vector = row + 8 + (plan.pq_m // 2 if plan.recipe != IVF_FLAT else 0)

@@ -71,10 +71,17 @@ class BuildResult:
         }
 
 
+# The modules whose code decides what a build writes (vectors, index, file names). Editing the CLI,
+# batch orchestration, reports, locks or the memory guard leaves finished outputs valid.
+OUTPUT_MODULES = ("backend", "compress", "config", "expand", "indexing", "kmeans", "neighbours", "outputs",
+                  "runner", "sources", "stream")
+
+
 def code_fingerprint() -> str:
-    """Package version plus a hash of its source: a code change invalidates finished outputs."""
+    """Package version plus a hash of the modules that decide the output: changing them invalidates
+    finished outputs."""
     digest = hashlib.sha256(__version__.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    for path in (Path(__file__).parent / f"{name}.py" for name in OUTPUT_MODULES):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"

@@ -256,15 +256,26 @@ def count_finite_rows(paths: Sequence[str], dim: int) -> list[int | str]:
 
 
 def load_group(paths: Sequence[str], dim: int) -> np.ndarray:
-    """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped."""
-    arrays = []
+    """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped.
+
+    Each file is copied into one result sized from the headers as soon as it is read, so the peak
+    is the result plus one file, not every file and their concatenation.
+    """
+    if len(paths) == 1:
+        array = load_features(paths[0], dim)
+        mask = finite_row_mask(array)
+        return array if mask.all() else array[mask]
+    out = np.empty((sum(int(read_header(Path(path))[0][0]) for path in paths), dim), np.float32)
+    filled = 0
     for path in paths:
         array = load_features(path, dim)
         mask = finite_row_mask(array)
-        arrays.append(array if mask.all() else array[mask])
-    if not arrays:
-        return np.empty((0, dim), np.float32)
-    return np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+        rows = array if mask.all() else array[mask]
+        if filled + rows.shape[0] > out.shape[0]:
+            raise FeatureFileError(path, "changed while it was being read (rerun the build)")
+        out[filled:filled + rows.shape[0]] = rows
+        filled += rows.shape[0]
+    return out[:filled]
 
 
 def plan_chunks(file_bytes: Sequence[int], chunk_bytes: int) -> list[tuple[int, int]]:

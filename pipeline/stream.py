@@ -30,7 +30,7 @@ def compute_each(tasks: Sequence[Any], client: Any | None = None) -> list[Any]:
     return list(dask.compute(*tasks, scheduler="threads"))
 
 
-def iter_blocks(array: da.Array | np.ndarray, client: Any | None = None, prefetch: int = 2,
+def iter_blocks(array: da.Array | np.ndarray, client: Any | None = None, prefetch: int = 1,
                 block_rows: int = 65536) -> Iterator[np.ndarray]:
     """Yield the row-chunks of ``array`` as numpy arrays, in order, loading ahead ``prefetch``.
 
@@ -71,15 +71,24 @@ def iter_batches(array: da.Array | np.ndarray, batch_rows: int, client: Any | No
 
 
 def take_rows(array: da.Array | np.ndarray, row_ids: np.ndarray, client: Any | None = None) -> np.ndarray:
-    """Rows ``row_ids`` (sorted, unique) of ``array`` as a numpy array; only their chunks load."""
-    if len(row_ids) == 0:
-        return np.empty((0, array.shape[1]), dtype=array.dtype)
+    """Rows ``row_ids`` (sorted, unique) of ``array`` as a numpy array [len(row_ids), D].
+
+    Only the chunks holding those rows load, streamed in order into one preallocated result: the
+    peak is the result plus the chunks in flight, never the gathered pieces and their copy.
+    """
+    row_ids = np.asarray(row_ids, dtype=np.int64)
     if isinstance(array, np.ndarray):
-        return array[np.asarray(row_ids, dtype=np.int64)]
-    selection = array[np.asarray(row_ids, dtype=np.int64)]
-    if client is not None:
-        return np.asarray(client.compute(selection).result())
-    return np.asarray(selection.compute(scheduler="threads"))
+        return array[row_ids]
+    out = np.empty((len(row_ids), array.shape[1]), dtype=array.dtype)
+    if not len(row_ids):
+        return out
+    bounds = np.concatenate([[0], np.cumsum(array.chunks[0])])
+    per_block = np.searchsorted(row_ids, bounds)  # row_ids[per_block[b]:per_block[b + 1]] lie in block b
+    needed = [b for b in range(len(array.chunks[0])) if per_block[b + 1] > per_block[b]]
+    for block_id, block in zip(needed, iter_blocks(array.blocks[needed], client)):
+        lo, hi = per_block[block_id], per_block[block_id + 1]
+        out[lo:hi] = block[row_ids[lo:hi] - bounds[block_id]]
+    return out
 
 
 def sample_row_ids(n_rows: int, n_sample: int, rng: np.random.Generator) -> np.ndarray:

@@ -151,3 +151,26 @@ def test_cli_bad_input_exits_non_zero_naming_the_file(make_experiment, tmp_path)
     assert not list((tmp_path / "o").glob("*"))
     proc = run_cli("build", str(exp), "--set", "index.nprobes=3")
     assert proc.returncode == 1 and "unknown config key 'index.nprobes'" in proc.stderr
+
+
+def test_code_fingerprint_covers_every_module_the_output_depends_on():
+    """Editing the CLI or batch code keeps finished outputs; editing what computes them does not.
+
+    Every ``pipeline`` module imported by an output module (except the runner, which also drives
+    evaluation, reports, locks and the memory guard) must itself be an output module.
+    """
+    import ast
+
+    from pipeline import runner
+
+    package = Path(runner.__file__).parent
+    for name in runner.OUTPUT_MODULES:
+        assert (package / f"{name}.py").is_file(), name
+        if name == "runner":
+            continue
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {node.module.split(".")[1] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.")}
+        missing = imported - set(runner.OUTPUT_MODULES) - {"progress"}
+        assert not missing, f"pipeline/{name}.py imports {sorted(missing)}, not in runner.OUTPUT_MODULES"
+    assert "cli" not in runner.OUTPUT_MODULES and "batch" not in runner.OUTPUT_MODULES

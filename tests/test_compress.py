@@ -51,11 +51,11 @@ def test_plan_clamps_or_refuses_more_centroids_than_rows():
 def test_kmeans_plan_memory_depends_on_k_not_n():
     config = CompressConfig()
     plans = [plan_kmeans(n, 10_000, config, CPU) for n in (1_000_000, 3_000_000, 50_000_000)]
-    assert {p.sample_rows for p in plans} == {320_000}
-    assert {p.batch_rows for p in plans} == {65_536}
+    assert {p.sample_rows for p in plans} == {160_000}
+    assert {p.batch_rows for p in plans} == {32_768}
     assert plans[0].n_coarse == 100 and plans[0].two_level
     small = plan_kmeans(5_000, 100, config, CPU)
-    assert small.n_coarse == 1 and not small.two_level and small.sample_rows == 2_500
+    assert small.n_coarse == 1 and not small.two_level and small.sample_rows == 5_000
     exact = plan_kmeans(1_000_000, 10_000, CompressConfig(assign="exact"), CPU)
     assert exact.n_coarse == 100 and not exact.two_level
 
@@ -78,7 +78,7 @@ def test_shuffled_batches_draw_every_chunk_in_a_seeded_order(make_experiment):
     rows = all_rows(features)
 
     def epoch(seed):
-        return list(shuffled_batches(features, 500, 6000, np.random.default_rng(seed)))
+        return [batch.copy() for batch in shuffled_batches(features, 500, 6000, np.random.default_rng(seed))]
 
     first, again, other = epoch(1), epoch(1), epoch(2)
     assert len(first) == 12 and all(b.shape == (500, 64) for b in first)

@@ -11,7 +11,7 @@ from pipeline.sources import (
     resolve_experiment,
     scan_manifest,
 )
-from pipeline.stream import iter_blocks
+from pipeline.stream import iter_blocks, take_rows
 
 
 def feature_dir(tmp_path, name="3_feature768", exp="spk"):
@@ -139,6 +139,22 @@ def test_files_in_sorted_order_and_chunked_lazily(tmp_path, client):
     np.testing.assert_array_equal(np.concatenate(list(iter_blocks(fs.array))), expected)
     # the graph names files; it does not carry their data
     assert len(pickle.dumps(dict(fs.array.__dask_graph__()))) < expected.nbytes / 20
+
+
+def test_take_rows_loads_only_the_chunks_it_needs_in_order(tmp_path, client):
+    folder = feature_dir(tmp_path)
+    parts = [rows(40 + 7 * i, seed=i) for i in range(6)]
+    for i, array in enumerate(parts):
+        save(folder, f"u{i}.npy", array)
+    fs = open_set(folder, chunk_mb=0.2)
+    expected = np.concatenate(parts)
+    assert len(fs.chunks) >= 3
+    last_chunk = expected.shape[0] - fs.array.chunks[0][-1]
+    for ids in (np.array([0, 1, 5, last_chunk - 1, expected.shape[0] - 1]),  # skips middle chunks
+                np.arange(expected.shape[0]), np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(take_rows(fs.array, ids), expected[ids])
+        np.testing.assert_array_equal(take_rows(fs.array, ids, client), expected[ids])
+    assert take_rows(fs.array, np.array([], dtype=np.int64)).shape == (0, expected.shape[1])
 
 
 def test_manifest_records_files_and_fingerprint_tracks_changes(tmp_path):
