@@ -266,7 +266,9 @@ def test_a_build_whose_worker_dies_fails_alone_and_a_rerun_builds_it(tmp_path, b
         runner.join(timeout=120)
         report = result["report"]
         failed = {r["experiment"]: r for r in report.records if r["status"] == "failed"}
-        assert failed and set(failed) <= victims, (failed, victims)
+        # the killed worker held ``victims`` when we looked; by the kill it may have finished one and
+        # taken the next (a race the test cannot close), so only the count is certain: one worker's builds
+        assert victims and 1 <= len(failed) <= 2, (failed, victims)
         assert all("KilledWorker" in r["error"] and "out of memory?" in r["error"] for r in failed.values())
         assert report.exit_code == 1
         assert {r["status"] for r in report.records if r["experiment"] not in failed} == {"built"}
