@@ -60,7 +60,7 @@ def run_sequential(root: Path, out: Path, preset: str, overrides: list[str], thr
 
     from pipeline.backend import select_backend
     from pipeline.batch import discover
-    from pipeline.config import load_config
+    from pipeline.config_io import load_config
     from pipeline.runner import build_experiment
 
     if threads:
@@ -107,9 +107,9 @@ def threads_check(root: Path, work: Path, preset: str, recall_queries: int) -> l
     """Build every speaker at 1 and 2 faiss threads: same bytes? how long?"""
     import hashlib
 
-    from pipeline.backend import select_backend
-    from pipeline.batch import discover, faiss_threads
-    from pipeline.config import load_config
+    from pipeline.backend import faiss_threads, select_backend
+    from pipeline.batch import discover
+    from pipeline.config_io import load_config
     from pipeline.runner import build_experiment
 
     rows = []

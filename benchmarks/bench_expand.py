@@ -31,7 +31,8 @@ import numpy as np
 
 from benchmarks.bench_kmeans import matmul_gflops
 from pipeline.backend import Backend, select_backend
-from pipeline.config import ExpandConfig, load_config
+from pipeline.config import ExpandConfig
+from pipeline.config_io import load_config
 from pipeline.expand import expand
 from pipeline.neighbours import exact_neighbours
 from pipeline.progress import configure_logging

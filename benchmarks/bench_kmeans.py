@@ -40,7 +40,7 @@ INTRO = ("`compress.method=minibatch` (ours, `pipeline/compress.py`) against skl
          "its own process (peak RSS from `wait4`). Time: sklearn's `fit` alone; ours all of `compress()`, "
          "reading the files included. Inertia: exact mean squared distance of every row to its nearest "
          "centre. CPU s: user + system seconds of that process. Load avg: the machine's 1-minute load before / "
-         "after the process (2 cores, shared with other work: wall times are noisy).")
+         "after the process (wall times depend on the load: compare within one run).")
 
 
 def dataset(data_dir: Path, rows: int, dim: int, seed: int = 0) -> Path:
@@ -56,7 +56,8 @@ def dataset(data_dir: Path, rows: int, dim: int, seed: int = 0) -> Path:
 
 
 def open_features(feature_dir: Path) -> Any:
-    from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+    from pipeline.feature_set import open_feature_set
+    from pipeline.sources import resolve_experiment, scan_manifest
 
     experiment = resolve_experiment(feature_dir)
     return open_feature_set(experiment, scan_manifest(experiment))
@@ -118,7 +119,7 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
                overrides: Sequence[str]) -> dict[str, Any]:
     """Ours: the compress stage as the runner calls it (no Dask cluster: local threads)."""
     from pipeline.compress import fit_centroids, plan_kmeans
-    from pipeline.config import load_config
+    from pipeline.config_io import load_config
     from pipeline.progress import configure_logging
 
     configure_logging()
@@ -184,8 +185,9 @@ def exact_inertias(feature_dir: Path, centre_sets: dict[str, np.ndarray], backen
 
 def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, seed: int) -> dict[str, float]:
     """Our two-level assignment against the exact one, on ``sample`` rows and our final centres."""
-    from pipeline.kmeans import assign_two_level, build_tree, nearest_centres
+    from pipeline.kmeans import nearest_centres
     from pipeline.stream import sample_row_ids, take_rows
+    from pipeline.two_level import assign_two_level, build_tree
 
     if not (out / "coarse.npy").is_file():
         return {}

@@ -116,7 +116,7 @@ batches, save `total_fea.npy` and the index) and `rvc-index build --config <pres
 (`pipeline.evaluate`) on the held-out frames: recall@8 against exact search over the vectors it stores,
 RVC's blend (k=8, `(1/score)^2`) against the same blend over exact neighbours among the original
 frames (relative L2 error, mean), single-thread search time in 50-frame (one second of audio) batches.
-The machine is shared: timings are only compared within one run (the *x RVC* columns)."""
+Timings depend on the machine and its load (shown per run): compare them within one run (the *x RVC* columns)."""
 
 
 def render_generated(runs: list[dict[str, Any]], png: str | None) -> str:

@@ -193,8 +193,9 @@ def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_
 
     from pipeline.backend import select_backend
     from pipeline.evaluate import evaluate_index, exact_reference
+    from pipeline.feature_set import open_feature_set
     from pipeline.holdout import holdout_from_folder
-    from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+    from pipeline.sources import resolve_experiment, scan_manifest
 
     backend = select_backend("cpu")
     experiment = resolve_experiment(collection.feature_dir)

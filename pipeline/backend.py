@@ -7,6 +7,8 @@ This is the only module that imports cupy. Compute code receives a ``Backend`` a
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -49,23 +51,37 @@ class Backend:
 
     def to_host(self, array: Any) -> np.ndarray:
         """Device array -> numpy array (a no-op for numpy input)."""
-        if isinstance(array, np.ndarray):
-            return array
-        return self.xp.asnumpy(array)
+        return to_host(array)
 
-    def rng(self, seed: int) -> Any:
-        """A seeded random generator of this backend's array module."""
-        return self.xp.random.default_rng(seed)
+    def gpu_resources(self) -> Any:
+        """This backend's one ``StandardGpuResources`` (its scratch memory is reserved once)."""
+        if self._gpu_resources is None:
+            self._gpu_resources = faiss.StandardGpuResources()
+        return self._gpu_resources
 
     def flat_index(self, dim: int) -> faiss.Index:
         """An exact L2 index: ``GpuIndexFlatL2`` when faiss has GPUs, else ``IndexFlatL2``."""
         if self.faiss_gpus:
-            if self._gpu_resources is None:
-                self._gpu_resources = faiss.StandardGpuResources()
             config = faiss.GpuIndexFlatConfig()
             config.device = self.device
-            return faiss.GpuIndexFlatL2(self._gpu_resources, dim, config)
+            return faiss.GpuIndexFlatL2(self.gpu_resources(), dim, config)
         return faiss.IndexFlatL2(dim)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A numpy or cupy array as a numpy array (a no-op for numpy input)."""
+    return array if isinstance(array, np.ndarray) else array.get()
+
+
+@contextmanager
+def faiss_threads(count: int) -> Iterator[None]:
+    """Pin faiss's OpenMP threads for the calling thread (OpenMP keeps the setting per thread)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _cupy_with_device() -> ModuleType | None:

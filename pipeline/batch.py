@@ -33,16 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 from distributed import Client, as_completed, get_worker, worker_client
 
-from pipeline.backend import select_backend
+from pipeline.backend import faiss_threads, select_backend
 from pipeline.batch_report import BatchReport, lost_record, progress_line
 from pipeline.cluster import build_resources
 from pipeline.config import Config
-from pipeline.outputs import ascii_name, write_json_atomic
+from pipeline.outputs import write_json_atomic
 from pipeline.progress import get_logger
-from pipeline.runner import build_experiment
+from pipeline.runner import build_experiment, file_stem
 from pipeline.sources import FEATURE_DIRS, SourceError
 
 REPORT_EVERY_S = 5.0
@@ -162,21 +161,10 @@ def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, o
     jobs = []
     for name in select(list(folders), only):
         files, size = feature_size(folders[name])
-        folder = ascii_name(name) if config.output.ascii_names else name  # RVC on Windows needs ASCII paths
+        folder = file_stem(name, config)  # RVC on Windows needs ASCII paths
         out_dir = str(Path(out).absolute() / folder) if out is not None else None
         jobs.append(Job(name, str(folders[name]), out_dir, files, size, size > threshold))
     return shard_jobs(jobs, *shard) if shard else jobs
-
-
-@contextmanager
-def faiss_threads(count: int) -> Iterator[None]:
-    """Pin faiss's OpenMP threads for the calling thread (OpenMP keeps the setting per thread)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(count)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _worker_address() -> str | None:

@@ -14,7 +14,6 @@ from pipeline.progress import configure_logging, get_logger
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def resolve_config_path(value: str) -> Path:
@@ -135,7 +134,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from pipeline.backend import select_backend
-    from pipeline.config import load_config
+    from pipeline.config_io import load_config
     from pipeline.runner import build_experiment
 
     config = load_config(resolve_config_path(args.config), args.overrides)
@@ -174,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from distributed import Client, LocalCluster
 
     from pipeline.backend import select_backend
-    from pipeline.config import load_config
+    from pipeline.config_io import load_config
     from pipeline.runner import build_experiment
     from pipeline.synth import SpeakerSpec, write_speaker
 
@@ -200,7 +199,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from pipeline.batch import parse_shard, plan_jobs, run_batch, stop_on_signals
     from pipeline.batch_report import prepare_report, report_file
     from pipeline.cluster import forward_worker_logs, open_cluster, performance_report_to
-    from pipeline.config import load_config
+    from pipeline.config_io import load_config
 
     config_path = resolve_config_path(args.config)
     config = load_config(config_path, args.overrides)
@@ -264,9 +263,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from pipeline.backend import select_backend
-    from pipeline.config import load_config
-    from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
-    from pipeline.tune import Target, TuneError, choose, layouts, tune, write_preset
+    from pipeline.config_io import load_config
+    from pipeline.feature_set import open_feature_set
+    from pipeline.sources import resolve_experiment, scan_manifest
+    from pipeline.tune import Target, TuneError, layouts, tune, write_preset
 
     config = load_config(resolve_config_path(args.config), args.overrides)
     experiment = resolve_experiment(args.path)
@@ -276,12 +276,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     grid = layouts(features.dim, (1.0, 2.0), (1,), ()) if args.quick else None
     result = tune(features, config, target, select_backend(args.backend), layout_list=grid,
                   holdout_fraction=args.holdout, max_queries=args.max_queries, name=args.name)
-    best = {}
-    for trial in result.trials:  # per layout: the chosen trial, else the best recall
-        key = (trial.recipe, trial.n_list, trial.pq_m)
-        pick = choose([trial, best[key]] if key in best else [trial], target)
-        best[key] = pick or max([trial, best.get(key, trial)], key=lambda t: t.recall_at_k)
-    print(format_table([vars(t) | {"meets": t.meets(target)} for t in best.values()]))
+    print(format_table([vars(t) | {"meets": t.meets(target)} for t in result.per_layout]))
     if result.chosen is None:
         closest = max(result.trials, key=lambda t: t.recall_at_k)
         raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "

@@ -30,21 +30,12 @@ import numpy as np
 
 from pipeline.backend import Backend
 from pipeline.config import CompressConfig
-from pipeline.kmeans import (
-    KMeansState,
-    PassStats,
-    apply_pass,
-    build_tree,
-    init_centres,
-    merge_stats,
-    minibatch_step,
-    new_state,
-    pass_stats,
-    two_level_init,
-)
+from pipeline.feature_set import FeatureSet
+from pipeline.kmeans import init_centres
+from pipeline.minibatch import KMeansState, PassStats, apply_pass, fit_minibatch, merge_stats, new_state, pass_stats
 from pipeline.progress import Progress, get_logger
-from pipeline.sources import FeatureSet
 from pipeline.stream import block_tasks, iter_blocks, sample_row_ids, take_rows
+from pipeline.two_level import build_tree, two_level_init
 
 N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
 
@@ -162,11 +153,10 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
     return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed)
 
 
-def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int,
-                n_far: int = N_FAR) -> PassStats:
+def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int) -> PassStats:
     """One chunk's per-centre sums against ``centres`` (numpy): what a Dask worker computes."""
     tree = build_tree(np, centres, coarse) if coarse is not None else None
-    return pass_stats(np, centres, tree, np.ascontiguousarray(block, dtype=np.float32), nprobe, n_far)
+    return pass_stats(np, centres, tree, np.ascontiguousarray(block, dtype=np.float32), nprobe, N_FAR)
 
 
 def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend, nprobe: int,
@@ -224,9 +214,14 @@ def minibatch_epochs(features: FeatureSet, state: KMeansState, kplan: KMeansPlan
                      backend: Backend, rng: np.random.Generator, client: Any | None = None) -> None:
     """Phase 2: ``kplan.steps`` mini-batch updates of ``state`` with shuffled batches of every chunk."""
     progress = Progress("compress: mini-batch", kplan.steps * kplan.batch_rows)
-    for batch in shuffled_batches(features, kplan.batch_rows, kplan.steps * kplan.batch_rows, rng, client):
-        minibatch_step(backend.xp, state, backend.asarray(batch), config.decay, config.nprobe, config.dead_threshold)
-        progress.advance(batch.shape[0])
+
+    def counted(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for batch in batches:
+            yield batch  # resumed once the step on it is done
+            progress.advance(batch.shape[0])
+
+    batches = shuffled_batches(features, kplan.batch_rows, kplan.steps * kplan.batch_rows, rng, client)
+    fit_minibatch(backend, counted(batches), state, config.decay, config.nprobe, config.dead_threshold)
 
 
 def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,

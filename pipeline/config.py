@@ -1,17 +1,14 @@
-"""Typed, frozen configuration loaded from YAML presets plus ``--set key=value`` overrides."""
+"""Typed, frozen configuration: one dataclass per section and the rules across fields.
+
+``pipeline.config_io`` reads it from YAML presets plus ``--set key=value`` overrides.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import dask.utils
-import yaml
 
 
 class ConfigError(ValueError):
@@ -129,6 +126,21 @@ class SafetyConfig:
     lock_timeout_s: float = 0.0  # wait at most this long; 0 = no limit
 
 
+POSITIVE_KEYS = (
+    "source.chunk_mb", "compress.row_threshold", "compress.n_centroids", "compress.batch_rows", "compress.nprobe",
+    "expand.num_expand", "expand.max_nprobe", "expand.train_iterations", "expand.tile_mb",
+    "index.sqrt_factor", "index.min_rows_per_list", "index.nprobe", "index.k_factor", "index.pq_dims",
+    "index.search_k", "index.train_iterations", "index.max_train_rows_per_list", "index.add_batch_rows",
+    "cluster.job_threads", "cluster.jobs", "cluster.cores", "cluster.walltime_minutes",
+)
+NON_NEGATIVE_KEYS = (
+    "compress.epochs", "compress.coarse_centres", "compress.sample_rows", "compress.init_iters",
+    "compress.dead_threshold", "expand.exact_max_rows", "expand.n_list", "expand.nprobe", "expand.recall_queries",
+    "expand.spill_mb", "index.n_list", "index.pq_m", "index.min_pq_rows", "evaluate.recall_queries",
+    "cluster.stream_above_mb", "cluster.max_streaming",
+)
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "custom"
@@ -144,38 +156,12 @@ class Config:
 
     def validate(self) -> Config:
         """Cross-field rules; raises ConfigError naming the key."""
-        positive = {
-            "source.chunk_mb": self.source.chunk_mb,
-            "compress.row_threshold": self.compress.row_threshold,
-            "compress.n_centroids": self.compress.n_centroids,
-            "compress.batch_rows": self.compress.batch_rows,
-            "compress.nprobe": self.compress.nprobe,
-            "index.sqrt_factor": self.index.sqrt_factor,
-            "index.min_rows_per_list": self.index.min_rows_per_list,
-            "index.nprobe": self.index.nprobe,
-            "index.k_factor": self.index.k_factor,
-            "index.pq_dims": self.index.pq_dims,
-            "index.search_k": self.index.search_k,
-            "index.train_iterations": self.index.train_iterations,
-            "index.max_train_rows_per_list": self.index.max_train_rows_per_list,
-            "index.add_batch_rows": self.index.add_batch_rows,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be > 0, got {value}")
-        for key, value in {
-            "compress.epochs": self.compress.epochs,
-            "compress.coarse_centres": self.compress.coarse_centres,
-            "compress.sample_rows": self.compress.sample_rows,
-            "compress.init_iters": self.compress.init_iters,
-            "compress.dead_threshold": self.compress.dead_threshold,
-            "index.n_list": self.index.n_list,
-            "index.pq_m": self.index.pq_m,
-            "index.min_pq_rows": self.index.min_pq_rows,
-            "evaluate.recall_queries": self.evaluate.recall_queries,
-        }.items():
-            if value < 0:
-                raise ConfigError(f"{key} must be >= 0, got {value}")
+        for key in POSITIVE_KEYS:
+            if self.value(key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {self.value(key)}")
+        for key in NON_NEGATIVE_KEYS:
+            if self.value(key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {self.value(key)}")
         if not 0.0 < self.evaluate.holdout_fraction < 1.0:
             raise ConfigError(f"evaluate.holdout_fraction must be in (0, 1), got {self.evaluate.holdout_fraction}")
         if self.compress.enabled and self.compress.n_centroids < self.index.search_k:
@@ -185,12 +171,6 @@ class Config:
             )
         self._validate_compress()
         expand = self.expand
-        for key in ("num_expand", "max_nprobe", "train_iterations", "tile_mb"):
-            if getattr(expand, key) <= 0:
-                raise ConfigError(f"expand.{key} must be > 0, got {getattr(expand, key)}")
-        for key in ("exact_max_rows", "n_list", "nprobe", "recall_queries", "spill_mb"):
-            if getattr(expand, key) < 0:
-                raise ConfigError(f"expand.{key} must be >= 0, got {getattr(expand, key)}")
         if not 0.0 <= expand.alpha < float("inf"):
             raise ConfigError(f"expand.alpha must be a finite number >= 0, got {expand.alpha}")
         if not 0.0 < expand.target_recall <= 1.0:
@@ -209,6 +189,11 @@ class Config:
             raise ConfigError(f"safety.memory_headroom must be in (0, 1], got {safety.memory_headroom}")
         return self
 
+    def value(self, dotted: str) -> Any:
+        """The setting at ``section.key``."""
+        section, key = dotted.split(".")
+        return getattr(getattr(self, section), key)
+
     def _validate_compress(self) -> None:
         compress = self.compress
         if not 0.0 < compress.decay <= 1.0:
@@ -222,12 +207,6 @@ class Config:
 
     def _validate_cluster(self) -> None:
         cluster = self.cluster
-        for key in ("job_threads", "jobs", "cores", "walltime_minutes"):
-            if getattr(cluster, key) <= 0:
-                raise ConfigError(f"cluster.{key} must be > 0, got {getattr(cluster, key)}")
-        for key in ("stream_above_mb", "max_streaming"):
-            if getattr(cluster, key) < 0:
-                raise ConfigError(f"cluster.{key} must be >= 0, got {getattr(cluster, key)}")
         if cluster.gpus not in (0, 1):
             raise ConfigError(f"cluster.gpus must be 0 or 1 (one Dask worker per GPU: ask for more jobs, "
                               f"not more GPUs per job), got {cluster.gpus}")
@@ -235,130 +214,3 @@ class Config:
             dask.utils.parse_bytes(cluster.memory)
         except ValueError:
             raise ConfigError(f"cluster.memory: {cluster.memory!r} is not a size like 16GiB") from None
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(v) for v in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(key: str, tp: Any, value: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(key, option, value)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not {' or '.join(map(_type_name, typing.get_args(tp)))}")
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{key}: expected null, got {value!r}")
-        return None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp!r}")  # a schema bug, not a user error
-
-
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{dotted}'{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            values[key] = _build(tp, value, f"{dotted}.")
-        else:
-            values[key] = _coerce(dotted, tp, value)
-    return cls(**values)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (for YAML/JSON output)."""
-    return dataclasses.asdict(config)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``'index.nprobe=4'`` -> ``('index.nprobe', 4)``; the value is parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
-    return key.strip(), value
-
-
-def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
-    """Build and validate a Config from a nested mapping plus ``key=value`` overrides."""
-    tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy of plain data
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
-    return _build(Config, tree).validate()
-
-
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML preset (or defaults when ``path`` is None) and apply overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        return config_from_dict(data, overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
-
-
-def dump_config(config: Config) -> str:
-    """The resolved config as YAML text (what gets written beside every index)."""
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -8,7 +8,6 @@ index size, and ``-1`` labels. Queries are frames of held-out utterances (``pipe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 
 from pipeline.backend import Backend
 from pipeline.config import EvaluateConfig
+from pipeline.feature_set import FeatureSet, open_feature_set
 from pipeline.holdout import Holdout, HoldoutError, holdout_from_features, holdout_from_folder, ids_holding, row_digests
 from pipeline.indexing import describe_index, list_sizes
 from pipeline.kmeans import squared_norms
@@ -30,7 +30,8 @@ from pipeline.measure import (
     search_latency,
     search_params,
 )
-from pipeline.sources import FeatureSet, open_feature_set, resolve_experiment, scan_manifest
+from pipeline.resume import read_report
+from pipeline.sources import resolve_experiment, scan_manifest
 from pipeline.stream import iter_blocks, take_rows
 
 SCORE_FLOOR = 1e-12  # a query equal to a stored vector scores 0: RVC's weight would be inf
@@ -179,8 +180,9 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
     if exclude_ids is not None and len(exclude_ids):
         keep = np.ones(index.ntotal, dtype=bool)
         keep[np.asarray(exclude_ids, np.int64)] = False
-    _, plain_ids = index.search(queries, k)  # what a user gets: stored settings, nothing left out
     found_d, found_i = index.search(queries, k, params=search_params(index, keep=keep))
+    # what a user gets: stored settings, nothing left out (the search above, when it left nothing out)
+    plain_ids = found_i if keep is None else index.search(queries, k)[1]
     truth_d, truth_i = exact_knn(backend, queries, reconstruct_blocks(index), k, keep=keep)
     if stored_is_original and reference is None:
         reference = {"ids": truth_i, "scores": truth_d}
@@ -194,6 +196,7 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
                                                        rvc_weights(reference["scores"], reference["ids"]))}
     errors = blend_errors(blended, reference["blended"])
     ivf = ivf_or_none(index)
+    ram_bytes = index_ram_bytes(index)
     result: dict[str, Any] = {
         "k": k,
         "queries": int(len(queries)),
@@ -204,8 +207,8 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
         "coverage": round(float(coverage(queries, blended).mean()), 5),
         "coverage_exact": round(float(coverage(queries, reference["blended"]).mean()), 5),
         "latency": search_latency(index, queries, k, repeats=repeats),
-        "size": {"ram_bytes": index_ram_bytes(index),
-                 "ram_with_big_npy_bytes": index_ram_bytes(index) + int(index.ntotal) * int(index.d) * 4},
+        "size": {"ram_bytes": ram_bytes,
+                 "ram_with_big_npy_bytes": ram_bytes + int(index.ntotal) * int(index.d) * 4},
     }
     if ivf is not None:
         sizes = list_sizes(index)
@@ -251,11 +254,8 @@ class EvaluationError(ValueError):
 def _built_from(index_path: Path, features: FeatureSet) -> bool:
     """True when a report of ours beside the index says its ids are this collection's rows."""
     for path in sorted(index_path.parent.glob("rvc-index-*.report.json")):
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if (isinstance(report, dict) and report.get("index_file") == index_path.name
+        report = read_report(path)
+        if (report is not None and report.get("index_file") == index_path.name
                 and report.get("feature_dir") == str(features.experiment.feature_dir)
                 and report.get("rows") == features.n_rows
                 and not report.get("compression", {}).get("applied", True)):

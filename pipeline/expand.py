@@ -27,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from pipeline.backend import Backend
+from pipeline.backend import Backend, to_host
 from pipeline.config import ExpandConfig
 from pipeline.indexing import train_coarse
 from pipeline.kmeans import squared_norms
@@ -35,7 +35,6 @@ from pipeline.neighbours import (
     each,
     exact_neighbours,
     faiss_gpu_neighbours,
-    host,
     ivf_neighbours,
     probe_lists,
     probe_recall,
@@ -215,7 +214,7 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
 
     expansion = Expansion(out, k, float(config.alpha), config.scale, method, cos_sum / max(int((norms > 0).sum()), 1),
                           "memmap" if spill else "memory", knn_gflop=round(knn_gflop, 3), timings=timings,
-                          neighbour_ids=np.asarray(backend.to_host(ids)), seconds=time.perf_counter() - began,
+                          neighbour_ids=backend.to_host(ids), seconds=time.perf_counter() - began,
                           **result)
     log.info("%sexpand: %d neighbours, alpha %g, %s, mean cos to expansion %.4f, %s scale, %s, %.2f s",
              prefix, k, config.alpha, method, expansion.mean_cosine, config.scale,
@@ -294,7 +293,7 @@ def _ivf(backend: Backend, unit: np.ndarray, dev: Any, k: int, config: ExpandCon
         gflop += search_gflop
         method = "ivf"
     timings["search"] = time.perf_counter()
-    short = int(host((ids < 0).any(axis=1)).sum())
+    short = int(to_host((ids < 0).any(axis=1)).sum())
     if short:
         log.warning("%sexpand: %d rows found fewer than %d neighbours in their %d probed lists (mixed with "
                     "what was found)", prefix, short, k, nprobe)

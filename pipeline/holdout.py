@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sources import FeatureSet, finite_row_mask, load_features, resolve_experiment, scan_manifest
+from pipeline.feature_set import FeatureSet
+from pipeline.sources import finite_row_mask, load_features, resolve_experiment, scan_manifest
 from pipeline.stream import take_rows
 
 MIN_WINDOW = 50  # query frames are taken in runs of at least one second of audio

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import replace_ivf_quantizer
 
-from pipeline.backend import Backend
+from pipeline.backend import Backend, faiss_threads
 from pipeline.config import IndexConfig
 from pipeline.outputs import write_atomic
 from pipeline.progress import Progress
@@ -137,12 +137,8 @@ def assemble_index(plan: IndexPlan, centroids: np.ndarray, pq_sample: np.ndarray
     # centre reach the recall of faiss's default 256 at a quarter of the time, and OpenMP threads
     # only wait on each other there (minutes instead of seconds on a busy machine).
     ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS_PER_CENTROID
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with faiss_threads(1):
         ivf.train(np.ascontiguousarray(pq_sample, dtype=np.float32))
-    finally:
-        faiss.omp_set_num_threads(threads)
     index = faiss.IndexRefineFlat(ivf)
     index.own_fields = True
     ivf.this.disown()

@@ -13,6 +13,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from pipeline.backend import faiss_threads
 from pipeline.indexing import list_sizes
 
 RVC_K = 8
@@ -69,9 +70,7 @@ def search_latency(index: faiss.Index, queries: np.ndarray, k: int = RVC_K, para
     batches = [queries[i:i + batch_frames] for i in range(0, len(queries), batch_frames)]
     if len(batches) > 1 and len(batches[-1]) < batch_frames:
         batches.pop()
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with faiss_threads(1):
         index.search(batches[0], k, params=params)  # warm-up: first touch of the lists
         cpu = np.full((repeats, len(batches)), np.inf)
         wall = np.full((repeats, len(batches)), np.inf)
@@ -81,8 +80,6 @@ def search_latency(index: faiss.Index, queries: np.ndarray, k: int = RVC_K, para
                 index.search(batch, k, params=params)
                 cpu[r, j] = time.thread_time() - started_cpu
                 wall[r, j] = time.perf_counter() - started_wall
-    finally:
-        faiss.omp_set_num_threads(threads)
     frames = sum(len(b) for b in batches)
     us_per_frame = float(cpu.min(axis=0).sum() / frames * 1e6)
     return {"us_per_frame": round(us_per_frame, 2),

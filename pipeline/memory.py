@@ -23,10 +23,11 @@ from pipeline.backend import Backend
 from pipeline.compress import plan_compression, plan_kmeans
 from pipeline.config import Config
 from pipeline.expand import EXACT_MAX_ROWS, MIX_CPU_BYTES
+from pipeline.feature_set import plan_chunks
 from pipeline.indexing import IVF_FLAT, plan_index
 from pipeline.kmeans import MAX_TILE_ELEMENTS
 from pipeline.progress import get_logger
-from pipeline.sources import Manifest, plan_chunks
+from pipeline.sources import Manifest
 
 F32 = 4
 MB = 2**20
@@ -138,12 +139,12 @@ def memory_budget(limit_mb: float = 0.0) -> Budget:
     return Budget(max(0, available), f"{source}; this process holds {mb(info.rss)}")
 
 
-def estimate_stages(manifest: Manifest, config: Config, backend: Backend, chunk_mb: float, local: bool,
-                    threads: int | None = None) -> list[StageEstimate]:
+def estimate_stages(manifest: Manifest, config: Config, backend: Backend, chunk_mb: float,
+                    local: bool) -> list[StageEstimate]:
     """(transient, retained) bytes of each stage of a build of ``manifest`` with ``config``."""
     n, dim = manifest.rows, manifest.dim
     row = dim * F32
-    threads = threads or os.cpu_count() or 1
+    threads = os.cpu_count() or 1
     chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
     chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * row
     stream = chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))

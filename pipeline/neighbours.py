@@ -15,14 +15,9 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pipeline.backend import Backend
+from pipeline.backend import Backend, to_host
 from pipeline.kmeans import squared_norms
 from pipeline.progress import Progress
-
-
-def host(array: Any) -> np.ndarray:
-    return array if isinstance(array, np.ndarray) else array.get()  # cupy arrays copy back with get()
-
 
 
 def top_k(xp: Any, scores: Any, ids: Any, k: int) -> tuple[Any, Any]:
@@ -109,7 +104,7 @@ def probe_recall(xp: Any, unit: Any, centres: Any, queries: Any, truth: Any, max
     home_scores = xp.take_along_axis(q_scores, homes, axis=1)  # [s, k]
     ranks = (q_scores[:, None, :] > home_scores[:, :, None]).sum(axis=2)  # lists nearer than the home
     counts = xp.bincount(ranks.ravel(), minlength=max_nprobe)[:max_nprobe]
-    return np.cumsum(np.asarray(host(counts), dtype=np.float64)) / ranks.size
+    return np.cumsum(np.asarray(to_host(counts), dtype=np.float64)) / ranks.size
 
 
 def ivf_neighbours(xp: Any, unit: Any, probes: Any, n_list: int, k: int, label: str = "",
@@ -122,7 +117,7 @@ def ivf_neighbours(xp: Any, unit: Any, probes: Any, n_list: int, k: int, label: 
     """
     n, nprobe = probes.shape
     members = xp.argsort(probes[:, 0], kind="stable")
-    member_bounds = host(xp.searchsorted(probes[members, 0], xp.arange(n_list + 1)))
+    member_bounds = to_host(xp.searchsorted(probes[members, 0], xp.arange(n_list + 1)))
     best_s = xp.full((n, k), -xp.inf, dtype=xp.float32)
     best_i = xp.full((n, k), -1, dtype=xp.int64)
     kth = xp.full(n, -xp.inf, dtype=xp.float32)  # each row's k-th best score so far
@@ -131,7 +126,7 @@ def ivf_neighbours(xp: Any, unit: Any, probes: Any, n_list: int, k: int, label: 
     for rank in range(nprobe):
         # each list's probing rows, in row order (rank 0: exactly its members)
         probers = members if rank == 0 else xp.argsort(probes[:, rank], kind="stable")
-        bounds = member_bounds if rank == 0 else host(xp.searchsorted(probes[probers, rank], xp.arange(n_list + 1)))
+        bounds = member_bounds if rank == 0 else to_host(xp.searchsorted(probes[probers, rank], xp.arange(n_list + 1)))
 
         def search(lst: int, rank: int = rank, probers: Any = probers, bounds: np.ndarray = bounds) -> int:
             ids = members[member_bounds[lst]:member_bounds[lst + 1]]
@@ -167,8 +162,7 @@ def faiss_gpu_neighbours(backend: Backend, unit: np.ndarray, centres: np.ndarray
     quantizer = faiss.IndexFlatL2(dim)
     quantizer.add(np.ascontiguousarray(centres, dtype=np.float32))
     cpu_index = faiss.IndexIVFFlat(quantizer, dim, centres.shape[0], faiss.METRIC_L2)
-    resources = faiss.StandardGpuResources()
-    index = faiss.index_cpu_to_gpu(resources, backend.device, cpu_index)
+    index = faiss.index_cpu_to_gpu(backend.gpu_resources(), backend.device, cpu_index)
     faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
     for start in range(0, unit.shape[0], batch_rows):
         index.add(np.ascontiguousarray(unit[start:start + batch_rows]))

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import resource
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from pipeline import __version__
 from pipeline.backend import Backend, select_backend
 from pipeline.compress import compress, plan_compression
-from pipeline.config import ClusterConfig, Config, ConfigError, SafetyConfig, config_to_dict, dump_config, load_config
+from pipeline.config import Config
+from pipeline.config_io import config_to_dict, dump_config
 from pipeline.evaluate import evaluate_build
 from pipeline.expand import expand
+from pipeline.feature_set import open_feature_set
 from pipeline.indexing import (
+    IndexPlan,
     add_batches,
     assemble_index,
     check_rows,
@@ -37,7 +37,16 @@ from pipeline.memory import guard_build
 from pipeline.outputs import ascii_name, atomic_paths, remove_stale_temps, write_json_atomic
 from pipeline.progress import Progress, get_logger, stage
 from pipeline.report import write_report_png
-from pipeline.sources import Experiment, Manifest, open_feature_set, resolve_experiment, scan_manifest
+from pipeline.resume import (
+    build_fingerprint,
+    code_fingerprint,
+    config_fingerprint,
+    finished_build,
+    read_report,
+    report_path,
+    written_with,
+)
+from pipeline.sources import Experiment, resolve_experiment, scan_manifest
 from pipeline.stream import iter_batches, iter_blocks, sample_row_ids, take_rows
 
 
@@ -71,40 +80,6 @@ class BuildResult:
         }
 
 
-# The modules whose code decides what a build writes (vectors, index, file names). Editing the CLI,
-# batch orchestration, reports, locks or the memory guard leaves finished outputs valid.
-OUTPUT_MODULES = ("backend", "compress", "config", "expand", "indexing", "kmeans", "neighbours", "outputs",
-                  "runner", "sources", "stream")
-
-
-def code_fingerprint() -> str:
-    """Package version plus a hash of the modules that decide the output: changing them invalidates
-    finished outputs."""
-    digest = hashlib.sha256(__version__.encode())
-    for path in (Path(__file__).parent / f"{name}.py" for name in OUTPUT_MODULES):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:12]}"
-
-
-def config_fingerprint(config: Config) -> str:
-    """sha256 of the resolved config, less ``cluster`` and ``safety`` (where and how guarded a build
-    runs does not change its output)."""
-    neutral = replace(config, cluster=ClusterConfig(), safety=SafetyConfig())
-    return hashlib.sha256(dump_config(neutral).encode()).hexdigest()
-
-
-def build_fingerprint(manifest: Manifest, config: Config) -> str:
-    """Inputs (file names, sizes, mtimes) + resolved config + code: equal means same output."""
-    text = "\n".join([manifest.fingerprint(), config_fingerprint(config), code_fingerprint()])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def report_path(out_dir: Path, config: Config) -> Path:
-    """The report written last by a build: its presence with a matching fingerprint means done."""
-    return out_dir / f"rvc-index-{config.name}.report.json"
-
-
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -121,36 +96,6 @@ def check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: cannot create output folder: {exc.strerror or exc}") from exc
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(f"{out_dir}: output folder is not writable")
-
-
-def written_with(config_file: Path, config: Config) -> bool:
-    """True when the resolved config written beside an index is ``config`` (cluster settings aside)."""
-    try:
-        return config_fingerprint(load_config(config_file)) == config_fingerprint(config)
-    except ConfigError:
-        return False
-
-
-def read_report(path: Path) -> dict[str, Any] | None:
-    """A build report, or None when it is missing or unreadable."""
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
-
-
-def finished_build(out_dir: Path, config: Config, fingerprint: str) -> dict[str, Any] | None:
-    """The existing report if it records this fingerprint and its index file is intact."""
-    report = read_report(report_path(out_dir, config))
-    if report is None:
-        return None
-    index_file = out_dir / report.get("index_file", "")
-    if report.get("fingerprint") != fingerprint or not index_file.is_file():
-        return None
-    if index_file.stat().st_size != report.get("index_bytes"):
-        return None
-    return report
 
 
 def _write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
@@ -191,6 +136,19 @@ def check_names(name: str, out: Path, config: Config) -> None:
                              "there; pass --out with an ASCII path", out)
 
 
+def trained_index(vectors: Any, plan: IndexPlan, config: Config, backend: Backend, raw_rows: bool,
+                  client: Any | None = None) -> faiss.Index:
+    """An empty CPU index of ``plan``, trained on a seeded sample of ``vectors`` [N, D] (numpy, memmap
+    or dask). ``raw_rows``: the vectors are the collection's frames, which reach k-means in a seeded
+    shuffled order, as RVC's recipe does (exact parity of its centroids)."""
+    n_vectors = int(vectors.shape[0])
+    sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, np.random.default_rng(config.seed)), client)
+    if raw_rows:
+        sample = sample[np.random.default_rng(config.seed).permutation(sample.shape[0])]
+    centroids = train_coarse(sample, plan.n_list, backend, config.index.train_iterations, config.seed)
+    return assemble_index(plan, centroids, sample)
+
+
 def build_experiment(path: str | Path, config: Config, out_dir: str | Path | None = None,
                      backend: Backend | None = None, client: Any | None = None,
                      force: bool = False) -> BuildResult:
@@ -218,20 +176,20 @@ def _build_locked(experiment: Experiment, out: Path, config: Config, backend: Ba
 
     with stage("scan", timings, name):
         manifest = scan_manifest(experiment, config.source.on_bad_file)
-        fingerprint = build_fingerprint(manifest, config)
-        done = None if force else finished_build(out, config, fingerprint)
+        config_fp, code_fp = config_fingerprint(config), code_fingerprint()
+        fingerprint = build_fingerprint(manifest, config_fp, code_fp)
+        previous = read_report(rpath)  # the lock is held: it stays as read until this build replaces it
+        done = None if force else finished_build(previous, out, fingerprint)
         if done is not None:
             log.info("%s: up to date (%s), skipped", name, done["index_file"])
             return BuildResult(name, "skipped", out / done["index_file"], rpath, done)
-        previous = read_report(rpath)
-        if not force and previous is not None and previous.get("config_fingerprint") != config_fingerprint(config):
+        if not force and previous is not None and previous.get("config_fingerprint") != config_fp:
             raise OutputError(f"{rpath}: an index built with other settings is already there; "
                               "use --force to replace it")
         check_rows(manifest.rows, config.index, str(experiment.feature_dir))  # before any value is read
         guard = guard_build(manifest, config, backend, client is None, name)  # refuse a plan that cannot fit
         features = open_feature_set(experiment, manifest, guard.chunk_mb, config.source.on_bad_file, client)
         check_rows(features.n_rows, config.index, str(experiment.feature_dir))  # NaN/Inf rows dropped
-    rng = np.random.default_rng(config.seed)
 
     compress_plan = plan_compression(features.n_rows, config.compress)
     log.info("%s: %s rows x %d, compression: %s, backend: %s", name, f"{features.n_rows:,}",
@@ -256,12 +214,7 @@ def _build_locked(experiment: Experiment, out: Path, config: Config, backend: Ba
              f"{n_vectors:,}", f"{plan.train_rows:,}")
     guard.check("train")
     with stage("train", timings, name):
-        sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, rng), client)
-        if not compress_plan.apply:  # as RVC: raw rows reach k-means in a (seeded) shuffled order
-            sample = sample[np.random.default_rng(config.seed).permutation(sample.shape[0])]
-        centroids = train_coarse(sample, plan.n_list, backend, config.index.train_iterations, config.seed)
-        index = assemble_index(plan, centroids, sample)
-        del sample
+        index = trained_index(vectors, plan, config, backend, raw_rows=not compress_plan.apply, client=client)
 
     guard.check("add")
     with stage("add", timings, name):
@@ -286,9 +239,9 @@ def _build_locked(experiment: Experiment, out: Path, config: Config, backend: Ba
 
     index_name = index_file_name(file_stem(name, config), features.manifest.version, plan, nprobe, config.output.naming)
     index_path = out / index_name
-    previous_index = (read_report(rpath) or {}).get("index_file")
+    previous_index = (previous or {}).get("index_file")
     config_file = out / f"rvc-index-{config.name}.config.yaml"
-    ours = index_name == previous_index or written_with(config_file, config)  # or a killed run's, pre-report
+    ours = index_name == previous_index or written_with(config_file, config_fp)  # or a killed run's, pre-report
     if index_path.exists() and not ours and not force:
         raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
     guard.check("write")
@@ -337,9 +290,9 @@ def _build_locked(experiment: Experiment, out: Path, config: Config, backend: Ba
         "memory": guard.report(),
         "index_bytes": index_path.stat().st_size,
         "fingerprint": fingerprint,
-        "config_fingerprint": config_fingerprint(config),
+        "config_fingerprint": config_fp,
         "config": config_to_dict(config),
-        "code_version": code_fingerprint(),
+        "code_version": code_fp,
         "faiss_version": faiss.__version__,
     }
     write_json_atomic(rpath, report)

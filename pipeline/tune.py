@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,8 @@ import yaml
 
 from pipeline.backend import Backend
 from pipeline.compress import compress, plan_compression
-from pipeline.config import Config, config_from_dict, config_to_dict
+from pipeline.config import Config
+from pipeline.config_io import config_from_dict, config_to_dict
 from pipeline.evaluate import (
     blend_errors,
     exact_knn,
@@ -35,22 +36,21 @@ from pipeline.evaluate import (
     rvc_blend,
     rvc_weights,
 )
+from pipeline.feature_set import FeatureSet
 from pipeline.holdout import holdout_from_features
 from pipeline.indexing import (
     IVF_FLAT,
     IVF_PQ_RFLAT,
     add_batches,
-    assemble_index,
     list_sizes,
     nprobe_for_k,
     plan_index,
-    train_coarse,
 )
 from pipeline.measure import RVC_K, index_ram_bytes, search_latency, search_params
 from pipeline.outputs import write_text_atomic
 from pipeline.progress import Progress, get_logger
-from pipeline.sources import FeatureSet
-from pipeline.stream import iter_batches, iter_blocks, sample_row_ids
+from pipeline.runner import trained_index
+from pipeline.stream import iter_batches, iter_blocks
 
 SQRT_FACTORS = (1.0, 2.0, 4.0)  # n_list = sqrt_factor * sqrt(N) (capped at N / 39)
 PQ_DIVISORS = (1, 2)  # pq_m = D / divisor 4-bit sub-quantizers (D/4 and below rank too poorly to re-rank)
@@ -137,12 +137,8 @@ def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: B
     index_config = dataclasses.replace(config.index, recipe=layout.recipe, sqrt_factor=layout.sqrt_factor,
                                        pq_m=layout.pq_m, n_list=0)
     plan = plan_index(vectors.shape[0], vectors.shape[1], index_config)
-    rng = np.random.default_rng(config.seed)
-    sample = vectors[sample_row_ids(vectors.shape[0], plan.train_rows, rng)]
-    if not compressed:  # as the runner: raw rows reach k-means in a seeded shuffled order
-        sample = sample[np.random.default_rng(config.seed).permutation(sample.shape[0])]
-    centroids = train_coarse(sample, plan.n_list, backend, index_config.train_iterations, config.seed)
-    index = assemble_index(plan, centroids, sample)
+    index = trained_index(vectors, plan, dataclasses.replace(config, index=index_config), backend,
+                          raw_rows=not compressed)
     add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
                 Progress(f"tune: add {layout.recipe} x{layout.sqrt_factor:g} pq{layout.pq_m}", vectors.shape[0],
                          "vectors", step_percent=50))
@@ -197,6 +193,7 @@ class TuneResult:
     rows: int
     vectors: int
     queries: int
+    per_layout: list[Trial] = field(default_factory=list)  # each layout's chosen trial, else its best recall
     config: Config | None = None
 
 
@@ -214,12 +211,14 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
         keep = holdout.keep_mask(vectors.shape[0]) if aligned else None
         _, truth = exact_knn(backend, queries, [vectors], k, keep=keep)
         trials: list[Trial] = []
+        per_layout: list[Trial] = []
         for layout in layout_list or layouts(features.dim):
             if layout.recipe == IVF_PQ_RFLAT and vectors.shape[0] < base.index.min_pq_rows:
                 continue
             index = build_layout(vectors, layout, base, backend, compressed=not aligned)
             found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k_factors, k)
             best = choose(found, target)
+            per_layout.append(best or max(found, key=lambda t: t.recall_at_k))
             log.info("tune: %s x%g pq%d: %s", layout.recipe, layout.sqrt_factor, layout.pq_m,
                      f"best nprobe {best.nprobe} k_factor {best.k_factor}: recall {best.recall_at_k:.3f}, "
                      f"{best.us_per_frame:.1f} us/frame" if best else
@@ -227,7 +226,8 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
             trials += found
             del index
     chosen = choose(trials, target)
-    result = TuneResult(chosen, trials, target, features.n_rows, int(vectors.shape[0]), int(len(queries)))
+    result = TuneResult(chosen, trials, target, features.n_rows, int(vectors.shape[0]), int(len(queries)),
+                        per_layout)
     if chosen is not None:
         result.config = tuned_config(base, chosen, features.dim, name)
     return result

@@ -21,7 +21,7 @@ from distributed import Client, LocalCluster
 
 from pipeline.batch import BatchError, Job, parse_shard, plan_jobs, run_batch, run_job, select, shard_jobs
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config_io import load_config
 from pipeline.sources import SourceError
 from pipeline.synth import SpeakerSpec, write_speaker
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.backend import Backend
-from pipeline.config import load_config
+from pipeline.config_io import load_config
 from pipeline.expand import expand
 from pipeline.runner import OutputError, build_experiment
 from pipeline.sources import SourceError
@@ -157,20 +157,21 @@ def test_code_fingerprint_covers_every_module_the_output_depends_on():
     """Editing the CLI or batch code keeps finished outputs; editing what computes them does not.
 
     Every ``pipeline`` module imported by an output module (except the runner, which also drives
-    evaluation, reports, locks and the memory guard) must itself be an output module.
+    evaluation, reports, locks and the memory guard) must itself be an output module
+    (``resume.OUTPUT_MODULES``).
     """
     import ast
 
-    from pipeline import runner
+    from pipeline import resume
 
-    package = Path(runner.__file__).parent
-    for name in runner.OUTPUT_MODULES:
+    package = Path(resume.__file__).parent
+    for name in resume.OUTPUT_MODULES:
         assert (package / f"{name}.py").is_file(), name
         if name == "runner":
             continue
         tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
         imported = {node.module.split(".")[1] for node in ast.walk(tree)
                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.")}
-        missing = imported - set(runner.OUTPUT_MODULES) - {"progress"}
-        assert not missing, f"pipeline/{name}.py imports {sorted(missing)}, not in runner.OUTPUT_MODULES"
-    assert "cli" not in runner.OUTPUT_MODULES and "batch" not in runner.OUTPUT_MODULES
+        missing = imported - set(resume.OUTPUT_MODULES) - {"progress"}
+        assert not missing, f"pipeline/{name}.py imports {sorted(missing)}, not in resume.OUTPUT_MODULES"
+    assert "cli" not in resume.OUTPUT_MODULES and "batch" not in resume.OUTPUT_MODULES

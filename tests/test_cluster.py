@@ -23,7 +23,8 @@ from pipeline.cluster import (
     slurm_cluster_kwargs,
     slurm_walltime,
 )
-from pipeline.config import ClusterConfig, config_from_dict, load_config
+from pipeline.config import ClusterConfig
+from pipeline.config_io import config_from_dict, load_config
 from pipeline.progress import get_logger
 from pipeline.synth import SpeakerSpec, write_speaker
 

@@ -16,10 +16,13 @@ from pipeline.compress import (
     plan_kmeans,
     shuffled_batches,
 )
-from pipeline.config import CompressConfig, ConfigError, load_config
-from pipeline.kmeans import build_tree, inertia, new_state, pass_stats
-from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+from pipeline.config import CompressConfig, ConfigError
+from pipeline.config_io import load_config
+from pipeline.feature_set import open_feature_set
+from pipeline.minibatch import inertia, new_state, pass_stats
+from pipeline.sources import resolve_experiment, scan_manifest
 from pipeline.stream import iter_blocks
+from pipeline.two_level import build_tree
 
 CPU = select_backend("cpu")
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError, config_from_dict, dump_config, load_config, parse_override
+from pipeline.config import Config, ConfigError
+from pipeline.config_io import config_from_dict, dump_config, load_config, parse_override
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

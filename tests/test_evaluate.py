@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.backend import select_backend
-from pipeline.config import load_config
+from pipeline.config_io import load_config
 from pipeline.evaluate import (
     blend_errors,
     coverage,
@@ -24,6 +24,7 @@ from pipeline.evaluate import (
     rvc_blend,
     rvc_weights,
 )
+from pipeline.feature_set import open_feature_set
 from pipeline.holdout import (
     Holdout,
     HoldoutError,
@@ -35,7 +36,7 @@ from pipeline.holdout import (
 )
 from pipeline.measure import index_ram_bytes, nprobe_values, search_latency, search_params
 from pipeline.runner import build_experiment
-from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+from pipeline.sources import resolve_experiment, scan_manifest
 from pipeline.synth import utterances
 
 CPU = select_backend("cpu")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.backend import Backend, select_backend
-from pipeline.config import ConfigError, ExpandConfig, config_from_dict, load_config
+from pipeline.config import ConfigError, ExpandConfig
+from pipeline.config_io import config_from_dict, load_config
 from pipeline.expand import ExpandError, expand
 from pipeline.runner import build_experiment
 from pipeline.synth import utterances

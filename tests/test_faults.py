@@ -27,7 +27,7 @@ import pytest
 from pipeline.backend import select_backend
 from pipeline.batch import plan_jobs, run_batch
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config_io import load_config
 from pipeline.locks import LOCK_NAME
 from pipeline.memory import StageMemoryError, estimate_stages, peak
 from pipeline.outputs import ascii_name

@@ -1,27 +1,13 @@
-"""k-means core (pipeline/kmeans.py): exact and two-level assignment, init, Sculley/EMA updates,
-dead-centre re-seeding, Lloyd passes; CPU, plus a GPU agreement check."""
+"""k-means core (pipeline/kmeans.py, two_level.py, minibatch.py): exact and two-level assignment, init,
+Sculley/EMA updates, dead-centre re-seeding, Lloyd passes; CPU, plus a GPU agreement check."""
 
 import numpy as np
 import pytest
 
 from pipeline.backend import select_backend
-from pipeline.kmeans import (
-    allocate,
-    apply_pass,
-    assign_two_level,
-    build_tree,
-    fit_minibatch,
-    inertia,
-    init_centres,
-    lloyd,
-    merge_stats,
-    minibatch_step,
-    nearest_centres,
-    new_state,
-    pass_stats,
-    segment_sums,
-    two_level_init,
-)
+from pipeline.kmeans import init_centres, lloyd, nearest_centres, segment_sums
+from pipeline.minibatch import apply_pass, fit_minibatch, inertia, merge_stats, minibatch_step, new_state, pass_stats
+from pipeline.two_level import allocate, assign_two_level, build_tree, two_level_init
 
 CPU = select_backend("cpu")
 

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.rvc_recipe import rvc_train_index
 from pipeline.backend import select_backend
-from pipeline.config import load_config
+from pipeline.config_io import load_config
 from pipeline.evaluate import exact_knn, recall_at_k
 from pipeline.runner import build_experiment
 from pipeline.synth import utterances

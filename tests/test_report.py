@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 
 from pipeline.backend import select_backend
-from pipeline.config import load_config
+from pipeline.config_io import load_config
 from pipeline.evaluate import evaluate_index
 from pipeline.holdout import Holdout
 from pipeline.report import ReportError, render_report, summary_lines, write_bench_png, write_report_png

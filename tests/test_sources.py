@@ -3,14 +3,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline.sources import (
-    SourceError,
-    load_group,
-    open_feature_set,
-    plan_chunks,
-    resolve_experiment,
-    scan_manifest,
-)
+from pipeline.feature_set import open_feature_set, plan_chunks
+from pipeline.sources import SourceError, load_group, resolve_experiment, scan_manifest
 from pipeline.stream import iter_blocks, take_rows
 
 
@@ -186,4 +180,4 @@ def test_load_group_drops_nonfinite_rows(tmp_path):
     a = rows(5)
     a[1] = np.inf
     path = save(folder, "a.npy", a)
-    assert load_group([str(path)], 768).shape == (4, 768)
+    assert load_group([str(path)], 768, 5).shape == (4, 768)

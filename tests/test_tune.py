@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from pipeline.backend import select_backend
-from pipeline.config import load_config
+from pipeline.config_io import load_config
+from pipeline.feature_set import open_feature_set
 from pipeline.indexing import IVF_FLAT, IVF_PQ_RFLAT
 from pipeline.runner import build_experiment
-from pipeline.sources import open_feature_set, resolve_experiment, scan_manifest
+from pipeline.sources import resolve_experiment, scan_manifest
 from pipeline.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
 
 
