@@ -263,7 +263,8 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
         systems.append(entry)
     evaluate_systems(collection, systems, max_queries, seed)
     add_ratios(systems)
-    result = {"rows": collection.rows, "dim": collection.dim, "queries": max_queries, "command": command,
+    evaluated = next((s["queries"] for s in systems if "queries" in s), 0)  # whole utterances: <= max_queries
+    result = {"rows": collection.rows, "dim": collection.dim, "queries": evaluated, "command": command,
               "machine": started_machine, "date": time.strftime("%Y-%m-%d"), "systems": systems}
     print(format_table(table_rows(result)))
     for line in checks(result):
