@@ -39,7 +39,7 @@ MODES = ("sequential", "sequential-1t", "batch")
 
 def generate(work: Path, speakers: int, rows: int, dim: int) -> Path:
     """``speakers`` synthetic speakers under ``work``; reused when the marker matches."""
-    from pipeline.synth import SpeakerSpec, write_speaker
+    from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
     root = work / f"s{speakers}-n{rows}-d{dim}" / "logs"
     marker = root.parent / "collection.json"
@@ -57,11 +57,10 @@ def run_sequential(root: Path, out: Path, preset: str, overrides: list[str], thr
                    only: str | None = None) -> None:
     """Build every experiment under ``root`` (or only ``only``) in this process, one after another, without Dask."""
     import faiss
-
-    from pipeline.backend import select_backend
-    from pipeline.batch import discover
-    from pipeline.config_io import load_config
-    from pipeline.runner import build_experiment
+    from rvc_index.batch.jobs import discover
+    from rvc_index.build.runner import build_experiment
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.config.loading import load_config
 
     if threads:
         faiss.omp_set_num_threads(threads)
@@ -107,10 +106,10 @@ def threads_check(root: Path, work: Path, preset: str, recall_queries: int) -> l
     """Build every speaker at 1 and 2 faiss threads: same bytes? how long?"""
     import hashlib
 
-    from pipeline.backend import faiss_threads, select_backend
-    from pipeline.batch import discover
-    from pipeline.config_io import load_config
-    from pipeline.runner import build_experiment
+    from rvc_index.batch.jobs import discover
+    from rvc_index.build.runner import build_experiment
+    from rvc_index.compute.backend import faiss_threads, select_backend
+    from rvc_index.config.loading import load_config
 
     rows = []
     config = load_config(REPO / "configs" / f"{preset}.yaml", [f"evaluate.recall_queries={recall_queries}"])
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.work / "out" / mode
         shutil.rmtree(out, ignore_errors=True)
         if mode == "batch":
-            command = [sys.executable, "-m", "pipeline", "-q", "batch", str(root), "--config", args.preset,
+            command = [sys.executable, "-m", "rvc_index", "-q", "batch", str(root), "--config", args.preset,
                        "--out", str(out), "--workers", str(args.workers), "--force",
                        "--set", "cluster.dashboard_address=", *(f"--set={o}" for o in overrides)]
         else:

@@ -1,9 +1,9 @@
 """Alpha query expansion: ours against the faiss notes' recipe, same data, same run; and its effect.
 
-Throughput: one synthetic speaker (``pipeline.synth``) of ``--rows`` frames in memory; the notes'
+Throughput: one synthetic speaker (``rvc_index.tools.synth``) of ``--rows`` frames in memory; the notes'
 recipe (L2-normalise, ``IVF512,PQ128x4fs,RFlat`` over the unit vectors, search ``num_expand``
 neighbours, weight ``max(0, dot) ** alpha``, sum in batches, normalise) is timed against
-``pipeline.expand.expand``; both neighbour lists are scored against exact cosine neighbours of
+``rvc_index.stages.expand.expand``; both neighbour lists are scored against exact cosine neighbours of
 sampled rows. ``--backend gpu`` adds vectors/s and the share of the device's matrix-multiply rate
 that the neighbour search reached.
 
@@ -28,15 +28,15 @@ from typing import Any
 
 import faiss
 import numpy as np
+from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.compute.neighbours import exact_neighbours
+from rvc_index.config.loading import load_config
+from rvc_index.config.schema import ExpandConfig
+from rvc_index.runtime.progress import configure_logging
+from rvc_index.runtime.stream import sample_row_ids
+from rvc_index.stages.expand import expand
 
 from benchmarks.bench_kmeans import matmul_gflops
-from pipeline.backend import Backend, select_backend
-from pipeline.config import ExpandConfig
-from pipeline.config_io import load_config
-from pipeline.expand import expand
-from pipeline.neighbours import exact_neighbours
-from pipeline.progress import configure_logging
-from pipeline.stream import sample_row_ids
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_FACTORY = "IVF512,PQ128x4fs,RFlat"
@@ -81,7 +81,7 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
 
 def throughput(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
     """Ours and (unless --no-reference) the notes' recipe, alternately ``--repeats`` times each."""
-    from pipeline.synth import sample_frames
+    from rvc_index.tools.synth import sample_frames
 
     x = sample_frames(args.rows, args.dim, args.seed)
     config = ExpandConfig(enabled=True, num_expand=args.num_expand, alpha=args.alpha)
@@ -148,9 +148,8 @@ VARIANTS = {"off": ["expand.enabled=false"], "on": ["expand.enabled=true"],
 
 
 def effect(args: argparse.Namespace, backend: Backend) -> list[dict[str, Any]]:
-    from pipeline.cli import DEMO_SPEAKERS
-    from pipeline.runner import build_experiment
-    from pipeline.synth import feature_dir_name, save_npy, utterances
+    from rvc_index.build.runner import build_experiment
+    from rvc_index.tools.synth import DEMO_SPEAKERS, feature_dir_name, save_npy, utterances
 
     wanted = set(args.effect_speakers.split(",")) if args.effect_speakers else None
     rows_out = []

@@ -1,10 +1,10 @@
 """Compress-stage k-means: ours against sklearn ``MiniBatchKMeans`` as RVC runs it, same data, same run.
 
-A synthetic speaker of ``--rows`` x ``--dim`` frames (``pipeline.synth``) is written once under
+A synthetic speaker of ``--rows`` x ``--dim`` frames (``rvc_index.tools.synth``) is written once under
 ``--data-dir`` and reused. Each method runs in its own subprocess, so the kernel reports its peak
 RSS (``wait4``): RVC's way (load every file, concatenate, shuffle, ``MiniBatchKMeans(n_clusters=K,
 batch_size=256 * cores, compute_labels=False, init="random")``; the ``fit`` is timed) and ours
-(``pipeline.compress.compress`` streaming from the files; everything is timed, sampling and reading
+(``rvc_index.stages.compress.compress`` streaming from the files; everything is timed, sampling and reading
 included). Quality is the exact mean squared distance of every row to its nearest centre, over the
 whole collection, for both centre sets; for ours also how close its two-level assignment comes to
 the exact one on a sample of rows. ``--rss-rows`` repeats our run on a larger collection to show
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 from benchmarks.bench_rvc import run_measured
-from pipeline.backend import Backend, select_backend
-from pipeline.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## K-means (compress stage)"
@@ -56,8 +56,8 @@ def dataset(data_dir: Path, rows: int, dim: int, seed: int = 0) -> Path:
 
 
 def open_features(feature_dir: Path) -> Any:
-    from pipeline.feature_set import open_feature_set
-    from pipeline.sources import resolve_experiment, scan_manifest
+    from rvc_index.data.feature_set import open_feature_set
+    from rvc_index.data.sources import resolve_experiment, scan_manifest
 
     experiment = resolve_experiment(feature_dir)
     return open_feature_set(experiment, scan_manifest(experiment))
@@ -118,9 +118,9 @@ def child_sklearn(feature_dir: Path, k: int, seed: int, out: Path) -> dict[str, 
 def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: str,
                overrides: Sequence[str]) -> dict[str, Any]:
     """Ours: the compress stage as the runner calls it (no Dask cluster: local threads)."""
-    from pipeline.compress import fit_centroids, plan_kmeans
-    from pipeline.config_io import load_config
-    from pipeline.progress import configure_logging
+    from rvc_index.config.loading import load_config
+    from rvc_index.runtime.progress import configure_logging
+    from rvc_index.stages.compress import fit_centroids, plan_kmeans
 
     configure_logging()
     backend = select_backend(backend_name)  # type: ignore[arg-type]
@@ -168,8 +168,8 @@ def run_child(method: str, feature_dir: Path, args: argparse.Namespace, out: Pat
 
 def exact_inertias(feature_dir: Path, centre_sets: dict[str, np.ndarray], backend: Backend) -> dict[str, float]:
     """Exact mean squared distance of every row to its nearest centre, per centre set, in one read."""
-    from pipeline.kmeans import nearest_centres, squared_norms
-    from pipeline.stream import iter_blocks
+    from rvc_index.compute.kmeans import nearest_centres, squared_norms
+    from rvc_index.runtime.stream import iter_blocks
 
     xp = backend.xp
     sets = {name: (backend.asarray(c), squared_norms(xp, backend.asarray(c))) for name, c in centre_sets.items()}
@@ -185,9 +185,9 @@ def exact_inertias(feature_dir: Path, centre_sets: dict[str, np.ndarray], backen
 
 def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, seed: int) -> dict[str, float]:
     """Our two-level assignment against the exact one, on ``sample`` rows and our final centres."""
-    from pipeline.kmeans import nearest_centres
-    from pipeline.stream import sample_row_ids, take_rows
-    from pipeline.two_level import assign_two_level, build_tree
+    from rvc_index.compute.kmeans import nearest_centres
+    from rvc_index.compute.two_level import assign_two_level, build_tree
+    from rvc_index.runtime.stream import sample_row_ids, take_rows
 
     if not (out / "coarse.npy").is_file():
         return {}
@@ -240,7 +240,7 @@ def render(result: dict[str, Any]) -> str:
 def update_docs(path: Path, subsection: str) -> None:
     """Put ``subsection`` into the ``## K-means (compress stage)`` section of ``path``, replacing the
     subsection with the same title; the rest of the file is kept."""
-    from pipeline.outputs import write_text_atomic
+    from rvc_index.runtime.outputs import write_text_atomic
 
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if SECTION not in text:

@@ -3,7 +3,7 @@
 Every system builds in a subprocess of its own, timed from launch to exit and with its peak RSS
 measured by the OS (``wait4``); ours run the ``rvc-index build`` command line (no evaluation: RVC
 evaluates nothing either), RVC's recipe runs ``benchmarks/rvc_recipe.py``. Then every index is
-evaluated the same way (``pipeline.evaluate``) on held-out utterances of the same speaker that no
+evaluated the same way (``rvc_index.evaluation.evaluate``) on held-out utterances of the same speaker that no
 system indexed, against one exact reference over the original frames.
 
     python -m benchmarks.bench_rvc --rows 100000 --dim 768
@@ -48,8 +48,8 @@ def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: in
 
     Reused when ``work`` already holds the same collection (a marker records its parameters).
     """
-    from pipeline.outputs import write_atomic, write_json_atomic
-    from pipeline.synth import MAX_FRAMES, feature_dir_name, save_npy, utterances
+    from rvc_index.runtime.outputs import write_atomic, write_json_atomic
+    from rvc_index.tools.synth import MAX_FRAMES, feature_dir_name, save_npy, utterances
 
     root = Path(work) / f"n{rows}-d{dim}-s{seed}"
     feature_dir = root / "logs" / SPEAKER / feature_dir_name(dim)
@@ -80,9 +80,9 @@ def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: in
 
 def split_collection(feature_dir: Path, work: Path, fraction: float = 0.02, seed: int = 0) -> Collection:
     """A given collection: whole files held out (symlinked into their own folder), the rest indexed."""
-    from pipeline.holdout import choose_files
-    from pipeline.sources import resolve_experiment, scan_manifest
-    from pipeline.synth import feature_dir_name
+    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.evaluation.holdout import choose_files
+    from rvc_index.tools.synth import feature_dir_name
 
     experiment = resolve_experiment(feature_dir)
     manifest = scan_manifest(experiment)
@@ -150,7 +150,7 @@ def ours_command(system: str, collection: Collection, out: Path) -> list[str]:
     ``system`` is a preset name, optionally with overrides: ``tips+expand.enabled=false``.
     """
     preset, *overrides = system.split("+")
-    cmd = [sys.executable, "-m", "pipeline", "build", str(collection.feature_dir), "--config", preset,
+    cmd = [sys.executable, "-m", "rvc_index", "build", str(collection.feature_dir), "--config", preset,
            "--out", str(out), "--backend", "cpu", "--force", "--set", "evaluate.recall_queries=0"]
     for override in overrides:
         cmd += ["--set", override]
@@ -190,12 +190,11 @@ def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_
                      seed: int) -> None:
     """Evaluate every built index on the same held-out queries against one exact reference."""
     import faiss
-
-    from pipeline.backend import select_backend
-    from pipeline.evaluate import evaluate_index, exact_reference
-    from pipeline.feature_set import open_feature_set
-    from pipeline.holdout import holdout_from_folder
-    from pipeline.sources import resolve_experiment, scan_manifest
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.data.feature_set import open_feature_set
+    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.evaluation.evaluate import evaluate_index, exact_reference
+    from rvc_index.evaluation.holdout import holdout_from_folder
 
     backend = select_backend("cpu")
     experiment = resolve_experiment(collection.feature_dir)
@@ -234,8 +233,8 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
               timeout: float = 3600.0, figures: Path | None = REPO / "docs" / "bench",
               docs: Path | None = REPO / "docs" / "benchmarks.md", command: str = "") -> dict[str, Any]:
     """Build with RVC's recipe and every preset on one collection; evaluate; print and write results."""
-    from pipeline.cli import format_table
-    from pipeline.progress import get_logger
+    from rvc_index.runtime.progress import get_logger
+    from rvc_index.runtime.tables import format_table
 
     log = get_logger()
     work = Path(work)
@@ -270,8 +269,9 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
     for line in checks(result):
         print("-", line.replace("**", ""))
     if figures is not None:
-        from pipeline.outputs import write_json_atomic
-        from pipeline.report import write_bench_png
+        from rvc_index.runtime.outputs import write_json_atomic
+
+        from benchmarks.bench_report import write_bench_png
 
         figures.mkdir(parents=True, exist_ok=True)
         write_json_atomic(figures / f"end-to-end-{collection.rows}x{collection.dim}.json", result)
@@ -310,7 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def render(figures: Path, docs: Path) -> list[dict[str, Any]]:
     """Redraw ``end-to-end.png`` and the docs section from every ``end-to-end-*.json`` in ``figures``."""
-    from pipeline.report import write_bench_png
+    from benchmarks.bench_report import write_bench_png
 
     runs = [json.loads(p.read_text()) for p in sorted(figures.glob("end-to-end-*.json"))]
     if not runs:
@@ -331,7 +331,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     import shlex
 
-    from pipeline.progress import configure_logging
+    from rvc_index.runtime.progress import configure_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_rvc_child"]:

@@ -35,7 +35,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 # The plan table: two header lines, then one line per experiment.
-plan=$("$python" -m pipeline -q batch "$root" --config "$config" --dry-run ${extra[@]+"${extra[@]}"})
+plan=$("$python" -m rvc_index -q batch "$root" --config "$config" --dry-run ${extra[@]+"${extra[@]}"})
 experiments=$(($(printf '%s\n' "$plan" | wc -l) - 2))
 if ((experiments < 1)); then
     echo "rvc-index: no experiments under $root" >&2

@@ -2,6 +2,6 @@
 
 import sys
 
-from pipeline.cli import main
+from rvc_index.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""``rvc-index`` command line: build | batch | inspect | eval | bench | tune | synth | demo."""
+"""``rvc-index`` command line: build | batch | inspect | eval | tune | synth | demo."""
 
 from __future__ import annotations
 
@@ -7,42 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from pipeline import __version__
-from pipeline.progress import configure_logging, get_logger
+from rvc_index import __version__
+from rvc_index.config.loading import resolve_config_path
+from rvc_index.runtime.progress import configure_logging, get_logger
+from rvc_index.runtime.tables import format_table
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EXIT_FAILED = 1
-
-
-def resolve_config_path(value: str) -> Path:
-    """A preset path, or a bare preset name (``tips``) looked up in ``configs/``."""
-    path = Path(value)
-    if path.exists() or path.suffix:
-        return path
-    return CONFIG_DIR / f"{value}.yaml"
-
-
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Plain-text table of dicts sharing the same keys (None shown as '-')."""
-    if not rows:
-        return ""
-    headers = list(rows[0])
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.3f}" if value < 100 else f"{value:.0f}"
-        return str(value)
-
-    cells = [[cell(row.get(h)) for h in headers] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
 
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
@@ -103,11 +74,6 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="write every measure as JSON")
     evaluate.add_argument("--png", metavar="FILE", help="draw the report picture")
 
-    from benchmarks.bench_rvc import add_arguments as add_bench_arguments
-
-    bench = commands.add_parser("bench", help="end to end against RVC's own recipe on one collection")
-    add_bench_arguments(bench)
-
     tune = commands.add_parser("tune", help="measure index layouts and search settings on held-out "
                                "utterances; write the cheapest config meeting a target")
     tune.add_argument("path", help="logs/<exp>, its 3_feature folder or any folder of .npy files")
@@ -133,9 +99,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.backend import select_backend
-    from pipeline.config_io import load_config
-    from pipeline.runner import build_experiment
+    from rvc_index.build.runner import build_experiment
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.config.loading import load_config
 
     config = load_config(resolve_config_path(args.config), args.overrides)
     result = build_experiment(args.path, config, args.out, select_backend(args.backend), force=args.force)
@@ -146,8 +112,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     import faiss
-
-    from pipeline.indexing import describe_index
+    from rvc_index.stages.indexing import describe_index
 
     path = Path(args.index)
     if not path.is_file():
@@ -158,7 +123,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.synth import SpeakerSpec, generate_collection
+    from rvc_index.tools.synth import SpeakerSpec, generate_collection
 
     specs = [SpeakerSpec(f"speaker{i:02d}", args.rows, args.dim) for i in range(args.speakers)]
     for folder in generate_collection(Path(args.root), specs, args.seed):
@@ -166,16 +131,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_SPEAKERS = (("alto", 12_000, 768), ("bass", 30_000, 768), ("tenor", 60_000, 768), ("v1voice", 20_000, 256))
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from distributed import Client, LocalCluster
-
-    from pipeline.backend import select_backend
-    from pipeline.config_io import load_config
-    from pipeline.runner import build_experiment
-    from pipeline.synth import SpeakerSpec, write_speaker
+    from rvc_index.build.runner import build_experiment
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.config.loading import load_config
+    from rvc_index.tools.synth import DEMO_SPEAKERS, SpeakerSpec, write_speaker
 
     config = load_config(resolve_config_path(args.config), args.overrides)
     root = Path(args.root)
@@ -196,10 +157,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     import datetime
     import socket
 
-    from pipeline.batch import parse_shard, plan_jobs, run_batch, stop_on_signals
-    from pipeline.batch_report import prepare_report, report_file
-    from pipeline.cluster import forward_worker_logs, open_cluster, performance_report_to
-    from pipeline.config_io import load_config
+    from rvc_index.batch.clusters import forward_worker_logs, open_cluster, performance_report_to
+    from rvc_index.batch.jobs import parse_shard, plan_jobs, run_batch, stop_on_signals
+    from rvc_index.batch.summary import prepare_report, report_file
+    from rvc_index.config.loading import load_config
 
     config_path = resolve_config_path(args.config)
     config = load_config(config_path, args.overrides)
@@ -229,10 +190,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.backend import select_backend
-    from pipeline.evaluate import evaluate_files
-    from pipeline.outputs import write_json_atomic
-    from pipeline.report import summary_lines, write_report_png
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.evaluation.evaluate import evaluate_files
+    from rvc_index.evaluation.plots import summary_lines, write_report_png
+    from rvc_index.runtime.outputs import write_json_atomic
 
     result = evaluate_files(args.index, args.feature_dir, select_backend(args.backend), fraction=args.holdout,
                             queries_dir=args.queries, max_queries=args.max_queries, seed=args.seed,
@@ -248,25 +209,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench_rvc import render, run_from_args
-
-    if args.render:
-        render(args.figures, args.docs)
-        return 0
-    command = f"rvc-index bench --rows {args.rows} --dim {args.dim}"
-    command += f" --presets {args.presets}" if args.presets else ""
-    command += f" --feature-dir {args.feature_dir}" if args.feature_dir else ""
-    result = run_from_args(args, command)
-    return 0 if all(s["returncode"] == 0 for s in result["systems"]) else EXIT_FAILED
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    from pipeline.backend import select_backend
-    from pipeline.config_io import load_config
-    from pipeline.feature_set import open_feature_set
-    from pipeline.sources import resolve_experiment, scan_manifest
-    from pipeline.tune import Target, TuneError, layouts, tune, write_preset
+    from rvc_index.build.tune import Target, TuneError, layouts, tune, write_preset
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.config.loading import load_config
+    from rvc_index.data.feature_set import open_feature_set
+    from rvc_index.data.sources import resolve_experiment, scan_manifest
 
     config = load_config(resolve_config_path(args.config), args.overrides)
     experiment = resolve_experiment(args.path)
@@ -292,7 +240,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"build": cmd_build, "inspect": cmd_inspect, "synth": cmd_synth, "demo": cmd_demo, "batch": cmd_batch,
-            "eval": cmd_eval, "bench": cmd_bench, "tune": cmd_tune}
+            "eval": cmd_eval, "tune": cmd_tune}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline import rvc_compat
-from pipeline.synth import SpeakerSpec, write_speaker
+from rvc_index.tools import rvc_compat
+from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
-COMPAT_SCRIPT = REPO / "pipeline" / "rvc_compat.py"
+COMPAT_SCRIPT = REPO / "pipeline" / "tools" / "rvc_compat.py"
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests unless CuPy sees a CUDA device."""
-    from pipeline.backend import _cupy_with_device
+    from rvc_index.compute.backend import _cupy_with_device
 
     if _cupy_with_device() is not None:
         return

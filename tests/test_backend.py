@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-
-from pipeline.backend import BackendError, _cupy_with_device, select_backend
+from rvc_index.compute.backend import BackendError, _cupy_with_device, select_backend
 
 
 def test_cpu_backend():

@@ -18,12 +18,11 @@ import numpy as np
 import psutil
 import pytest
 from distributed import Client, LocalCluster
-
-from pipeline.batch import BatchError, Job, parse_shard, plan_jobs, run_batch, run_job, select, shard_jobs
-from pipeline.cli import main
-from pipeline.config_io import load_config
-from pipeline.sources import SourceError
-from pipeline.synth import SpeakerSpec, write_speaker
+from rvc_index.batch.jobs import BatchError, Job, parse_shard, plan_jobs, run_batch, run_job, select, shard_jobs
+from rvc_index.cli import main
+from rvc_index.config.loading import load_config
+from rvc_index.data.sources import SourceError
+from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 REPO = CONFIGS.parent
@@ -187,7 +186,7 @@ def test_sigkill_partway_then_rerun_resumes_with_identical_bytes(tmp_path, bank,
     expected = {name: reference[name] for name in names}  # what an uninterrupted run writes
 
     log = open(tmp_path / "killed.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "batch", str(root), "--config", CLASSIC,
+    proc = subprocess.Popen([sys.executable, "-m", "rvc_index", "batch", str(root), "--config", CLASSIC,
                              "--workers", "1", *FAST], cwd=REPO, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(root.glob("*/*.report.json")) and time.monotonic() < deadline and proc.poll() is None:

@@ -9,13 +9,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-
-from pipeline.backend import Backend
-from pipeline.config_io import load_config
-from pipeline.expand import expand
-from pipeline.runner import OutputError, build_experiment
-from pipeline.sources import SourceError
-from pipeline.synth import utterances
+from rvc_index.build.runner import OutputError, build_experiment
+from rvc_index.compute.backend import Backend
+from rvc_index.config.loading import load_config
+from rvc_index.data.sources import SourceError
+from rvc_index.stages.expand import expand
+from rvc_index.tools.synth import utterances
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -46,7 +45,7 @@ def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, 
     assert (exp / f"rvc-index-{preset}.config.yaml").is_file()
     assert load_config(exp / f"rvc-index-{preset}.config.yaml") == config
     stored = features_of(exp)
-    if config.expand.enabled:  # tips stores the alpha-QE expansions of the features (pipeline.expand)
+    if config.expand.enabled:  # tips stores the alpha-QE expansions of the features (rvc_index.stages.expand)
         stored = expand(stored, config.expand, Backend("cpu", np)).vectors
     old, new = rvc_check(result.index_path, held_out(500, dim), stored, dim)
     assert old["ntotal"] == new["ntotal"] == 6000
@@ -120,7 +119,7 @@ def test_trained_in_output_path_is_refused(make_experiment, tmp_path):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rvc_index", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -156,22 +155,22 @@ def test_cli_bad_input_exits_non_zero_naming_the_file(make_experiment, tmp_path)
 def test_code_fingerprint_covers_every_module_the_output_depends_on():
     """Editing the CLI or batch code keeps finished outputs; editing what computes them does not.
 
-    Every ``pipeline`` module imported by an output module (except the runner, which also drives
-    evaluation, reports, locks and the memory guard) must itself be an output module
-    (``resume.OUTPUT_MODULES``).
+    Every ``rvc_index`` module imported by a hashed module (except the runner, which also drives
+    evaluation, reports, locks and the memory guard) must itself be hashed (``resume.OUTPUT_LAYERS``).
     """
     import ast
 
-    from pipeline import resume
+    from rvc_index.build import resume
 
-    package = Path(resume.__file__).parent
-    for name in resume.OUTPUT_MODULES:
-        assert (package / f"{name}.py").is_file(), name
-        if name == "runner":
+    hashed = {p.relative_to(resume.PACKAGE_DIR).with_suffix("").as_posix().replace("/", ".")
+              for p in resume.output_sources()}
+    assert {"compute.kmeans", "stages.compress", "data.sources", "config.schema", "build.runner"} <= hashed
+    for path in resume.output_sources():
+        if path.name in ("runner.py", "__init__.py"):
             continue
-        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
-        imported = {node.module.split(".")[1] for node in ast.walk(tree)
-                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.")}
-        missing = imported - set(resume.OUTPUT_MODULES) - {"progress"}
-        assert not missing, f"pipeline/{name}.py imports {sorted(missing)}, not in resume.OUTPUT_MODULES"
-    assert "cli" not in resume.OUTPUT_MODULES and "batch" not in resume.OUTPUT_MODULES
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {node.module.removeprefix("rvc_index.") for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rvc_index.")}
+        missing = imported - hashed
+        assert not missing, f"{path} imports {sorted(missing)}, not hashed by resume.OUTPUT_LAYERS"
+    assert not any(name.startswith(("cli", "batch.", "evaluation.")) for name in hashed)

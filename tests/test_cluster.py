@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
-
-from pipeline.batch import plan_jobs, run_batch
-from pipeline.cluster import (
+from rvc_index.batch.clusters import (
     ClusterError,
     build_resources,
     cluster_kind,
@@ -23,10 +21,11 @@ from pipeline.cluster import (
     slurm_cluster_kwargs,
     slurm_walltime,
 )
-from pipeline.config import ClusterConfig
-from pipeline.config_io import config_from_dict, load_config
-from pipeline.progress import get_logger
-from pipeline.synth import SpeakerSpec, write_speaker
+from rvc_index.batch.jobs import plan_jobs, run_batch
+from rvc_index.config.loading import config_from_dict, load_config
+from rvc_index.config.schema import ClusterConfig
+from rvc_index.runtime.progress import get_logger
+from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 HAS_JOBQUEUE = importlib.util.find_spec("dask_jobqueue") is not None

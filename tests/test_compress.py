@@ -5,10 +5,15 @@ import os
 
 import numpy as np
 import pytest
-from sklearn.cluster import MiniBatchKMeans
-
-from pipeline.backend import select_backend
-from pipeline.compress import (
+from rvc_index.compute.backend import select_backend
+from rvc_index.compute.minibatch import inertia, new_state, pass_stats
+from rvc_index.compute.two_level import build_tree
+from rvc_index.config.loading import load_config
+from rvc_index.config.schema import CompressConfig, ConfigError
+from rvc_index.data.feature_set import open_feature_set
+from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.runtime.stream import iter_blocks
+from rvc_index.stages.compress import (
     CompressError,
     final_pass_stats,
     fit_centroids,
@@ -16,13 +21,7 @@ from pipeline.compress import (
     plan_kmeans,
     shuffled_batches,
 )
-from pipeline.config import CompressConfig, ConfigError
-from pipeline.config_io import load_config
-from pipeline.feature_set import open_feature_set
-from pipeline.minibatch import inertia, new_state, pass_stats
-from pipeline.sources import resolve_experiment, scan_manifest
-from pipeline.stream import iter_blocks
-from pipeline.two_level import build_tree
+from sklearn.cluster import MiniBatchKMeans
 
 CPU = select_backend("cpu")
 
@@ -108,7 +107,7 @@ def test_minibatch_compress_beats_rvcs_sklearn_call(make_experiment):
 
 
 def test_sklearn_mode_runs_rvcs_call(make_experiment):
-    from pipeline.compress import compress
+    from rvc_index.stages.compress import compress
 
     features = feature_set(make_experiment("sk", 3000, 64))
     config = compress_config(n_centroids=50, method="sklearn")

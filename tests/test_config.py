@@ -1,9 +1,8 @@
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import Config, ConfigError
-from pipeline.config_io import config_from_dict, dump_config, load_config, parse_override
+from rvc_index.config.loading import config_from_dict, dump_config, load_config, parse_override
+from rvc_index.config.schema import Config, ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -8,10 +8,12 @@ import sys
 import faiss
 import numpy as np
 import pytest
-
-from pipeline.backend import select_backend
-from pipeline.config_io import load_config
-from pipeline.evaluate import (
+from rvc_index.build.runner import build_experiment
+from rvc_index.compute.backend import select_backend
+from rvc_index.config.loading import load_config
+from rvc_index.data.feature_set import open_feature_set
+from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.evaluation.evaluate import (
     blend_errors,
     coverage,
     evaluate_files,
@@ -24,8 +26,7 @@ from pipeline.evaluate import (
     rvc_blend,
     rvc_weights,
 )
-from pipeline.feature_set import open_feature_set
-from pipeline.holdout import (
+from rvc_index.evaluation.holdout import (
     Holdout,
     HoldoutError,
     choose_files,
@@ -34,10 +35,8 @@ from pipeline.holdout import (
     ids_holding,
     row_digests,
 )
-from pipeline.measure import index_ram_bytes, nprobe_values, search_latency, search_params
-from pipeline.runner import build_experiment
-from pipeline.sources import resolve_experiment, scan_manifest
-from pipeline.synth import utterances
+from rvc_index.evaluation.measure import index_ram_bytes, nprobe_values, search_latency, search_params
+from rvc_index.tools.synth import utterances
 
 CPU = select_backend("cpu")
 
@@ -229,7 +228,7 @@ def test_held_out_from_a_built_collection(make_experiment):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "rvc_index", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

@@ -6,13 +6,12 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-
-from pipeline.backend import Backend, select_backend
-from pipeline.config import ConfigError, ExpandConfig
-from pipeline.config_io import config_from_dict, load_config
-from pipeline.expand import ExpandError, expand
-from pipeline.runner import build_experiment
-from pipeline.synth import utterances
+from rvc_index.build.runner import build_experiment
+from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.config.loading import config_from_dict, load_config
+from rvc_index.config.schema import ConfigError, ExpandConfig
+from rvc_index.stages.expand import ExpandError, expand
+from rvc_index.tools.synth import utterances
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CPU = Backend("cpu", np)

@@ -23,18 +23,17 @@ import faiss
 import numpy as np
 import psutil
 import pytest
-
-from pipeline.backend import select_backend
-from pipeline.batch import plan_jobs, run_batch
-from pipeline.cli import main
-from pipeline.config_io import load_config
-from pipeline.locks import LOCK_NAME
-from pipeline.memory import StageMemoryError, estimate_stages, peak
-from pipeline.outputs import ascii_name
-from pipeline.progress import get_logger
-from pipeline.runner import build_experiment
-from pipeline.sources import resolve_experiment, scan_manifest
-from pipeline.synth import SpeakerSpec, sample_frames, write_speaker
+from rvc_index.batch.jobs import plan_jobs, run_batch
+from rvc_index.build.guard import StageMemoryError, estimate_stages, peak
+from rvc_index.build.locks import LOCK_NAME
+from rvc_index.build.runner import build_experiment
+from rvc_index.cli import main
+from rvc_index.compute.backend import select_backend
+from rvc_index.config.loading import load_config
+from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.runtime.outputs import ascii_name
+from rvc_index.runtime.progress import get_logger
+from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -377,8 +376,8 @@ def test_case18_disk_full_keeps_the_old_index(shared, tmp_path, capsys, mount_tm
 ZYGOTE = r"""
 import json, os, resource, signal, sys, traceback
 import faiss, numpy  # noqa: F401 - loaded before any fork: children start warm
-import pipeline.batch, pipeline.runner  # noqa: F401
-from pipeline.cli import main, make_parser
+import rvc_index.batch.jobs, rvc_index.build.runner  # noqa: F401
+from rvc_index.cli import main, make_parser
 make_parser()  # imports what the commands import
 for line in sys.stdin:
     request = json.loads(line)

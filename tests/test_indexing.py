@@ -3,10 +3,10 @@ import math
 import faiss
 import numpy as np
 import pytest
-
-from pipeline.backend import select_backend
-from pipeline.config import IndexConfig
-from pipeline.indexing import (
+from rvc_index.compute.backend import select_backend
+from rvc_index.config.schema import IndexConfig
+from rvc_index.runtime.progress import Progress
+from rvc_index.stages.indexing import (
     IVF_FLAT,
     IVF_PQ_RFLAT,
     IndexBuildError,
@@ -22,8 +22,7 @@ from pipeline.indexing import (
     train_coarse,
     write_index,
 )
-from pipeline.progress import Progress
-from pipeline.synth import sample_frames
+from rvc_index.tools.synth import sample_frames
 
 
 @pytest.mark.parametrize("n_rows", [8, 39, 77, 78, 100, 1000, 5000, 100_000, 102_882, 200_000])

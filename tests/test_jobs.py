@@ -17,8 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from pipeline.synth import SpeakerSpec, write_speaker
+from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SCRIPTS = sorted(JOBS.iterdir())

@@ -3,11 +3,18 @@ Sculley/EMA updates, dead-centre re-seeding, Lloyd passes; CPU, plus a GPU agree
 
 import numpy as np
 import pytest
-
-from pipeline.backend import select_backend
-from pipeline.kmeans import init_centres, lloyd, nearest_centres, segment_sums
-from pipeline.minibatch import apply_pass, fit_minibatch, inertia, merge_stats, minibatch_step, new_state, pass_stats
-from pipeline.two_level import allocate, assign_two_level, build_tree, two_level_init
+from rvc_index.compute.backend import select_backend
+from rvc_index.compute.kmeans import init_centres, lloyd, nearest_centres, segment_sums
+from rvc_index.compute.minibatch import (
+    apply_pass,
+    fit_minibatch,
+    inertia,
+    merge_stats,
+    minibatch_step,
+    new_state,
+    pass_stats,
+)
+from rvc_index.compute.two_level import allocate, assign_two_level, build_tree, two_level_init
 
 CPU = select_backend("cpu")
 

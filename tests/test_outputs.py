@@ -1,8 +1,7 @@
 import os
 
 import pytest
-
-from pipeline.outputs import atomic_path, remove_stale_temps, temp_name, write_json_atomic, write_text_atomic
+from rvc_index.runtime.outputs import atomic_path, remove_stale_temps, temp_name, write_json_atomic, write_text_atomic
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

@@ -3,13 +3,13 @@
 import faiss
 import numpy as np
 import pytest
+from rvc_index.build.runner import build_experiment
+from rvc_index.compute.backend import select_backend
+from rvc_index.config.loading import load_config
+from rvc_index.evaluation.evaluate import exact_knn, recall_at_k
+from rvc_index.tools.synth import utterances
 
 from benchmarks.rvc_recipe import rvc_train_index
-from pipeline.backend import select_backend
-from pipeline.config_io import load_config
-from pipeline.evaluate import exact_knn, recall_at_k
-from pipeline.runner import build_experiment
-from pipeline.synth import utterances
 
 
 def recall_at_nprobe(index, vectors, queries, nprobe):

@@ -6,14 +6,15 @@ import faiss
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from rvc_index.build.runner import build_experiment
+from rvc_index.compute.backend import select_backend
+from rvc_index.config.loading import load_config
+from rvc_index.evaluation.evaluate import evaluate_index
+from rvc_index.evaluation.holdout import Holdout
+from rvc_index.evaluation.plots import ReportError, render_report, summary_lines, write_report_png
+from rvc_index.tools.synth import utterances
 
-from pipeline.backend import select_backend
-from pipeline.config_io import load_config
-from pipeline.evaluate import evaluate_index
-from pipeline.holdout import Holdout
-from pipeline.report import ReportError, render_report, summary_lines, write_bench_png, write_report_png
-from pipeline.runner import build_experiment
-from pipeline.synth import utterances
+from benchmarks.bench_report import write_bench_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

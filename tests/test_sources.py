@@ -2,10 +2,9 @@ import pickle
 
 import numpy as np
 import pytest
-
-from pipeline.feature_set import open_feature_set, plan_chunks
-from pipeline.sources import SourceError, load_group, resolve_experiment, scan_manifest
-from pipeline.stream import iter_blocks, take_rows
+from rvc_index.data.feature_set import open_feature_set, plan_chunks
+from rvc_index.data.sources import SourceError, load_group, resolve_experiment, scan_manifest
+from rvc_index.runtime.stream import iter_blocks, take_rows
 
 
 def feature_dir(tmp_path, name="3_feature768", exp="spk"):

@@ -5,14 +5,13 @@ import subprocess
 import sys
 
 import pytest
-
-from pipeline.backend import select_backend
-from pipeline.config_io import load_config
-from pipeline.feature_set import open_feature_set
-from pipeline.indexing import IVF_FLAT, IVF_PQ_RFLAT
-from pipeline.runner import build_experiment
-from pipeline.sources import resolve_experiment, scan_manifest
-from pipeline.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
+from rvc_index.build.runner import build_experiment
+from rvc_index.build.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
+from rvc_index.compute.backend import select_backend
+from rvc_index.config.loading import load_config
+from rvc_index.data.feature_set import open_feature_set
+from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.stages.indexing import IVF_FLAT, IVF_PQ_RFLAT
 
 
 def trial(recall, us, ram, missing=0.0, nprobe=4):
@@ -39,7 +38,7 @@ def test_layout_grid():
 
 @pytest.fixture(scope="module")
 def speaker(tmp_path_factory):
-    from pipeline.synth import SpeakerSpec, write_speaker
+    from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
     return write_speaker(tmp_path_factory.mktemp("tune") / "logs", SpeakerSpec("tuna", 6000, 64))
 
@@ -88,7 +87,7 @@ def test_an_unreachable_target_writes_nothing(speaker, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "rvc_index", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -107,8 +106,8 @@ def test_tune_cli_writes_a_loadable_preset(speaker, tmp_path):
 
 
 def test_tuned_pq_size_is_written_per_dimension_so_it_fits_v1_and_v2():
-    from pipeline.indexing import IndexBuildError, plan_index
-    from pipeline.tune import tuned_config
+    from rvc_index.build.tune import tuned_config
+    from rvc_index.stages.indexing import IndexBuildError, plan_index
 
     base = load_config("configs/tips.yaml")
     full = tuned_config(base, Trial(IVF_PQ_RFLAT, 1.0, 316, 768, 4, 4, 0.97, 0.0, 0.01, 40.0, 300.0), 768, "t")

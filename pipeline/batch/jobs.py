@@ -1,0 +1,294 @@
+"""Many experiments at once: discover, plan, run one build per experiment as a Dask task, summarise.
+
+Every experiment is one task that runs ``runner.build_experiment`` on a worker, so a failing
+experiment (bad file, too few rows, out of memory) fails alone. Small experiments (feature files
+up to ``cluster.stream_above_mb``) build whole inside their task, loading their files locally on
+that worker. Larger ones stream: their task opens a ``worker_client()`` and sends its chunk
+loads to every worker while it trains and adds (on its worker's GPU when there is one).
+``worker_client`` secedes the task from the worker's thread pool; without that, builds waiting on
+chunk tasks could hold every worker thread, leaving none to run the chunks (a deadlock). A
+seceded task no longer counts against its worker's threads, so at most ``cluster.max_streaming``
+streamed builds are in flight at once. On GPU workers every build holds the resource ``GPU=1``
+(kept while seceded): one GPU runs one build at a time; chunk loads need no GPU.
+
+faiss's results can depend on its OpenMP thread count (an IVF-Flat index differed between 1 and 2),
+so each build pins it to ``cluster.job_threads``: a build writes the same bytes on any worker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, as_completed, get_worker, worker_client
+from rvc_index.batch.clusters import build_resources
+from rvc_index.batch.summary import BatchReport, lost_record, progress_line
+from rvc_index.build.runner import build_experiment, file_stem
+from rvc_index.compute.backend import faiss_threads, select_backend
+from rvc_index.config.schema import Config
+from rvc_index.data.sources import FEATURE_DIRS, SourceError
+from rvc_index.runtime.outputs import write_json_atomic
+from rvc_index.runtime.progress import get_logger
+
+REPORT_EVERY_S = 5.0
+
+
+class BatchError(ValueError):
+    """A batch that cannot be planned (no experiments, a bad --only or --shard)."""
+
+
+class BatchStopped(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM/SIGUSR1: stop cleanly, report, exit."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One experiment to build: where it is, where it goes, and how it runs."""
+
+    name: str
+    path: str  # the experiment folder (logs/<exp>)
+    out_dir: str | None  # None = the experiment folder, as RVC
+    files: int
+    bytes: int
+    streamed: bool  # chunks spread over the workers, else built whole on one worker
+
+    @property
+    def mode(self) -> str:
+        return "streamed" if self.streamed else "whole"
+
+    def summary(self) -> dict[str, Any]:
+        return {"experiment": self.name, "files": self.files, "MB": round(self.bytes / 2**20, 1),
+                "mode": self.mode, "out": self.out_dir or self.path}
+
+
+def is_experiment(folder: Path) -> bool:
+    """RVC's ``logs/<exp>`` layout: a ``3_feature256`` or ``3_feature768`` folder inside."""
+    return any((folder / name).is_dir() for name in FEATURE_DIRS)
+
+
+def discover(root: str | Path) -> list[Path]:
+    """Experiment folders under ``root`` in name order (``root`` itself if it is one)."""
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise SourceError(f"{root}: no such folder")
+    if is_experiment(root):
+        return [root]
+    found = [p for p in sorted(root.iterdir()) if p.is_dir() and is_experiment(p)]
+    if not found:
+        raise SourceError(f"{root}: no experiments (<exp>/3_feature256 or <exp>/3_feature768) found")
+    return found
+
+
+def feature_size(folder: Path) -> tuple[int, int]:
+    """(number, total bytes) of the ``.npy`` files in an experiment's feature folders."""
+    files = size = 0
+    for name in FEATURE_DIRS:
+        if not (folder / name).is_dir():
+            continue
+        with os.scandir(folder / name) as entries:
+            for entry in entries:
+                if entry.name.endswith(".npy") and entry.is_file():
+                    files += 1
+                    size += entry.stat().st_size
+    return files, size
+
+
+def select(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Names matching any glob of ``patterns`` (comma-separated allowed); all when none given."""
+    globs = [g.strip() for p in patterns for g in p.split(",") if g.strip()]
+    if not globs:
+        return list(names)
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    if not chosen:
+        raise BatchError(f"--only {','.join(globs)} matches none of the {len(names)} experiments")
+    return chosen
+
+
+def parse_shard(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """``'K/N'`` -> (K, N); ``'slurm'`` -> this array task's place in a contiguous ``--array`` range."""
+    if not text:
+        return None
+    if text == "slurm":
+        if "SLURM_ARRAY_TASK_ID" not in environ:
+            raise BatchError("--shard slurm: SLURM_ARRAY_TASK_ID is not set (run it as an sbatch --array task)")
+        task = int(environ["SLURM_ARRAY_TASK_ID"])
+        low = int(environ.get("SLURM_ARRAY_TASK_MIN", task))
+        high = int(environ.get("SLURM_ARRAY_TASK_MAX", task))
+        step = int(environ.get("SLURM_ARRAY_TASK_STEP", 1)) or 1
+        count = (high - low) // step + 1
+        if int(environ.get("SLURM_ARRAY_TASK_COUNT", count)) != count or (task - low) % step:
+            raise BatchError("--shard slurm needs a contiguous --array range like 0-15%4")
+        return (task - low) // step, count
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise BatchError(f"--shard {text!r}: expected K/N with 0 <= K < N, or 'slurm'")
+    return int(match[1]), int(match[2])
+
+
+def shard_jobs(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
+    """Shard ``index`` of ``count`` with balanced bytes (largest first to the lightest shard).
+
+    Deterministic: every array task computes the same split from the same files.
+    """
+    loads = [0] * count
+    shards: list[list[Job]] = [[] for _ in range(count)]
+    for job in sorted(jobs, key=lambda j: (-j.bytes, j.name)):
+        lightest = min(range(count), key=lambda i: (loads[i], i))
+        shards[lightest].append(job)
+        loads[lightest] += max(job.bytes, 1)
+    return sorted(shards[index], key=lambda j: j.name)
+
+
+def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, only: Sequence[str] = (),
+              shard: tuple[int, int] | None = None) -> list[Job]:
+    """The experiments to build, each with its output folder and run mode."""
+    folders = {p.name: p for p in discover(root)}
+    threshold = config.cluster.stream_above_mb * 2**20
+    jobs = []
+    for name in select(list(folders), only):
+        files, size = feature_size(folders[name])
+        folder = file_stem(name, config)  # RVC on Windows needs ASCII paths
+        out_dir = str(Path(out).absolute() / folder) if out is not None else None
+        jobs.append(Job(name, str(folders[name]), out_dir, files, size, size > threshold))
+    return shard_jobs(jobs, *shard) if shard else jobs
+
+
+def _worker_address() -> str | None:
+    try:
+        return get_worker().address
+    except ValueError:
+        return None
+
+
+def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False) -> dict[str, Any]:
+    """Build one experiment (the Dask task); never raises: a failure is returned as a record."""
+    log = get_logger()
+    started = time.perf_counter()
+    worker = _worker_address()
+    record: dict[str, Any] = {"experiment": job.name, "mode": job.mode, "worker": worker, "started_at": time.time()}
+    log.info("%s: start (%s, %d files, %.1f MB)%s", job.name, job.mode, job.files, job.bytes / 2**20,
+             f" on {worker}" if worker else "")
+    try:
+        with faiss_threads(config.cluster.job_threads):
+            chosen = select_backend(backend)  # type: ignore[arg-type]
+            if job.streamed and worker is not None:
+                with worker_client() as client:
+                    result = build_experiment(job.path, config, job.out_dir, chosen, client, force)
+            else:
+                result = build_experiment(job.path, config, job.out_dir, chosen, None, force)
+    except Exception as exc:  # noqa: BLE001 - one experiment's failure must not stop the batch
+        log.error("%s: failed: %s: %s", job.name, type(exc).__name__, exc)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    else:
+        summary = result.summary()
+        record.update(status=result.status, rows=summary["rows"], index=str(result.index_path),
+                      report=str(result.report_path), recall_at_8=summary["recall@8"],
+                      build_seconds=summary["seconds"])
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    record["finished_at"] = time.time()
+    return record
+
+
+def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: str = "auto", force: bool = False,
+              report_path: str | Path | None = None, meta: dict[str, Any] | None = None) -> BatchReport:
+    """Run every job on the cluster; isolate failures; write ``report_path`` as results arrive.
+
+    Largest experiments start first. A ``KeyboardInterrupt`` (or ``BatchStopped`` from a signal)
+    cancels what is left; those experiments are reported as ``stopped``.
+    """
+    log = get_logger()
+    started = time.perf_counter()
+    resources = build_resources(client, backend)
+    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    max_streaming = config.cluster.max_streaming or n_workers
+    order = sorted(jobs, key=lambda j: (-j.bytes, j.name))
+    streamed = deque(j for j in order if j.streamed)
+    log.info("batch: %d experiments (%d whole, %d streamed, at most %d streamed at once) on %d workers%s",
+             len(jobs), len(jobs) - len(streamed), len(streamed), max_streaming, n_workers,
+             ", one build per GPU" if resources else "")
+    priority = {job.name: len(order) - rank for rank, job in enumerate(order)}
+    running: dict[str, tuple[Job, Any]] = {}
+
+    def submit(job: Job) -> Any:
+        future = client.submit(run_job, job, config, backend, force, key=f"build-{job.name}-{uuid.uuid4().hex[:8]}",
+                               pure=False, resources=resources, priority=priority[job.name])
+        running[future.key] = (job, future)
+        return future
+
+    records: dict[str, dict[str, Any]] = {}
+    report = BatchReport([], 0.0, None, dict(meta or {}))
+    last_write = time.perf_counter()
+    try:
+        initial = [submit(j) for j in order if not j.streamed]
+        initial += [submit(streamed.popleft()) for _ in range(min(max_streaming, len(streamed)))]
+        finished = as_completed(initial)
+        for future in finished:
+            job, _ = running.pop(future.key)
+            try:
+                record = future.result()
+            except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, ...: this job failed
+                record = lost_record(job.name, job.mode, exc)
+            records[job.name] = record
+            log.log(logging.ERROR if record["status"] == "failed" else logging.INFO, "%s",
+                    progress_line(list(records.values()), len(jobs), time.perf_counter() - started))
+            if job.streamed and streamed:
+                finished.add(submit(streamed.popleft()))
+            if report_path is not None and time.perf_counter() - last_write > REPORT_EVERY_S:
+                _fill(report, jobs, records, started, missing="pending")
+                write_json_atomic(Path(report_path), report.to_json(finished=False))
+                last_write = time.perf_counter()
+    except KeyboardInterrupt as exc:
+        report.stopped = f"{type(exc).__name__} {exc}".strip()
+        for job, future in list(running.values()):  # finished, but not collected yet
+            if future.status == "finished":
+                records[job.name] = future.result()
+                running.pop(future.key)
+        log.warning("batch: stopping (%s): cancelling %d running builds", report.stopped, len(running))
+        try:
+            client.cancel([future for _, future in running.values()])
+        except Exception as cancel_error:  # noqa: BLE001 - the cluster may be going away already
+            log.warning("batch: could not cancel running builds: %s", cancel_error)
+    _fill(report, jobs, records, started)
+    if report_path is not None:
+        write_json_atomic(Path(report_path), report.to_json())
+    log.info("batch: %s", report.headline())
+    return report
+
+
+def _fill(report: BatchReport, jobs: Sequence[Job], records: dict[str, dict[str, Any]], started: float,
+          missing: str = "stopped") -> None:
+    report.records = [records.get(j.name) or {"experiment": j.name, "mode": j.mode, "status": missing}
+                      for j in sorted(jobs, key=lambda j: j.name)]
+    report.seconds = time.perf_counter() - started
+
+
+@contextmanager
+def stop_on_signals(signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> Iterator[None]:
+    """Turn the first SIGTERM/SIGUSR1 (SLURM's ``--signal`` before walltime) into ``BatchStopped``."""
+    def handler(signum: int, frame: Any) -> None:
+        for sig in signals:  # SLURM may send TERM to every process as well: stop once, then report
+            signal.signal(sig, signal.SIG_IGN)
+        raise BatchStopped(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,265 @@
+"""Autotune: pick n_list, PQ size, nprobe and k_factor for a target, by measuring.
+
+The collection goes through the stages a build runs before indexing (compression and expansion, as
+the base config says). Then, for each layout (recipe, ``sqrt_factor`` -> n_list, PQ size), one index
+is trained and filled; nprobe and k_factor are search-time settings, so each layout is swept per
+search call: nprobe doubles from the smallest that fills every k=8 search (then bisects to the
+smallest that meets the recall target), for each k_factor. Queries are held-out utterances
+(``rvc_index.evaluation.holdout``); recall is against exact search over the stored vectors, latency is single
+thread in one-second batches, RAM is the index's arrays. The cheapest trial meeting the target
+(lowest latency, or lowest RAM) becomes a preset that ``load_config`` reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import yaml
+
+from rvc_index.compute.backend import Backend
+from rvc_index.stages.compress import compress, plan_compression
+from rvc_index.config.schema import Config
+from rvc_index.config.loading import config_from_dict, config_to_dict
+from rvc_index.evaluation.evaluate import (
+    blend_errors,
+    exact_knn,
+    exact_reference,
+    missing_label_share,
+    recall_at_k,
+    rvc_blend,
+    rvc_weights,
+)
+from rvc_index.data.feature_set import FeatureSet
+from rvc_index.evaluation.holdout import holdout_from_features
+from rvc_index.stages.indexing import (
+    IVF_FLAT,
+    IVF_PQ_RFLAT,
+    add_batches,
+    list_sizes,
+    nprobe_for_k,
+    plan_index,
+)
+from rvc_index.evaluation.measure import RVC_K, index_ram_bytes, search_latency, search_params
+from rvc_index.runtime.outputs import write_text_atomic
+from rvc_index.runtime.progress import Progress, get_logger
+from rvc_index.build.runner import trained_index
+from rvc_index.runtime.stream import iter_batches, iter_blocks
+
+SQRT_FACTORS = (1.0, 2.0, 4.0)  # n_list = sqrt_factor * sqrt(N) (capped at N / 39)
+PQ_DIVISORS = (1, 2)  # pq_m = D / divisor 4-bit sub-quantizers (D/4 and below rank too poorly to re-rank)
+FLAT_SQRT_FACTORS = (4.0, 16.0)  # IVF-Flat: the smallest RAM; 16 is RVC's rule
+K_FACTORS = (1, 2, 4, 8, 16, 32)
+
+
+class TuneError(RuntimeError):
+    """No measured configuration meets the target; the message gives the closest one."""
+
+
+@dataclass(frozen=True)
+class Target:
+    min_recall: float = 0.95
+    max_us_per_frame: float = 0.0  # 0 = no limit
+    max_ram_mb: float = 0.0  # 0 = no limit
+    objective: Literal["latency", "memory"] = "latency"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What needs its own index: recipe, n_list rule factor, PQ sub-quantizers (0 for IVF-Flat)."""
+
+    recipe: str
+    sqrt_factor: float
+    pq_m: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    recipe: str
+    sqrt_factor: float
+    n_list: int
+    pq_m: int
+    nprobe: int
+    k_factor: int
+    recall_at_k: float
+    missing_label_share: float
+    blend_error: float
+    us_per_frame: float
+    ram_mb: float
+
+    def meets(self, target: Target) -> bool:
+        return (self.recall_at_k >= target.min_recall and self.missing_label_share == 0.0
+                and (not target.max_us_per_frame or self.us_per_frame <= target.max_us_per_frame)
+                and (not target.max_ram_mb or self.ram_mb <= target.max_ram_mb))
+
+
+def layouts(dim: int, sqrt_factors: Sequence[float] = SQRT_FACTORS, pq_divisors: Sequence[int] = PQ_DIVISORS,
+            flat_sqrt_factors: Sequence[float] = FLAT_SQRT_FACTORS) -> list[Layout]:
+    """The layouts to build: IVF-PQ(D/divisor)x4fs,RFlat per n_list factor, and IVF-Flat."""
+    found = [Layout(IVF_PQ_RFLAT, f, dim // d) for f in sqrt_factors for d in pq_divisors if dim % d == 0]
+    return found + [Layout(IVF_FLAT, f, 0) for f in flat_sqrt_factors]
+
+
+def choose(trials: Sequence[Trial], target: Target) -> Trial | None:
+    """The trial meeting ``target`` at the lowest latency (or RAM, then latency); None if none does."""
+    feasible = [t for t in trials if t.meets(target)]
+    if not feasible:
+        return None
+    if target.objective == "memory":
+        return min(feasible, key=lambda t: (t.ram_mb, t.us_per_frame))
+    return min(feasible, key=lambda t: (t.us_per_frame, t.ram_mb))
+
+
+def index_vectors(features: FeatureSet, config: Config, backend: Backend, client: Any | None,
+                  workdir: Path) -> tuple[np.ndarray, bool]:
+    """(the vectors a build would index, in memory; whether they are the collection's own rows)."""
+    vectors: Any = features.array
+    plan = plan_compression(features.n_rows, config.compress)
+    if plan.apply:
+        vectors = compress(features, plan, config.compress, backend, config.seed, client)
+    if config.expand.enabled:
+        from rvc_index.stages.expand import expand
+
+        vectors = expand(vectors, config.expand, backend, client, workdir, config.seed, "tune").vectors
+    rows = np.concatenate(list(iter_blocks(vectors, client))) if not isinstance(vectors, np.ndarray) else vectors
+    return np.ascontiguousarray(rows, dtype=np.float32), not plan.apply
+
+
+def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: Backend,
+                 compressed: bool = False) -> faiss.Index:
+    """Train and fill one index of ``layout`` the way a build does."""
+    index_config = dataclasses.replace(config.index, recipe=layout.recipe, sqrt_factor=layout.sqrt_factor,
+                                       pq_m=layout.pq_m, n_list=0)
+    plan = plan_index(vectors.shape[0], vectors.shape[1], index_config)
+    index = trained_index(vectors, plan, dataclasses.replace(config, index=index_config), backend,
+                          raw_rows=not compressed)
+    add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
+                Progress(f"tune: add {layout.recipe} x{layout.sqrt_factor:g} pq{layout.pq_m}", vectors.shape[0],
+                         "vectors", step_percent=50))
+    return index
+
+
+def sweep_layout(index: faiss.Index, layout: Layout, vectors: np.ndarray, queries: np.ndarray,
+                 keep: np.ndarray | None, truth: np.ndarray, reference: np.ndarray, target: Target,
+                 k_factors: Sequence[int] = K_FACTORS, k: int = RVC_K) -> list[Trial]:
+    """Trials of one built index over nprobe (doubling, then bisecting) and k_factor."""
+    sizes = list_sizes(index)
+    n_list = len(sizes)
+    start = nprobe_for_k(sizes, k, 1)
+    ram_mb = index_ram_bytes(index) / 2**20
+    trials: list[Trial] = []
+
+    def trial(nprobe: int, k_factor: int) -> Trial:
+        scores, ids = index.search(queries, k, params=search_params(index, nprobe, keep, k_factor))
+        blended = rvc_blend(vectors[np.maximum(ids, 0)], rvc_weights(scores, ids))
+        timing = search_latency(index, queries, k, params=search_params(index, nprobe, k_factor=k_factor), repeats=2)
+        result = Trial(layout.recipe, layout.sqrt_factor, n_list, layout.pq_m, nprobe, k_factor,
+                       round(recall_at_k(ids, truth, k), 4), missing_label_share(ids),
+                       round(float(blend_errors(blended, reference).mean()), 5), timing["us_per_frame"],
+                       round(ram_mb, 2))
+        trials.append(result)
+        return result
+
+    for k_factor in (k_factors if layout.recipe == IVF_PQ_RFLAT else (1,)):
+        previous, nprobe = None, start
+        while True:
+            current = trial(nprobe, k_factor)
+            too_slow = bool(target.max_us_per_frame) and current.us_per_frame > 2 * target.max_us_per_frame
+            if current.recall_at_k >= target.min_recall:
+                low, high = (previous.nprobe if previous else start - 1), nprobe
+                while high - low > 1:  # smallest nprobe meeting the recall target
+                    middle = (low + high) // 2
+                    low, high = (low, middle) if trial(middle, k_factor).recall_at_k >= target.min_recall \
+                        else (middle, high)
+                break
+            saturated = previous is not None and current.recall_at_k - previous.recall_at_k < 0.002
+            if nprobe >= n_list or too_slow or saturated:
+                break
+            previous, nprobe = current, min(2 * nprobe, n_list)
+    return trials
+
+
+@dataclass
+class TuneResult:
+    chosen: Trial | None
+    trials: list[Trial]
+    target: Target
+    rows: int
+    vectors: int
+    queries: int
+    per_layout: list[Trial] = field(default_factory=list)  # each layout's chosen trial, else its best recall
+    config: Config | None = None
+
+
+def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, client: Any | None = None,
+         layout_list: Sequence[Layout] | None = None, holdout_fraction: float = 0.05, max_queries: int = 1000,
+         k_factors: Sequence[int] = K_FACTORS, name: str = "tuned") -> TuneResult:
+    """Measure every layout on held-out utterances of ``features``; choose the cheapest meeting ``target``."""
+    log = get_logger()
+    k = base.index.search_k
+    holdout = holdout_from_features(features, holdout_fraction, max_queries, base.seed, client)
+    queries = holdout.queries
+    reference = exact_reference(backend, holdout, features.array, client, k)["blended"]
+    with tempfile.TemporaryDirectory(prefix="rvc-index-tune-") as workdir:
+        vectors, aligned = index_vectors(features, base, backend, client, Path(workdir))
+        keep = holdout.keep_mask(vectors.shape[0]) if aligned else None
+        _, truth = exact_knn(backend, queries, [vectors], k, keep=keep)
+        trials: list[Trial] = []
+        per_layout: list[Trial] = []
+        for layout in layout_list or layouts(features.dim):
+            if layout.recipe == IVF_PQ_RFLAT and vectors.shape[0] < base.index.min_pq_rows:
+                continue
+            index = build_layout(vectors, layout, base, backend, compressed=not aligned)
+            found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k_factors, k)
+            best = choose(found, target)
+            per_layout.append(best or max(found, key=lambda t: t.recall_at_k))
+            log.info("tune: %s x%g pq%d: %s", layout.recipe, layout.sqrt_factor, layout.pq_m,
+                     f"best nprobe {best.nprobe} k_factor {best.k_factor}: recall {best.recall_at_k:.3f}, "
+                     f"{best.us_per_frame:.1f} us/frame" if best else
+                     f"target not met (best recall {max(t.recall_at_k for t in found):.3f})")
+            trials += found
+            del index
+    chosen = choose(trials, target)
+    result = TuneResult(chosen, trials, target, features.n_rows, int(vectors.shape[0]), int(len(queries)),
+                        per_layout)
+    if chosen is not None:
+        result.config = tuned_config(base, chosen, features.dim, name)
+    return result
+
+
+def tuned_config(base: Config, trial: Trial, dim: int, name: str) -> Config:
+    """``base`` with the trial's index settings (n_list by rule and PQ size per dimension, so the
+    preset scales with N and fits either feature width)."""
+    data = config_to_dict(base)
+    data["name"] = name
+    data["index"].update(recipe=trial.recipe, sqrt_factor=trial.sqrt_factor, n_list=0, nprobe=trial.nprobe,
+                         k_factor=trial.k_factor)
+    if trial.pq_m:  # as dims per sub-quantizer where it divides, so the preset fits v1 and v2 alike
+        divides = dim % trial.pq_m == 0
+        data["index"].update(pq_m=0 if divides else trial.pq_m,
+                             pq_dims=dim // trial.pq_m if divides else data["index"]["pq_dims"])
+    return config_from_dict(data)
+
+
+def write_preset(path: Path, result: TuneResult) -> Path:
+    """The chosen config as a YAML preset, with a header saying what was measured."""
+    if result.config is None or result.chosen is None:
+        raise TuneError("nothing to write: no configuration met the target")
+    t, c = result.target, result.chosen
+    header = [
+        f"# Written by `rvc-index tune` on {result.rows:,} rows ({result.vectors:,} vectors indexed), "
+        f"{result.queries} held-out query frames.",
+        f"# Target: recall@8 >= {t.min_recall}" + (f", <= {t.max_us_per_frame:g} us/frame" if t.max_us_per_frame
+                                                   else "") + (f", <= {t.max_ram_mb:g} MB" if t.max_ram_mb else "")
+        + f", lowest {t.objective}.",
+        f"# Measured: n_list {c.n_list}, recall@8 {c.recall_at_k:.3f}, {c.us_per_frame:.1f} us/frame (1 thread), "
+        f"blend error {c.blend_error:.4f}, index RAM {c.ram_mb:.1f} MB.",
+    ]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(config_to_dict(result.config), sort_keys=False)
+    return write_text_atomic(Path(path), text)

@@ -1,0 +1,157 @@
+"""Streamed mini-batch k-means over ``xp``: Sculley or EMA updates, dead-centre re-seeding, and
+Lloyd passes assembled from per-part sums. Memory depends on the batch and K, never on N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rvc_index.compute.backend import Backend
+from rvc_index.compute.kmeans import d2_sample, farthest, means_or_reseed, nearest_centres, segment_sums, squared_norms
+from rvc_index.compute.two_level import CentreTree, assign_two_level, build_tree
+
+
+@dataclass
+class KMeansState:
+    """Centres [k, d] float32, Sculley weights [k], usage EMA [k], optional coarse centres."""
+
+    centres: Any
+    counts: Any  # rows behind each centre (decayed by ``decay``): the learning rate is hits / counts
+    usage: Any  # EMA of rows per step over the dead-centre window
+    coarse: Any | None = None  # [k1, d]: two-level assignment; None: exact
+    step: int = 0
+    reseeded: int = 0
+    tree: CentreTree | None = None  # cell membership, rebuilt every ``4 k`` rows and after re-seeding
+    rows_since_tree: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))  # re-seeding draws
+
+    def current_tree(self, xp: Any) -> CentreTree | None:
+        """The two-level grouping with the centres' current positions (None when exact)."""
+        if self.coarse is None:
+            return None
+        if self.tree is None or self.rows_since_tree >= 4 * self.centres.shape[0]:
+            self.tree, self.rows_since_tree = build_tree(xp, self.centres, self.coarse), 0
+        else:
+            self.tree.centres = self.centres[self.tree.ids]
+            self.tree.norms = squared_norms(xp, self.tree.centres)
+        return self.tree
+
+    def assign(self, xp: Any, x: Any, nprobe: int = 1) -> tuple[Any, Any]:
+        """(labels [n], squared distances [n]) of the rows of ``x`` with the current centres."""
+        tree = self.current_tree(xp)
+        self.rows_since_tree += x.shape[0]
+        if tree is None:
+            return nearest_centres(xp, x, self.centres)
+        return assign_two_level(xp, tree, x, nprobe)
+
+
+def minibatch_step(xp: Any, state: KMeansState, batch: Any, decay: float = 1.0, nprobe: int = 1,
+                   dead_threshold: float = 1.0, dead_window: int = 0) -> float:
+    """One update with ``batch`` [b, d]; returns the batch's mean squared distance.
+
+    Each centre moves toward the mean of its batch rows at rate ``hits / counts`` where
+    ``counts = decay * counts + hits``: with ``decay = 1`` a centre is the running mean of every row
+    it was given (Sculley), below 1 an EMA that forgets early rows. Centres whose usage (an EMA of
+    hits over ``dead_window`` steps, in which an average centre expects 20 rows) falls below
+    ``dead_threshold`` rows are re-seeded on batch rows drawn in proportion to their squared
+    distance (as k-means++ and sklearn's reassignment do; seeded by ``state.rng``).
+    """
+    k, b = state.centres.shape[0], batch.shape[0]
+    labels, dists = state.assign(xp, batch, nprobe)
+    sums, hits = segment_sums(xp, labels, batch, k)
+    state.counts = decay * state.counts + hits
+    rate = (1.0 / xp.maximum(state.counts, 1e-30)).astype(xp.float32)
+    state.centres += rate[:, None] * (sums - hits.astype(xp.float32)[:, None] * state.centres)
+    window = dead_window or max(1, int(np.ceil(20.0 * k / b)))
+    state.usage = state.usage * (1.0 - 1.0 / window) + hits
+    state.step += 1
+    if dead_threshold > 0:
+        dead = xp.nonzero(state.usage < dead_threshold)[0][:b]
+        if dead.size:
+            state.centres[dead] = batch[d2_sample(xp, dists, int(dead.size), state.rng)]
+            state.counts[dead] = 1.0
+            state.usage[dead] = window * b / k  # a grace period: what an average centre gets
+            state.reseeded += int(dead.size)
+            state.tree = None
+    return float(dists.mean())
+
+
+def new_state(xp: Any, centres: Any, counts: Any | None = None, coarse: Any | None = None,
+              seed: int = 0) -> KMeansState:
+    """A state starting at ``centres`` with ``counts`` rows behind them (zeros if None); every centre
+    starts with the usage an average centre gets over the dead-centre window (20 rows)."""
+    k = centres.shape[0]
+    counts = xp.zeros(k, dtype=xp.float64) if counts is None else counts.astype(xp.float64)
+    return KMeansState(centres.astype(xp.float32), counts, xp.full(k, 20.0, dtype=xp.float64), coarse,
+                       rng=np.random.default_rng(seed))
+
+
+def fit_minibatch(backend: Backend, batches: Iterable[Any], state: KMeansState, decay: float = 1.0,
+                  nprobe: int = 1, dead_threshold: float = 1.0, dead_window: int = 0) -> KMeansState:
+    """Run :func:`minibatch_step` over an iterable of host or device batches [b, d]."""
+    for batch in batches:
+        if batch.shape[0]:
+            minibatch_step(backend.xp, state, backend.asarray(batch), decay, nprobe, dead_threshold, dead_window)
+    return state
+
+
+@dataclass
+class PassStats:
+    """Per-centre sums [k, d] and counts [k] of (part of) a pass, its SSE, and its farthest rows."""
+
+    sums: Any
+    counts: Any
+    sse: float
+    rows: int
+    far_rows: Any  # [<= n_far, d], farthest first: spares for centres that got no row
+    far_dists: Any
+
+
+def pass_stats(xp: Any, centres: Any, tree: CentreTree | None, batch: Any, nprobe: int = 1,
+               n_far: int = 64) -> PassStats:
+    """Assign ``batch`` [b, d] (two-level with ``tree``, else exactly) and sum it per centre."""
+    if tree is None:
+        labels, dists = nearest_centres(xp, batch, centres)
+    else:
+        labels, dists = assign_two_level(xp, tree, batch, nprobe)
+    sums, counts = segment_sums(xp, labels, batch, centres.shape[0])
+    far = farthest(xp, dists, min(n_far, batch.shape[0]))
+    return PassStats(sums, counts, float(dists.astype(xp.float64).sum()), int(batch.shape[0]),
+                     batch[far].copy(), dists[far])
+
+
+def merge_stats(xp: Any, a: PassStats | None, b: PassStats) -> PassStats:
+    """The stats of two disjoint parts of a pass together (``a`` may be None)."""
+    if a is None:
+        return b
+    far_rows = xp.concatenate([a.far_rows, b.far_rows])
+    far_dists = xp.concatenate([a.far_dists, b.far_dists])
+    keep = farthest(xp, far_dists, max(a.far_rows.shape[0], b.far_rows.shape[0]))
+    return PassStats(a.sums + b.sums, a.counts + b.counts, a.sse + b.sse, a.rows + b.rows,
+                     far_rows[keep], far_dists[keep])
+
+
+def apply_pass(xp: Any, state: KMeansState, stats: PassStats) -> int:
+    """Move every centre to the mean of its rows in the pass (Lloyd); empty ones take the farthest
+    rows. Returns the number re-seeded."""
+    state.centres, reseeded = means_or_reseed(xp, state.centres, stats.sums, stats.counts, stats.far_rows)
+    state.counts = stats.counts
+    state.reseeded += reseeded
+    state.tree = None
+    return reseeded
+
+
+def inertia(backend: Backend, batches: Iterable[np.ndarray], centres: Any) -> float:
+    """Mean squared distance of every row of ``batches`` to its nearest centre (exact)."""
+    xp = backend.xp
+    centres = backend.asarray(centres)
+    norms = squared_norms(xp, centres)
+    total, count = 0.0, 0
+    for batch in batches:
+        _, dists = nearest_centres(xp, backend.asarray(batch), centres, norms)
+        total += float(dists.astype(xp.float64).sum())
+        count += batch.shape[0]
+    return total / max(count, 1)

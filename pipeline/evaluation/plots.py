@@ -1,0 +1,129 @@
+"""Pictures of an evaluation (``report.png`` beside every index) and of the benchmark against RVC.
+
+Rendered with matplotlib's Agg canvas directly (no pyplot, no global backend switch), from the
+JSON-able dicts that ``rvc_index.evaluation.evaluate`` returns, so a report can be redrawn from report.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rvc_index.runtime.outputs import write_atomic
+
+RECALL_TARGET = 0.95
+
+
+class ReportError(RuntimeError):
+    """matplotlib is missing, or the evaluation lacks what the picture shows."""
+
+
+def figure_canvas(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # a base dependency: only a broken install gets here
+        raise ReportError("matplotlib is needed to draw report.png: pip install matplotlib "
+                          "(or --set evaluate.plot=false)") from exc
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _bars(axis: Any, histogram: Mapping[str, Sequence[float]], color: str) -> None:
+    edges, counts = list(histogram["edges"]), list(histogram["counts"])
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    axis.bar(edges[:-1], counts, width=widths, align="edge", color=color, edgecolor="white", linewidth=0.4)
+
+
+def _mb(value: float) -> str:
+    return f"{value / 2**20:,.1f} MB"
+
+
+def summary_lines(evaluation: Mapping[str, Any], index: Mapping[str, Any] | None = None) -> list[str]:
+    """The key numbers of an evaluation, one per line (also the text panel of report.png)."""
+    e = evaluation
+    blend, latency, size, holdout = e["blend_error"], e["latency"], e["size"], e["holdout"]
+    lines = []
+    if index:
+        lines.append(f"{index.get('type', '?')}  d={index.get('d')}  ntotal={index.get('ntotal', 0):,}")
+        if "n_list" in index:
+            lines.append(f"n_list {index['n_list']}  nprobe {index['nprobe']}"
+                         + (f"  k_factor {index['k_factor']:g}" if "k_factor" in index else ""))
+    lines += [
+        f"recall@{e['k']}: {e['recall_at_k']:.3f}   queries with -1 labels: {e['missing_label_share']:.1%}",
+        f"blend error: mean {blend['mean']:.4f}  median {blend['median']:.4f}  p95 {blend['p95']:.4f}",
+        f"coverage: {e['coverage']:.3f} (exact k-NN blend: {e['coverage_exact']:.3f})",
+        f"search: {latency['us_per_frame']:.1f} us/frame = {latency['ms_per_second_audio']:.2f} ms per "
+        f"second of audio (1 thread, {latency['batch_frames']}-frame batches)",
+        f"size: RAM {_mb(size['ram_bytes'])}" + (f", disk {_mb(size['disk_bytes'])}" if "disk_bytes" in size else "")
+        + f", with RVC's big_npy {_mb(size['ram_with_big_npy_bytes'])}",
+        f"queries: {e['queries']} frames of {holdout.get('files', '?')} held-out utterances "
+        f"({holdout.get('source')})",
+    ]
+    return lines
+
+
+def render_report(evaluation: Mapping[str, Any], title: str, index: Mapping[str, Any] | None = None) -> Any:
+    """A 2 x 2 figure: recall and latency against nprobe, list sizes, blend errors, key numbers."""
+    for key in ("recall_at_k", "blend_error", "latency", "size"):
+        if key not in evaluation:
+            raise ReportError(f"the evaluation has no '{key}': nothing to draw")
+    figure = figure_canvas(11.0, 7.5)
+    figure.suptitle(title, fontsize=11)
+    (curve, lists), (errors, text) = figure.subplots(2, 2)
+
+    sweep = evaluation.get("nprobe_sweep") or []
+    stored = (index or {}).get("nprobe")
+    if sweep:
+        nprobes = [row["nprobe"] for row in sweep]
+        curve.plot(nprobes, [row["recall_at_k"] for row in sweep], "o-", color="tab:blue", label="recall@8")
+        curve.axhline(RECALL_TARGET, color="tab:blue", linestyle=":", linewidth=1)
+        curve.set_xscale("log", base=2)
+        curve.set_xticks(nprobes, [str(n) for n in nprobes])
+        curve.minorticks_off()
+        curve.set_ylim(0, 1.02)
+        curve.set_xlabel("nprobe")
+        curve.set_ylabel("recall@8", color="tab:blue")
+        speed = curve.twinx()
+        speed.plot(nprobes, [row["us_per_frame"] for row in sweep], "s--", color="tab:red", label="us/frame")
+        speed.set_ylabel("search us per frame (1 thread)", color="tab:red")
+        speed.set_ylim(bottom=0)
+        if stored:
+            curve.axvline(stored, color="grey", linewidth=1)
+            curve.annotate(f"stored nprobe {stored}", (stored, 0.04), fontsize=8, color="grey")
+    else:
+        curve.text(0.5, 0.5, "no IVF: no nprobe curve", ha="center", va="center")
+    curve.set_title("recall@8 and latency against nprobe", fontsize=10)
+
+    if "list_sizes" in evaluation:
+        sizes = evaluation["list_sizes"]
+        _bars(lists, sizes, "tab:green")
+        lists.set_xlabel("vectors in an inverted list")
+        lists.set_ylabel("lists")
+        lists.set_title(f"inverted-list sizes ({sizes['n_list']} lists, min {sizes['min']}, max {sizes['max']})",
+                        fontsize=10)
+    else:
+        lists.text(0.5, 0.5, "no inverted lists", ha="center", va="center")
+
+    blend = evaluation["blend_error"]
+    _bars(errors, blend["histogram"], "tab:purple")
+    for value, style, label in ((blend["mean"], "-", "mean"), (blend["p95"], ":", "p95")):
+        errors.axvline(value, color="black", linestyle=style, linewidth=1, label=f"{label} {value:.4f}")
+    errors.legend(fontsize=8)
+    errors.set_xlabel("relative L2 error of RVC's blend vs exact k-NN over the original frames")
+    errors.set_ylabel("query frames")
+    errors.set_title("RVC blend error per held-out frame", fontsize=10)
+
+    text.axis("off")
+    text.text(0.0, 1.0, "\n".join(summary_lines(evaluation, index)), va="top", ha="left", fontsize=8.5,
+              family="monospace", wrap=True)
+    return figure
+
+
+def write_report_png(path: Path, evaluation: Mapping[str, Any], title: str,
+                     index: Mapping[str, Any] | None = None) -> Path:
+    """Render ``evaluation`` and write it to ``path`` atomically."""
+    figure = render_report(evaluation, title, index)
+    return write_atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png"))

@@ -1,0 +1,259 @@
+"""Compress stage: replace a large collection by k-means centroids (RVC's rule by default).
+
+``method=minibatch`` (ours), in three phases whose memory depends on K and the batch, never on N:
+
+1. **init** on a uniform sample of ``sample_rows`` rows drawn from every chunk: coarse k-means
+   (k1 ~ sqrt(K) centres), then each coarse cell gets centres in proportion to its rows,
+   initialised there (random or k-means++) and refined by ``init_iters`` Lloyd iterations;
+2. ``epochs`` passes of **mini-batch** updates over batches streamed from every chunk (seeded
+   shuffle of chunk order and of rows within chunks), Sculley rates or EMA (``decay``), dead
+   centres re-seeded from the batch;
+3. a **final pass** over the whole collection: every centre moves to the mean of the rows it
+   wins (a Lloyd step). Per-chunk partial sums are computed on the Dask workers that hold the data.
+
+Rows find their centre in two levels (the centres of their ``nprobe`` nearest coarse cells:
+about 2 % of the arithmetic of an exact search at K = 10,000) or exactly (``assign``).
+``method=sklearn`` runs RVC's own ``MiniBatchKMeans`` call, holding every row in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+from rvc_index.compute.backend import Backend
+from rvc_index.compute.kmeans import init_centres
+from rvc_index.compute.minibatch import (
+    KMeansState,
+    PassStats,
+    apply_pass,
+    fit_minibatch,
+    merge_stats,
+    new_state,
+    pass_stats,
+)
+from rvc_index.compute.two_level import build_tree, two_level_init
+from rvc_index.config.schema import CompressConfig
+from rvc_index.data.feature_set import FeatureSet
+from rvc_index.runtime.progress import Progress, get_logger
+from rvc_index.runtime.stream import block_tasks, iter_blocks, sample_row_ids, take_rows
+
+N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
+
+
+class CompressError(ValueError):
+    """Compression cannot run as configured (e.g. more centroids than rows)."""
+
+
+@dataclass(frozen=True)
+class CompressPlan:
+    apply: bool
+    n_centroids: int
+    reason: str
+
+
+def plan_compression(n_rows: int, config: CompressConfig) -> CompressPlan:
+    """Decide whether to compress ``n_rows`` rows and to how many centroids."""
+    if not config.enabled:
+        return CompressPlan(False, 0, "compression disabled")
+    if n_rows <= config.row_threshold:
+        return CompressPlan(False, 0, f"{n_rows:,} rows <= threshold {config.row_threshold:,}")
+    n_centroids = config.n_centroids
+    if n_centroids > n_rows:
+        if config.on_too_few_rows == "error":
+            raise CompressError(
+                f"compress.n_centroids={n_centroids:,} is more than the {n_rows:,} rows to compress"
+            )
+        get_logger().warning("compress.n_centroids=%d > %d rows: clamped to %d", n_centroids, n_rows, n_rows)
+        n_centroids = n_rows
+    return CompressPlan(True, n_centroids,
+                        f"{n_rows:,} rows > threshold {config.row_threshold:,}: {n_centroids:,} centroids")
+
+
+@dataclass(frozen=True)
+class KMeansPlan:
+    """The resolved settings of one ``minibatch`` run (every ``0 = auto`` decided)."""
+
+    n_centroids: int
+    n_coarse: int  # 1 = flat: plain init, exact assignment
+    two_level: bool  # streamed rows search nprobe coarse cells, not every centre
+    sample_rows: int
+    batch_rows: int
+    steps: int  # mini-batch steps over the collection
+
+    def describe(self) -> str:
+        assign = f"two-level ({self.n_coarse} coarse cells)" if self.two_level else "exact"
+        return (f"k={self.n_centroids:,}, init sample {self.sample_rows:,} rows, coarse {self.n_coarse}, "
+                f"assignment {assign}, {self.steps} mini-batch steps of {self.batch_rows:,} rows")
+
+
+def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: Backend) -> KMeansPlan:
+    """Resolve the automatic settings: k1 = round(sqrt(K)) (flat below 256 centres), the sample
+    (16 rows per centre, at least 65,536, at most max(N / 4, 65,536): the passes over all rows refine it),
+    and two-level assignment on the CPU, exact on a GPU."""
+    n_coarse = config.coarse_centres or (round(math.sqrt(n_centroids)) if n_centroids >= 256 else 1)
+    n_coarse = max(1, min(n_coarse, n_centroids))
+    if config.assign == "auto":
+        two_level = n_coarse > 1 and not backend.is_gpu
+    else:
+        two_level = config.assign == "two-level" and n_coarse > 1
+    sample_rows = config.sample_rows or min(max(16 * n_centroids, 65_536), max(n_rows // 4, 65_536))
+    sample_rows = min(n_rows, max(sample_rows, n_centroids))
+    batch_rows = min(config.batch_rows, n_rows)
+    steps = int(config.epochs * n_rows) // batch_rows
+    return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, steps)
+
+
+def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: np.random.Generator,
+                     client: Any | None = None) -> Iterator[np.ndarray]:
+    """Batches of ``batch_rows`` rows: chunks in a seeded random order, rows shuffled inside.
+
+    Stops after ``max_rows`` rows (several passes when it exceeds the collection). Every batch is
+    the same buffer, refilled in place: use it before asking for the next.
+    """
+    emitted, have = 0, 0
+    batch = np.empty((batch_rows, features.dim), dtype=np.float32)
+    while emitted < max_rows:
+        order = rng.permutation(len(features.chunks))
+        for block in iter_blocks(features.array.blocks[order.tolist()], client):
+            perm = rng.permutation(block.shape[0])
+            start = 0
+            while start < perm.shape[0]:
+                take = min(batch_rows - have, perm.shape[0] - start)
+                batch[have:have + take] = block[perm[start:start + take]]
+                have, start = have + take, start + take
+                if have == batch_rows:
+                    yield batch
+                    emitted, have = emitted + batch_rows, 0
+                    if emitted >= max_rows:
+                        return
+    # a final partial batch is dropped: every update sees a full batch
+
+
+def sklearn_centroids(features: FeatureSet, n_centroids: int, seed: int, client: Any | None) -> np.ndarray:
+    """RVC's exact call: concatenate, shuffle, ``MiniBatchKMeans(init='random')``. Holds all rows."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    rows = np.concatenate(list(iter_blocks(features.array, client)))
+    rows = rows[np.random.default_rng(seed).permutation(rows.shape[0])]
+    model = MiniBatchKMeans(n_clusters=n_centroids, batch_size=256 * (os.cpu_count() or 1),
+                            compute_labels=False, init="random", random_state=seed)
+    return model.fit(rows).cluster_centers_.astype(np.float32)
+
+
+def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, backend: Backend,
+                  rng: np.random.Generator) -> KMeansState:
+    """Phase 1 on ``sample`` [s, d]: two-level k-means (k1 > 1) or a plain random/k-means++ init."""
+    xp = backend.xp
+    rows = backend.asarray(sample)
+    reseed = int(rng.integers(2**31))
+    if plan.n_coarse > 1:
+        centres, counts, coarse = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
+                                                 rng, config.init_iters)
+        return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed)
+    return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed)
+
+
+def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int) -> PassStats:
+    """One chunk's per-centre sums against ``centres`` (numpy): what a Dask worker computes."""
+    tree = build_tree(np, centres, coarse) if coarse is not None else None
+    return pass_stats(np, centres, tree, np.ascontiguousarray(block, dtype=np.float32), nprobe, N_FAR)
+
+
+def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend, nprobe: int,
+                     client: Any | None, progress: Progress | None = None) -> PassStats:
+    """Per-centre sums of the whole collection, merged in chunk order (deterministic).
+
+    With a Dask client and the CPU backend the sums are computed on the workers that hold the
+    chunks (the centres are broadcast once, at most two chunks per worker in flight); otherwise
+    chunks stream to this process and its device.
+    """
+    xp = backend.xp
+    total: PassStats | None = None
+    if client is not None and not backend.is_gpu:
+        centres = backend.to_host(state.centres)
+        coarse = None if state.coarse is None else backend.to_host(state.coarse)
+        shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True)
+        coarse_f = shared[1] if len(shared) > 1 else None
+        tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe)
+                 for block in block_tasks(features.array)]
+        window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+        pending: deque[Any] = deque()
+        for task in tasks + [None] * window:
+            if task is not None:
+                pending.append(client.compute(task))
+            if len(pending) >= window or (task is None and pending):
+                future = pending.popleft()
+                part = future.result()
+                future.release()
+                total = merge_stats(np, total, part)
+                if progress is not None:
+                    progress.advance(part.rows)
+        client.cancel(shared)
+        return total
+    tree = state.current_tree(xp)
+    for block in iter_blocks(features.array, client):
+        part = pass_stats(xp, state.centres, tree, backend.asarray(block), nprobe, N_FAR)
+        total = merge_stats(xp, total, part)
+        if progress is not None:
+            progress.advance(part.rows)
+    return total
+
+
+def compress(features: FeatureSet, plan: CompressPlan, config: CompressConfig, backend: Backend,
+             seed: int, client: Any | None = None) -> np.ndarray:
+    """Centroids [n_centroids, D] float32 summarising the collection."""
+    log = get_logger()
+    if config.method == "sklearn":
+        log.info("compress: sklearn MiniBatchKMeans (RVC parity mode) on %s rows", f"{features.n_rows:,}")
+        return sklearn_centroids(features, plan.n_centroids, seed, client)
+    state = fit_centroids(features, plan.n_centroids, config, backend, seed, client)
+    return backend.to_host(state.centres).astype(np.float32)
+
+
+def minibatch_epochs(features: FeatureSet, state: KMeansState, kplan: KMeansPlan, config: CompressConfig,
+                     backend: Backend, rng: np.random.Generator, client: Any | None = None) -> None:
+    """Phase 2: ``kplan.steps`` mini-batch updates of ``state`` with shuffled batches of every chunk."""
+    progress = Progress("compress: mini-batch", kplan.steps * kplan.batch_rows)
+
+    def counted(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for batch in batches:
+            yield batch  # resumed once the step on it is done
+            progress.advance(batch.shape[0])
+
+    batches = shuffled_batches(features, kplan.batch_rows, kplan.steps * kplan.batch_rows, rng, client)
+    fit_minibatch(backend, counted(batches), state, config.decay, config.nprobe, config.dead_threshold)
+
+
+def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,
+                  seed: int, client: Any | None = None) -> KMeansState:
+    """Run the three phases of ``method=minibatch``; returns the final state (centres on device)."""
+    log = get_logger()
+    xp = backend.xp
+    rng = np.random.default_rng(seed)
+    kplan = plan_kmeans(features.n_rows, n_centroids, config, backend)
+    log.info("compress: %s", kplan.describe())
+
+    sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
+    state = initial_state(sample, kplan, config, backend, rng)
+    del sample  # the phases below hold a batch or chunks, never the sample
+    log.info("compress: init done (%s, %d Lloyd iterations per coarse cell)", config.init, config.init_iters)
+
+    if kplan.steps:
+        minibatch_epochs(features, state, kplan, config, backend, rng, client)
+        log.info("compress: %d mini-batch steps, %d dead centres re-seeded", state.step, state.reseeded)
+
+    if config.final_pass:
+        progress = Progress("compress: final pass", features.n_rows)
+        stats = final_pass_stats(features, state, backend, config.nprobe, client, progress)
+        reseeded = apply_pass(xp, state, stats)
+        log.info("compress: final pass over %s rows, mean squared distance %.4g (%s assignment), "
+                 "%d empty centres re-seeded", f"{stats.rows:,}", stats.sse / max(stats.rows, 1),
+                 "two-level" if state.coarse is not None else "exact", reseeded)
+    return state
