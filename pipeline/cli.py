@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rvc_index import __version__
 from rvc_index.config.loading import resolve_config_path
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import configure_logging, get_logger
 from rvc_index.runtime.tables import format_table
 
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         get_logger().error("interrupted")
         return 130
-    except (ValueError, OSError, RuntimeError, MemoryError) as exc:  # MemoryError: the memory guard's refusal
+    except (RvcIndexError, OSError) as exc:  # a user's input, config or environment (disk, permissions)
         get_logger().error("%s", exc)
         if args.verbose:
             raise

@@ -171,6 +171,6 @@ def test_code_fingerprint_covers_every_module_the_output_depends_on():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         imported = {node.module.removeprefix("rvc_index.") for node in ast.walk(tree)
                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rvc_index.")}
-        missing = imported - hashed
+        missing = imported - hashed - {"errors"}  # error classes decide no output
         assert not missing, f"{path} imports {sorted(missing)}, not hashed by resume.OUTPUT_LAYERS"
     assert not any(name.startswith(("cli", "batch.", "evaluation.")) for name in hashed)

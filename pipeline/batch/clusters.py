@@ -25,6 +25,7 @@ from typing import Any
 from distributed import Client, LocalCluster, performance_report
 from distributed.diagnostics.plugin import WorkerPlugin
 from rvc_index.config.schema import ClusterConfig
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import LOGGER_NAME, get_logger
 
 GPU = "GPU"
@@ -32,7 +33,7 @@ LOCAL_KINDS = ("local", "cuda", "slurm")
 ADDRESS = re.compile(r"^([a-z0-9+]+://)?[\w.\-\[\]:]+:\d+$")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(RvcIndexError, RuntimeError):
     """The requested cluster cannot be started or reached; the message says why and what to do."""
 
 

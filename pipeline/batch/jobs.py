@@ -40,13 +40,14 @@ from rvc_index.build.runner import build_experiment, file_stem
 from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import FEATURE_DIRS, SourceError
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import write_json_atomic
 from rvc_index.runtime.progress import get_logger
 
 REPORT_EVERY_S = 5.0
 
 
-class BatchError(ValueError):
+class BatchError(RvcIndexError, ValueError):
     """A batch that cannot be planned (no experiments, a bad --only or --shard)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from rvc_index.errors import RvcIndexError
 from rvc_index.compute.backend import Backend
 from rvc_index.stages.compress import plan_compression, plan_kmeans
 from rvc_index.config.schema import Config
@@ -47,7 +48,7 @@ STAGE_HINTS = {
 }
 
 
-class StageMemoryError(MemoryError):
+class StageMemoryError(RvcIndexError, MemoryError):
     """A stage's estimated peak does not fit in the memory available to this process."""
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import get_logger
 
 LOCK_NAME = ".rvc-index.lock"
@@ -42,7 +43,7 @@ else:
         return True
 
 
-class OutputBusy(RuntimeError):
+class OutputBusy(RvcIndexError, RuntimeError):
     """Another build is writing into the same output folder."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from rvc_index.errors import RvcIndexError
 from rvc_index.compute.backend import Backend, select_backend
 from rvc_index.stages.compress import compress, plan_compression
 from rvc_index.config.schema import Config
@@ -50,7 +51,7 @@ from rvc_index.data.sources import Experiment, resolve_experiment, scan_manifest
 from rvc_index.runtime.stream import iter_batches, iter_blocks, sample_row_ids, take_rows
 
 
-class OutputError(RuntimeError):
+class OutputError(RvcIndexError, RuntimeError):
     """The output place cannot take this build (not writable, 'trained' in the path, taken)."""
 
 

@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 import yaml
 
+from rvc_index.errors import RvcIndexError
 from rvc_index.compute.backend import Backend
 from rvc_index.stages.compress import compress, plan_compression
 from rvc_index.config.schema import Config
@@ -58,7 +59,7 @@ FLAT_SQRT_FACTORS = (4.0, 16.0)  # IVF-Flat: the smallest RAM; 16 is RVC's rule
 K_FACTORS = (1, 2, 4, 8, 16, 32)
 
 
-class TuneError(RuntimeError):
+class TuneError(RvcIndexError, RuntimeError):
     """No measured configuration meets the target; the message gives the closest one."""
 
 

@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import get_logger
 
 BackendName = Literal["auto", "cpu", "gpu"]
 
 
-class BackendError(RuntimeError):
+class BackendError(RvcIndexError, RuntimeError):
     """The requested backend cannot run on this machine."""
 
 

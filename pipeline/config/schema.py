@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dask.utils
+from rvc_index.errors import RvcIndexError
 
 
-class ConfigError(ValueError):
+class ConfigError(RvcIndexError, ValueError):
     """A preset or override that does not fit the schema; the message names the key."""
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import get_logger
 
 FEATURE_DIRS = {"3_feature256": ("v1", 256), "3_feature768": ("v2", 768)}
 VERSION_BY_DIM = {256: "v1", 768: "v2"}
 
 
-class SourceError(ValueError):
+class SourceError(RvcIndexError, ValueError):
     """A problem with the input as a whole (missing folder, no files, bad files)."""
 
 

@@ -20,6 +20,7 @@ from rvc_index.compute.kmeans import squared_norms
 from rvc_index.config.schema import EvaluateConfig
 from rvc_index.data.feature_set import FeatureSet, open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.holdout import (
     Holdout,
     HoldoutError,
@@ -253,7 +254,7 @@ def evaluate_build(index: faiss.Index, features: FeatureSet, config: EvaluateCon
                           stored_is_original=stored_is_original, sweep=config.nprobe_sweep)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(RvcIndexError, ValueError):
     """The index and the features cannot be evaluated together (width, empty index, ...)."""
 
 

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.data.sources import finite_row_mask, load_features, resolve_experiment, scan_manifest
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.stream import take_rows
 
 MIN_WINDOW = 50  # query frames are taken in runs of at least one second of audio
 
 
-class HoldoutError(ValueError):
+class HoldoutError(RvcIndexError, ValueError):
     """No whole utterance can be held out (one file only, or too few rows would stay indexed)."""
 
 

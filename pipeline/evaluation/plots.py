@@ -10,12 +10,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import write_atomic
 
 RECALL_TARGET = 0.95
 
 
-class ReportError(RuntimeError):
+class ReportError(RvcIndexError, RuntimeError):
     """matplotlib is missing, or the evaluation lacks what the picture shows."""
 
 

@@ -12,11 +12,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from rvc_index.errors import RvcIndexError
+
 TEMP_MARKER = ".tmp-"
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-class OutputWriteError(OSError):
+class OutputWriteError(RvcIndexError, OSError):
     """An output could not be written (disk full, quota, read-only); nothing was replaced."""
 
 

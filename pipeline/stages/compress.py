@@ -41,13 +41,14 @@ from rvc_index.compute.minibatch import (
 from rvc_index.compute.two_level import build_tree, two_level_init
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import block_tasks, iter_blocks, sample_row_ids, take_rows
 
 N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
 
 
-class CompressError(ValueError):
+class CompressError(RvcIndexError, ValueError):
     """Compression cannot run as configured (e.g. more centroids than rows)."""
 
 

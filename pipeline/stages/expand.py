@@ -38,6 +38,7 @@ from rvc_index.compute.neighbours import (
     tiles,
 )
 from rvc_index.config.schema import ExpandConfig
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import temp_name
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import iter_blocks, sample_row_ids
@@ -49,7 +50,7 @@ MIX_CPU_BYTES = 8 * 2**20  # gathered neighbours per mixing batch on a CPU: stay
 TRAIN_ROWS_PER_LIST = 40  # k-means sample for the IVF lists (faiss wants >= 39 per centroid)
 
 
-class ExpandError(ValueError):
+class ExpandError(RvcIndexError, ValueError):
     """Expansion cannot run on this input (non-finite values, no room for the spill file)."""
 
 

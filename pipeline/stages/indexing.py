@@ -18,6 +18,7 @@ import numpy as np
 from faiss.contrib.ivf_tools import replace_ivf_quantizer
 from rvc_index.compute.backend import Backend, faiss_threads
 from rvc_index.config.schema import IndexConfig
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import write_atomic
 from rvc_index.runtime.progress import Progress
 
@@ -28,7 +29,7 @@ PQ_CENTROIDS = 2**PQ_BITS
 PQ_TRAIN_POINTS_PER_CENTROID = 64
 
 
-class IndexBuildError(ValueError):
+class IndexBuildError(RvcIndexError, ValueError):
     """The index cannot be built as configured (too few rows, bad PQ layout, ...)."""
 
 
