@@ -132,6 +132,8 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
     seconds = time.perf_counter() - started
     kplan = plan_kmeans(features.n_rows, k, config, backend)
     passes = kplan.steps * kplan.batch_rows / features.n_rows + (1 if config.final_pass else 0)
+    if kplan.route == "device":  # full-batch passes (over a device sample, then streamed, above the budget)
+        passes = config.lloyd_passes + config.stream_passes if config.device_budget_mb else config.lloyd_passes
     result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "steps": state.step,
                               "reseeded": state.reseeded, "plan": kplan.describe(), "backend": backend.describe(),
                               "data_passes": round(passes, 2), "two_level": state.coarse is not None,

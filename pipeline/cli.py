@@ -1,9 +1,10 @@
-"""``rvc-index`` command line: build | batch | inspect | eval | tune | synth | demo."""
+"""``rvc-index`` command line: build | batch | inspect | eval | tune | synth | demo | unretire | status."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,27 +16,57 @@ from rvc_index.runtime.progress import configure_logging, get_logger
 from rvc_index.runtime.tables import format_table
 
 EXIT_FAILED = 1
+DEFAULT_PRESET = "tips-plain"  # the closest blend to exact retrieval; `--config tips` adds alpha query expansion
+NEEDS_FAISS = ("build", "batch", "inspect", "eval", "tune", "demo")
+
+
+class FaissMissing(RvcIndexError, ImportError):
+    """faiss is not installed (a plain ``pip install rvc-index`` has no faiss: it comes with an extra)."""
+
+
+def require_faiss() -> None:
+    """Raise FaissMissing, in one line naming the extra, when faiss cannot be imported."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError as exc:
+        raise FaissMissing(f'faiss cannot be imported ({exc}): install rvc-index with an extra: '
+                           f'pip install "rvc-index[cpu]" (or "rvc-index[gpu]" on a CUDA 12 machine)') from None
 
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default="tips", help="preset YAML or name in configs/ (default tips)")
+    parser.add_argument("--config", "-c", default=DEFAULT_PRESET,
+                        help=f"preset YAML or name in configs/ (default {DEFAULT_PRESET}; tips adds alpha query "
+                        "expansion, rvc-classic is RVC's recipe)")
     parser.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set index.nprobe=4 (repeatable)")
     parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date index exists")
+    parser.add_argument("--lock", choices=["wait", "refuse", "none"],
+                        help="another build in the output folder: wait (default), refuse, or none: no lock, for "
+                        "filesystems where no lock works (= --set safety.lock=...)")
+    parser.add_argument("--retire-old", action="store_true",
+                        help="rename other .index files RVC or Applio could pick instead of the new one to "
+                        "*.index.retired (undo: rvc-index unretire FOLDER) (= --set output.retire_old=true)")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvc-index", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rvc-index {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: every stage and progress line; -vv: debug lines and tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build the index of one experiment")
     build.add_argument("path", help="logs/<exp>, logs/<exp>/3_feature768 or any folder of .npy files")
     build.add_argument("--out", help="output folder (default: the experiment folder, as RVC)")
+    build.add_argument("--name", help="the model's name in file names (default: the experiment folder's name)")
+    build.add_argument("--index-path", metavar="FILE",
+                       help="write the index to exactly this .index file (its folder takes the report)")
     _add_build_options(build)
+
+    unretire = commands.add_parser("unretire", help="give retired indexes (*.index.retired) their names back")
+    unretire.add_argument("folder", help="the folder a build retired them in (logs/<exp>)")
 
     inspect = commands.add_parser("inspect", help="describe an index file")
     inspect.add_argument("index")
@@ -59,8 +90,21 @@ def make_parser() -> argparse.ArgumentParser:
     batch.add_argument("--shard", help="K/N: build shard K of N (balanced by size); 'slurm': this array task's")
     batch.add_argument("--report", help="where to write the JSON report (default: batch_report.json in OUT or ROOT)")
     batch.add_argument("--performance-report", metavar="FILE", help="write Dask's HTML performance report")
-    batch.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    batch.add_argument("--dry-run", action="store_true",
+                       help="read every header; print what would be built, skipped (up to date) or fail, and exit "
+                       "(1 if any would fail)")
+    batch.add_argument("--retries", type=int, default=0, metavar="N",
+                       help="try a build that failed for a reason other than its input (a lost worker, out of "
+                       "memory) up to N more times (default 0)")
     _add_build_options(batch)
+
+    status = commands.add_parser("status", help="merge the shard reports of a batch array job (jobs/submit.sh), "
+                                 "while it runs or after it ended")
+    status.add_argument("folder", help="where the array writes batch_report.shard-K-of-N.json: ROOT, or its --out")
+    status.add_argument("--job", help="the SLURM array job id (default: the newest shard report's)")
+    status.add_argument("--final", action="store_true",
+                        help="the array has ended: what no task finished counts as failed; write batch_report.json "
+                        "(exit 1 if any failed, 75 if stopped)")
 
     evaluate = commands.add_parser("eval", help="measure an index on held-out utterances of its speaker")
     evaluate.add_argument("index", help="the .index file")
@@ -104,21 +148,38 @@ def cmd_build(args: argparse.Namespace) -> int:
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
 
-    config = load_config(resolve_config_path(args.config), args.overrides)
-    result = build_experiment(args.path, config, args.out, select_backend(args.backend), force=args.force)
+    config = load_config(resolve_config_path(args.config), build_overrides(args))
+    result = build_experiment(args.path, config, args.out, select_backend(args.backend), force=args.force,
+                              name=args.name, index_path=args.index_path)
     print(format_table([result.summary()]))
     print(f"index: {result.index_path}")
     return 0
 
 
+def build_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus those of ``--lock`` and ``--retire-old``."""
+    extra = [f"safety.lock={args.lock}"] if getattr(args, "lock", None) else []
+    return [*args.overrides, *extra, *(["output.retire_old=true"] if getattr(args, "retire_old", False) else [])]
+
+
+def cmd_unretire(args: argparse.Namespace) -> int:
+    from rvc_index.build.retire import unretire
+
+    restored = unretire(Path(args.folder))
+    for retired, original in restored:
+        print(f"{retired.name} -> {original.name}")
+    print(f"{len(restored)} retired index file(s) restored in {args.folder}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import faiss
+    from rvc_index.evaluation.index_file import read_index_file
     from rvc_index.stages.indexing import describe_index
 
     path = Path(args.index)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such index file")
-    info = describe_index(faiss.read_index(str(path)))
+    info = describe_index(read_index_file(path))
     print(json.dumps(info, indent=2))
     return 0
 
@@ -139,7 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rvc_index.config.loading import load_config
     from rvc_index.tools.synth import DEMO_SPEAKERS, SpeakerSpec, write_speaker
 
-    config = load_config(resolve_config_path(args.config), args.overrides)
+    config = load_config(resolve_config_path(args.config), build_overrides(args))
     root = Path(args.root)
     backend = select_backend(args.backend)
     rows = []
@@ -156,38 +217,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     import datetime
+    import logging
+    import os
     import socket
 
     from rvc_index.batch.clusters import forward_worker_logs, open_cluster, performance_report_to
-    from rvc_index.batch.jobs import parse_shard, plan_jobs, run_batch, stop_on_signals
+    from rvc_index.batch.jobs import BatchError, parse_shard, plan_jobs, run_batch, stop_on_signals
+    from rvc_index.batch.quiet import quiet_dask_noise
     from rvc_index.batch.summary import prepare_report, report_file
     from rvc_index.config.loading import load_config
 
+    if args.retries < 0:
+        raise BatchError(f"--retries {args.retries}: must be 0 or more")
     config_path = resolve_config_path(args.config)
-    config = load_config(config_path, args.overrides)
+    overrides = build_overrides(args)
+    config = load_config(config_path, overrides)
     shard = parse_shard(args.shard)
     jobs = plan_jobs(args.root, config, args.out, args.only, shard)
-    if args.dry_run or not jobs:
-        print(format_table([job.summary() for job in jobs]) or f"shard {args.shard}: no experiments")
+    if not jobs:
+        print(f"shard {args.shard}: no experiments")
         return 0
+    if args.dry_run:
+        from rvc_index.batch.preview import format_previews, preview_jobs
+
+        previews = preview_jobs(jobs, config)
+        print(format_previews(previews))
+        return EXIT_FAILED if any(p.action == "fail" for p in previews) else 0
     report_path = Path(args.report).absolute() if args.report else report_file(args.root, args.out, shard)
-    prepare_report(report_path)
+    history = prepare_report(report_path)
     meta = {"root": str(Path(args.root).absolute()), "out": str(Path(args.out).absolute()) if args.out else None,
-            "config": config.name, "config_file": str(config_path), "overrides": args.overrides,
+            "config": config.name, "config_file": str(config_path), "overrides": overrides,
             "backend": args.backend, "force": args.force, "only": args.only, "shard": args.shard,
+            "slurm_job": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
             "host": socket.gethostname(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
     log = get_logger()
+    verbose = args.verbose > 0
+    quiet_dask_noise(verbose)
     with stop_on_signals(), open_cluster(args.cluster, config.cluster, args.workers) as cluster:
         log.info("cluster %s; dashboard: %s", cluster.description, cluster.dashboard or "off")
-        forward_worker_logs(cluster.client, get_logger().getEffectiveLevel())
+        # per-stage lines go to each experiment's log file; the terminal gets them with -v only
+        forward_worker_logs(cluster.client, logging.INFO, logging.INFO if verbose else logging.CRITICAL + 1)
         meta.update(cluster=cluster.description, dashboard=cluster.dashboard)
         with performance_report_to(args.performance_report):
             report = run_batch(jobs, config, cluster.client, backend=args.backend, force=args.force,
-                               report_path=report_path, meta=meta)
-    print(format_table(report.summary_rows()))
+                               report_path=report_path, meta=meta, retries=args.retries, history=history)
+    print(report.table())
     print(report.headline())
     print(f"report: {report_path}")
     return report.exit_code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rvc_index.batch.status import merge_shards, write_final
+
+    report, notes = merge_shards(args.folder, args.job, args.final)
+    print(report.table())
+    for note in notes:
+        print(note)
+    print(report.headline())
+    if args.final:
+        print(f"report: {write_final(args.folder, report)}")
+        return report.exit_code
+    return EXIT_FAILED if report.counts()["failed"] else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -198,7 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_files(args.index, args.feature_dir, select_backend(args.backend), fraction=args.holdout,
                             queries_dir=args.queries, max_queries=args.max_queries, seed=args.seed,
-                            sweep=not args.no_sweep)
+                            sweep=not args.no_sweep).to_dict()
     print("\n".join(summary_lines(result, result["index"])))
     print(f"held out: {result['holdout']['note']}")
     if result.get("nprobe_sweep"):
@@ -218,6 +309,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rvc_index.data.sources import resolve_experiment, scan_manifest
 
     config = load_config(resolve_config_path(args.config), args.overrides)
+    folder = Path(args.out).absolute().parent  # checked before minutes of tuning, not after
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise TuneError(f"--out {args.out}: {folder} is not a folder this user can write to")
     experiment = resolve_experiment(args.path)
     manifest = scan_manifest(experiment, config.source.on_bad_file)
     features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file)
@@ -241,20 +335,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"build": cmd_build, "inspect": cmd_inspect, "synth": cmd_synth, "demo": cmd_demo, "batch": cmd_batch,
-            "eval": cmd_eval, "tune": cmd_tune}
+            "eval": cmd_eval, "tune": cmd_tune, "unretire": cmd_unretire, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     configure_logging(-1 if args.quiet else args.verbose)
     try:
+        if args.command in NEEDS_FAISS:
+            require_faiss()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         get_logger().error("interrupted")
         return 130
     except (RvcIndexError, OSError) as exc:  # a user's input, config or environment (disk, permissions)
         get_logger().error("%s", exc)
-        if args.verbose:
+        if args.verbose > 1:
             raise
         return EXIT_FAILED
 

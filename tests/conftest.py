@@ -52,9 +52,12 @@ def make_experiment(tmp_path):
 
 def compat_python() -> str:
     """The interpreter of the faiss-cpu 1.7.3 / numpy<2 environment (``make compat``)."""
-    path = os.environ.get("RVC_INDEX_COMPAT_PYTHON") or str(REPO / ".venv-compat" / "bin" / "python")
+    configured = os.environ.get("RVC_INDEX_COMPAT_PYTHON")
+    path = configured or str(REPO / ".venv-compat" / "bin" / "python")
     if not Path(path).exists():
-        pytest.fail(f"no faiss-1.7.3 environment at {path}: run `make compat` (make test does)")
+        if configured:  # `make test` (CI) names it: missing there is a failure, not a skip
+            pytest.fail(f"no faiss-1.7.3 environment at {path}: run `make compat` (make test does)")
+        pytest.skip(f"skipped: no compat env (faiss-cpu 1.7.3 at {path}; `make compat` builds it where pip can)")
     return path
 
 

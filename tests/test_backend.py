@@ -1,6 +1,12 @@
 import numpy as np
 import pytest
-from rvc_index.compute.backend import BackendError, _cupy_with_device, select_backend
+from rvc_index.compute.backend import (
+    BackendError,
+    _cupy_with_device,
+    cuda_mismatch,
+    loaded_cuda_majors,
+    select_backend,
+)
 
 
 def test_cpu_backend():
@@ -29,3 +35,34 @@ def test_gpu_backend_round_trip():
     device = backend.asarray(data)
     assert type(device).__module__.startswith("cupy")
     np.testing.assert_array_equal(backend.to_host(device), data)
+
+
+def test_cuda_version_mismatch_is_one_clear_line():
+    maps = ("7f0 r-xp 0 08:01 1 /venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12\n"
+            "7f1 r-xp 0 08:01 2 /usr/lib/libc.so.6\n")
+    assert loaded_cuda_majors(maps) == {12}
+    assert cuda_mismatch(12080, {12}) == "" and cuda_mismatch(13000, set()) == ""
+    line = cuda_mismatch(13000, loaded_cuda_majors(maps))
+    assert "faiss-gpu uses CUDA 12 but CuPy uses CUDA 13" in line and "\n" not in line
+
+
+def test_stage_fills_consecutive_rows_and_describes_the_cpu():
+    backend = select_backend("cpu")
+    blocks = [np.full((n, 3), i, dtype=np.float64) for i, n in enumerate((4, 1, 5))]
+    out = np.empty((10, 3), dtype=np.float32)
+    staged = list(backend.stage(blocks, out=out))
+    assert [s.shape[0] for s in staged] == [4, 1, 5] and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 0, 1, 2, 2, 2, 2, 2])
+    assert backend.free_bytes() > 0 and backend.describe() == "cpu (numpy, faiss-cpu)"
+    np.testing.assert_array_equal(backend.to_device(out), out)
+
+
+@pytest.mark.gpu
+def test_pinned_staging_round_trip_and_faiss_status():
+    backend = select_backend("gpu")
+    rows = np.random.default_rng(0).standard_normal((300_000, 64)).astype(np.float32)
+    np.testing.assert_array_equal(backend.to_host(backend.to_device(rows, block_rows=70_000)), rows)
+    blocks = [rows[i:i + 50_000] for i in range(0, len(rows), 50_000)]
+    sums = [float(block.sum()) for block in backend.stage(blocks)]  # double-buffered: each valid until the next
+    np.testing.assert_allclose(sums, [float(b.astype(np.float64).sum()) for b in blocks], rtol=1e-4, atol=1e-2)
+    assert backend.faiss_gpus or backend.faiss_note  # faiss on the GPU, or a stated reason why not

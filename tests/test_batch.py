@@ -62,7 +62,7 @@ def copy_speakers(bank: Path, root: Path, count: int) -> list[str]:
 def built_indexes(out_root: Path) -> dict[str, tuple[str, bytes]]:
     """experiment -> (index file name, bytes) for every finished build (report present) under out_root."""
     found = {}
-    for report in sorted(out_root.glob(f"*/rvc-index-{CLASSIC}.report.json")):
+    for report in sorted(out_root.glob(f"*/rvc-index-*-{CLASSIC}.report.json")):
         name = json.loads(report.read_text())["index_file"]
         found[report.parent.name] = (name, (report.parent / name).read_bytes())
     return found

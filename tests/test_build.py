@@ -9,7 +9,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from rvc_index.build.runner import OutputError, build_experiment
+from rvc_index.build.naming import OutputError
+from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.sources import SourceError
@@ -42,8 +43,8 @@ def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, 
     assert report["rows"] == 6000 and report["index"]["ntotal"] == 6000
     assert report["evaluation"]["missing_label_share"] == 0.0
     assert report["evaluation"]["recall_at_k"] > (0.85 if preset.startswith("tips") else 0.3)
-    assert (exp / f"rvc-index-{preset}.config.yaml").is_file()
-    assert load_config(exp / f"rvc-index-{preset}.config.yaml") == config
+    assert (exp / f"rvc-index-alice-{preset}.config.yaml").is_file()
+    assert load_config(exp / f"rvc-index-alice-{preset}.config.yaml") == config
     stored = features_of(exp)
     if config.expand.enabled:  # tips stores the alpha-QE expansions of the features (rvc_index.stages.expand)
         stored = expand(stored, config.expand, Backend("cpu", np)).vectors
@@ -58,7 +59,7 @@ def test_compressed_build_stores_centroids_in_feature_scale(make_experiment, rvc
     config = load_config(CONFIGS / "rvc-classic.yaml",
                          ["compress.row_threshold=4000", "compress.n_centroids=600", "output.write_total_fea=true"])
     result = build_experiment(exp, config, client=client)
-    assert result.report["compression"]["applied"]
+    assert result.record.compression["applied"]
     index = faiss.read_index(str(result.index_path))
     assert index.ntotal == 600
     total_fea = np.load(exp / "total_fea.npy")
@@ -79,7 +80,7 @@ def test_tiny_lists_raise_the_stored_nprobe(tmp_path, rvc_check):
     np.save(folder / "b.npy", outliers)
     config = load_config(CONFIGS / "rvc-classic.yaml")
     result = build_experiment(folder, config)
-    info = result.report["index"]
+    info = result.record.index
     assert info["list_size_min"] < 8
     assert info["nprobe"] > 1 and info["nprobe_configured"] == 1
     assert f"nprobe_{info['nprobe']}_carol_v1" in result.index_path.name

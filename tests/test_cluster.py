@@ -101,7 +101,7 @@ def test_slurm_without_sbatch_is_a_clear_error():
 
 @pytest.mark.skipif(HAS_DASK_CUDA, reason="dask-cuda is installed")
 def test_cuda_without_the_gpu_extra_is_a_clear_error():
-    with pytest.raises(ClusterError, match=r"--cluster cuda needs dask-cuda: pip install -e '\.\[gpu\]'"):
+    with pytest.raises(ClusterError, match=r"--cluster cuda needs dask-cuda: pip install -e '\.\[cuda-cluster\]'"):
         with open_cluster("cuda"):
             pass
 
@@ -168,6 +168,7 @@ def test_performance_report_without_bokeh_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not HAS_DASK_CUDA, reason="dask-cuda (extra cuda-cluster) not installed")
 def test_cuda_cluster_builds_one_index_per_gpu(speakers, tmp_path):
     config = load_config(CONFIGS / "tips.yaml", ["evaluate.recall_queries=100", "cluster.dashboard_address="])
     with open_cluster("cuda", config.cluster) as cluster:

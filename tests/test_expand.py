@@ -191,7 +191,7 @@ def test_build_with_expansion_is_rvc_ready(preset, scale, spill_mb, on_cluster, 
                                                        f"expand.scale={scale}", f"expand.spill_mb={spill_mb}",
                                                        "evaluate.recall_queries=200"])
     client = request.getfixturevalue("client") if on_cluster else None
-    result = build_experiment(exp, config, client=client)
+    result = build_experiment(exp, config, backend=CPU, client=client)  # compared bytewise with the CPU expansion
     stored = np.load(exp / "total_fea.npy")
     raw = features_of(exp)
     np.testing.assert_array_equal(stored, expand(raw, config.expand, CPU).vectors)
@@ -214,7 +214,7 @@ def test_build_with_expansion_is_rvc_ready(preset, scale, spill_mb, on_cluster, 
 def test_build_without_expansion_says_so(make_experiment):
     exp = make_experiment("rhea", 1200, 256)
     config = load_config(CONFIGS / "rvc-classic.yaml", ["evaluate.recall_queries=0"])
-    assert build_experiment(exp, config).report["expansion"] == {"applied": False}
+    assert build_experiment(exp, config).record.expansion == {"applied": False}
 
 
 @pytest.mark.gpu

@@ -24,14 +24,15 @@ import numpy as np
 import psutil
 import pytest
 from rvc_index.batch.jobs import plan_jobs, run_batch
-from rvc_index.build.guard import StageMemoryError, estimate_stages, peak
-from rvc_index.build.locks import LOCK_NAME
+from rvc_index.build.guard import StageMemoryError
+from rvc_index.build.locks import HOLDER_NAME
+from rvc_index.build.naming import ascii_name
+from rvc_index.build.plan import make_plan
 from rvc_index.build.runner import build_experiment
 from rvc_index.cli import main
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.sources import resolve_experiment, scan_manifest
-from rvc_index.runtime.outputs import ascii_name
 from rvc_index.runtime.progress import get_logger
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
@@ -47,12 +48,13 @@ def fast(preset: str = CLASSIC, *overrides: str):
 
 
 def build_args(exp: Path, out: Path, *extra: str) -> list[str]:
-    return ["build", str(exp), "--config", CLASSIC, "--out", str(out), "--backend", "cpu", *SET_FAST, *extra]
+    return ["-v", "build", str(exp), "--config", CLASSIC, "--out", str(out), "--backend", "cpu", *SET_FAST, *extra]
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary files and build locks anywhere under ``folder``."""
-    return sorted(str(p) for p in Path(folder).rglob("*") if ".tmp-" in p.name or p.name == LOCK_NAME)
+    """Temporary files and build lock holders anywhere under ``folder`` (the empty lock file itself stays, as
+    filelock keeps it so that waiters share one inode)."""
+    return sorted(str(p) for p in Path(folder).rglob("*") if ".tmp-" in p.name or p.name == HOLDER_NAME)
 
 
 def files_in(folder: Path) -> list[str]:
@@ -66,7 +68,7 @@ def speaker(root: Path, name: str, rows: int, dim: int = 256, seed: int = 0) -> 
 
 def index_of(out: Path) -> tuple[str, bytes]:
     """(index file name, bytes) of the finished build in ``out`` (its report names it)."""
-    report = json.loads((out / f"rvc-index-{CLASSIC}.report.json").read_text())
+    report = json.loads(next(out.glob(f"rvc-index-*-{CLASSIC}.report.json")).read_text())
     return report["index_file"], (out / report["index_file"]).read_bytes()
 
 
@@ -203,7 +205,7 @@ def test_bad_input_fails_alone_naming_file_and_problem(case, batch, tmp_path, ca
 
 
 def test_case07_float16_is_upcast(batch):
-    report = json.loads((batch.out / "07-float16" / f"rvc-index-{CLASSIC}.report.json").read_text())
+    report = json.loads((batch.out / "07-float16" / f"rvc-index-07-float16-{CLASSIC}.report.json").read_text())
     index = faiss.read_index(str(batch.out / "07-float16" / report["index_file"]))
     faiss.extract_index_ivf(index).make_direct_map()
     files = sorted((batch.root / "07-float16" / "3_feature256").glob("*.npy"))
@@ -213,12 +215,12 @@ def test_case07_float16_is_upcast(batch):
 
 
 def test_case08_empty_array_is_skipped_and_counted(batch):
-    report = json.loads((batch.out / "08-with-empty" / f"rvc-index-{CLASSIC}.report.json").read_text())
+    report = json.loads((batch.out / "08-with-empty" / f"rvc-index-08-with-empty-{CLASSIC}.report.json").read_text())
     assert report["empty_files"] == ["00000b.npy"] and report["rows"] == report["index"]["ntotal"] == 1000
 
 
 def test_case09_nan_rows_are_dropped_and_counted(batch):
-    report = json.loads((batch.out / "09-nan-rows" / f"rvc-index-{CLASSIC}.report.json").read_text())
+    report = json.loads((batch.out / "09-nan-rows" / f"rvc-index-09-nan-rows-{CLASSIC}.report.json").read_text())
     assert report["dropped_rows"] == 3 and report["rows_declared"] == 1000
     assert report["rows"] == report["index"]["ntotal"] == 997
 
@@ -281,7 +283,7 @@ def test_case13_non_ascii_names(batch, shared, tmp_path, capsys):
     assert stem.startswith("13-Zoe-") and stem.isascii()
     index = Path(batch.records["13-Zoë"]["index"])
     assert index.parent == batch.out / stem and index.name.endswith(f"_{stem}_v1.index")
-    report = json.loads((index.parent / f"rvc-index-{CLASSIC}.report.json").read_text())
+    report = json.loads((index.parent / f"rvc-index-{stem}-{CLASSIC}.report.json").read_text())
     assert report["names"] == {"experiment": "13-Zoë", "in_file_names": stem, "ascii_path": True}
 
     out = tmp_path / "Zoë-out"  # an output folder RVC on Windows cannot open: warned, file name still ASCII
@@ -454,9 +456,9 @@ def test_case16_two_builds_into_one_folder(shared, tmp_path, forker):
     out = tmp_path / "out"
     first = forker.start(build_args(shared / "spk", out), tmp_path / "first.log")
     deadline = time.monotonic() + 60
-    while f"pid {first} " not in _read(out / LOCK_NAME) and time.monotonic() < deadline:
+    while f"pid {first} " not in _read(out / HOLDER_NAME) and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert f"pid {first} " in _read(out / LOCK_NAME), (tmp_path / "first.log").read_text()
+    assert f"pid {first} " in _read(out / HOLDER_NAME), (tmp_path / "first.log").read_text()
     second = forker.start(build_args(shared / "spk", out), tmp_path / "second.log")
     refused = forker.start(build_args(shared / "spk", out, "--set", "safety.lock=refuse"), tmp_path / "third.log")
     assert forker.wait(refused) == 1
@@ -551,10 +553,9 @@ def test_memory_guard_shrinks_chunks_to_fit(tmp_path):
     settings = [*FAST, "compress.row_threshold=1000", "compress.n_centroids=64", "compress.batch_rows=8192",
                 "source.chunk_mb=64"]
     manifest = scan_manifest(resolve_experiment(exp))
-    whole, _, _ = peak(estimate_stages(manifest, load_config(CONFIGS / f"{CLASSIC}.yaml", settings),
-                                    select_backend("cpu"), 64.0, local=True))
-    small, _, _ = peak(estimate_stages(manifest, load_config(CONFIGS / f"{CLASSIC}.yaml", settings),
-                                    select_backend("cpu"), 1.0, local=True))
+    config = load_config(CONFIGS / f"{CLASSIC}.yaml", settings)
+    whole, _, _ = make_plan(manifest, config, select_backend("cpu"), local=True, chunk_mb=64.0).peak()
+    small, _, _ = make_plan(manifest, config, select_backend("cpu"), local=True, chunk_mb=1.0).peak()
     assert whole > small + 100 * 2**20  # the chunk buffers are what does not fit
     limit = (psutil.Process().memory_info().rss + (whole + small) / 2 / 0.9) / 2**20
     refuse = load_config(CONFIGS / f"{CLASSIC}.yaml", [*settings, f"safety.memory_limit_mb={limit:.0f}"])
@@ -563,9 +564,9 @@ def test_memory_guard_shrinks_chunks_to_fit(tmp_path):
     shrink = load_config(CONFIGS / f"{CLASSIC}.yaml",
                          [*settings, f"safety.memory_limit_mb={limit:.0f}", "safety.memory_guard=shrink"])
     result = build_experiment(exp, shrink, tmp_path / "shrunk")
-    memory = result.report["memory"]
+    memory = result.record.memory
     assert result.status == "built" and memory["shrunk_from_chunk_mb"] == 64.0 and memory["chunk_mb"] < 64
-    assert result.report["index"]["ntotal"] == 64 and files_in(tmp_path / "refused") == []
+    assert result.record.index["ntotal"] == 64 and files_in(tmp_path / "refused") == []
 
 
 # --- the matrix ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import math
 import faiss
 import numpy as np
 import pytest
+from rvc_index.build.naming import index_file_name
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.schema import IndexConfig
 from rvc_index.runtime.progress import Progress
@@ -13,7 +14,6 @@ from rvc_index.stages.indexing import (
     add_batches,
     assemble_index,
     describe_index,
-    index_file_name,
     list_sizes,
     nprobe_for_k,
     plan_index,
@@ -72,7 +72,7 @@ def test_built_index_reconstructs_exactly_and_fills_k(recipe, tmp_path):
     np.testing.assert_array_equal(index.reconstruct_n(0, index.ntotal), x)
     nprobe = nprobe_for_k(list_sizes(index), 8, plan.nprobe)
     set_search_params(index, nprobe, plan.k_factor)
-    path = tmp_path / index_file_name("spk", "v1", plan, nprobe, "rvc")
+    path = tmp_path / index_file_name("spk", "v1", plan, nprobe, "rvc", "preset")
     write_index(index, path)
     loaded = faiss.read_index(str(path))
     info = describe_index(loaded)
@@ -84,10 +84,3 @@ def test_built_index_reconstructs_exactly_and_fills_k(recipe, tmp_path):
     assert (labels >= 0).all()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
-
-def test_file_names_follow_rvc_and_applio():
-    flat = plan_index(100_000, 768, IndexConfig())
-    assert index_file_name("spk", "v2", flat, 1, "rvc") == "added_IVF2564_Flat_nprobe_1_spk_v2.index"
-    pq = plan_index(100_000, 768, IndexConfig(recipe=IVF_PQ_RFLAT, sqrt_factor=2))
-    assert index_file_name("spk", "v2", pq, 9, "rvc") == "added_IVF632_PQ384x4fs_RFlat_nprobe_9_spk_v2.index"
-    assert index_file_name("spk", "v2", pq, 9, "applio") == "spk.index"

@@ -112,7 +112,7 @@ def test_array_tasks_build_their_shards_stop_cleanly_and_the_dask_job_sweeps(log
                             cwd=tmp_path, start_new_session=True)
     others = [n for n in NAMES if n not in shard0]
     deadline = time.monotonic() + 120
-    while not any((logs / n / "rvc-index-rvc-classic.report.json").exists() for n in others):
+    while not any((logs / n / f"rvc-index-{n}-rvc-classic.report.json").exists() for n in others):
         assert task.poll() is None and time.monotonic() < deadline, (tmp_path / "task1.log").read_text()[-3000:]
         time.sleep(0.01)
     os.kill(task.pid, signal.SIGUSR1)
@@ -122,7 +122,7 @@ def test_array_tasks_build_their_shards_stop_cleanly_and_the_dask_job_sweeps(log
     assert "USR1: stopping the batch cleanly" in output and "not requeued" in output
     stopped = statuses(logs / "batch_report.shard-1-of-2.json")
     assert sorted(stopped) == sorted(others) and "stopped" in stopped.values()
-    finished = {n for n in others if (logs / n / "rvc-index-rvc-classic.report.json").exists()}
+    finished = {n for n in others if (logs / n / f"rvc-index-{n}-rvc-classic.report.json").exists()}
     assert {n for n, status in stopped.items() if status == "built"} <= finished  # built means done
     assert 1 <= len(finished) < len(others)  # stopped partway
 

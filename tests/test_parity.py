@@ -30,7 +30,7 @@ def test_rvc_classic_matches_rvcs_recipe(rows, dim, overrides, make_experiment, 
     ours = build_experiment(exp, config, tmp_path / "ours")
     rvc = rvc_train_index(feature_dir, dim, seed=3, row_threshold=config.compress.row_threshold,
                           n_centroids=config.compress.n_centroids)
-    report = ours.report
+    report = ours.record.to_dict()
     assert report["compression"]["applied"] == rvc.compressed
     assert report["index"]["n_list"] == rvc.n_ivf
     assert report["index"]["ntotal"] == rvc.index.ntotal
@@ -49,7 +49,8 @@ def test_parity_is_exact_not_lucky(make_experiment, tmp_path):
     """Same seed -> the very same inverted lists as RVC's recipe (ids mapped through the shuffle)."""
     exp = make_experiment("lists", 5000, 256)
     config = load_config("configs/rvc-classic.yaml", ["seed=11", "evaluate.recall_queries=0"])
-    ours = faiss.read_index(str(build_experiment(exp, config, tmp_path / "o").index_path))
+    built = build_experiment(exp, config, tmp_path / "o", backend=select_backend("cpu"))  # bitwise parity: CPU faiss
+    ours = faiss.read_index(str(built.index_path))
     rvc = rvc_train_index(exp / "3_feature256", 256, seed=11)
     ours_centroids = faiss.extract_index_ivf(ours).quantizer.reconstruct_n(0, rvc.n_ivf)
     rvc_centroids = faiss.extract_index_ivf(rvc.index).quantizer.reconstruct_n(0, rvc.n_ivf)

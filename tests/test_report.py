@@ -12,6 +12,7 @@ from rvc_index.config.loading import load_config
 from rvc_index.evaluation.evaluate import evaluate_index
 from rvc_index.evaluation.holdout import Holdout
 from rvc_index.evaluation.plots import ReportError, render_report, summary_lines, write_report_png
+from rvc_index.evaluation.sizing import full_plan
 from rvc_index.tools.synth import utterances
 
 from benchmarks.bench_report import write_bench_png
@@ -28,7 +29,7 @@ def evaluation():
     faiss.extract_index_ivf(index).nprobe = 2
     holdout = Holdout(data[:300], ((0, 600),), ("a",), len(data))
     result = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(600),
-                            stored_is_original=True, repeats=1)
+                            stored_is_original=True, plan=full_plan(300, repeats=1)).to_dict()
     return result, {"type": "IndexIVFFlat", "d": 64, "ntotal": 4000, "n_list": 64, "nprobe": 2}
 
 
@@ -67,9 +68,10 @@ def test_report_needs_an_evaluation(evaluation):
 
 def test_every_build_writes_report_png_before_report_json(make_experiment, tmp_path):
     exp = make_experiment("pic", 5000, 64) / "3_feature64"
-    config = load_config("configs/rvc-classic.yaml", ["evaluate.recall_queries=300", "evaluate.holdout_fraction=0.1"])
+    config = load_config("configs/rvc-classic.yaml", ["evaluate.recall_queries=300", "evaluate.holdout_fraction=0.1",
+                                                      "evaluate.full=true"])
     result = build_experiment(exp, config, tmp_path / "out")
-    png = tmp_path / "out" / "rvc-index-rvc-classic.report.png"
+    png = tmp_path / "out" / "rvc-index-pic-rvc-classic.report.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 30_000
     assert png.stat().st_mtime_ns <= result.report_path.stat().st_mtime_ns  # the JSON is the done marker
     report = json.loads(result.report_path.read_text())
@@ -91,8 +93,8 @@ def test_a_single_file_experiment_skips_evaluation_without_failing(tmp_path):
     folder.mkdir(parents=True)
     np.save(folder / "only.npy", np.concatenate(list(utterances(2000, 256, [2, 256]))))
     result = build_experiment(folder, load_config("configs/rvc-classic.yaml"), tmp_path / "o")
-    assert "2 or more" in result.report["evaluation"]["skipped"]
-    assert not (tmp_path / "o" / "rvc-index-rvc-classic.report.png").exists()
+    assert "2 or more" in result.record.evaluation["skipped"]
+    assert not (tmp_path / "o" / "rvc-index-solo-rvc-classic.report.png").exists()
 
 
 def test_bench_png_from_results(tmp_path):

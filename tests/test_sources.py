@@ -179,4 +179,4 @@ def test_load_group_drops_nonfinite_rows(tmp_path):
     a = rows(5)
     a[1] = np.inf
     path = save(folder, "a.npy", a)
-    assert load_group([str(path)], 768, 5).shape == (4, 768)
+    assert load_group([str(path)], 768, [5]).shape == (4, 768)

@@ -70,10 +70,10 @@ def test_tune_picks_a_config_that_builds_to_its_measured_recall(speaker, tmp_pat
         (chosen.nprobe, chosen.k_factor, chosen.sqrt_factor)
     assert path.read_text().startswith("# Written by `rvc-index tune`")
     built = build_experiment(speaker, config, tmp_path / "out")
-    assert built.report["index"]["n_list"] == chosen.n_list
+    assert built.record.index["n_list"] == chosen.n_list
     # the build evaluates on the same held-out utterances: it finds what tune measured
-    assert built.report["evaluation"]["recall_at_k"] == pytest.approx(chosen.recall_at_k, abs=0.02)
-    assert built.report["evaluation"]["missing_label_share"] == 0.0
+    assert built.record.evaluation["recall_at_k"] == pytest.approx(chosen.recall_at_k, abs=0.02)
+    assert built.record.evaluation["missing_label_share"] == 0.0
 
 
 def test_an_unreachable_target_writes_nothing(speaker, tmp_path):

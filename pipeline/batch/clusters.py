@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster, performance_report
 from distributed.diagnostics.plugin import WorkerPlugin
+from rvc_index.batch.quiet import quiet_dask_noise
 from rvc_index.config.schema import ClusterConfig
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import LOGGER_NAME, get_logger
@@ -115,6 +117,25 @@ def dashboard_of(client: Client) -> str | None:
     return link
 
 
+def check_scheduler_file(path: str | Path) -> None:
+    """Refuse a scheduler file that ``Client`` would fail on with a bare AssertionError or KeyError.
+
+    A file that does not exist yet is left to ``Client``, which waits for the scheduler to write it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ClusterError(f"--cluster {path}: cannot read the scheduler file: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ClusterError(f"--cluster {path}: not a scheduler file (not JSON: {exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("address"), str) or not data["address"]:
+        raise ClusterError(f"--cluster {path}: the scheduler file has no 'address' (it is written by "
+                           "`dask scheduler --scheduler-file FILE` once the scheduler is up)")
+
+
 def _dashboard_option(config: ClusterConfig) -> str | None:
     return config.dashboard_address or None
 
@@ -130,6 +151,10 @@ def open_cluster(spec: str = "local", config: ClusterConfig | None = None, worke
     config = config or ClusterConfig()
     kind = cluster_kind(spec)
     log = get_logger()
+    if workers is not None and workers < 1:
+        raise ClusterError(f"--workers {workers}: must be at least 1 (or left out for the default)")
+    if kind == "scheduler-file":
+        check_scheduler_file(spec)
     with ExitStack() as stack:
         if kind == "local":
             n_workers = workers or default_local_workers(config.job_threads)
@@ -139,7 +164,7 @@ def open_cluster(spec: str = "local", config: ClusterConfig | None = None, worke
             client = stack.enter_context(Client(cluster))
             description = f"local: {n_workers} worker processes x 1 thread"
         elif kind == "cuda":
-            dask_cuda = _import_extra("dask_cuda", "gpu", "cuda")
+            dask_cuda = _import_extra("dask_cuda", "cuda-cluster", "cuda")
             # One worker per GPU (CUDA_VISIBLE_DEVICES set per worker), one thread: a build holds
             # GPU=1; a streamed build secedes while it waits, so its chunk loads can use the thread.
             cluster = stack.enter_context(dask_cuda.LocalCUDACluster(
@@ -204,21 +229,27 @@ def build_resources(client: Client, backend: str) -> dict[str, float] | None:
 
 
 class WorkerLogLevel(WorkerPlugin):
-    """Sets the package logger's level on every worker (new ones too) so its lines can be forwarded."""
+    """On every worker (new ones too): the package logger at ``level`` (its lines reach each
+    experiment's log file and can be forwarded), and Dask's routine noise filtered."""
 
-    def __init__(self, level: int):
+    def __init__(self, level: int, verbose: bool = False):
         self.level = level
+        self.verbose = verbose
 
     def setup(self, worker: Any) -> None:
         logger = logging.getLogger(LOGGER_NAME)
         logger.setLevel(self.level)
         logger.propagate = False  # forwarded to the client, not printed twice on the worker
+        quiet_dask_noise(self.verbose)
 
 
-def forward_worker_logs(client: Client, level: int) -> None:
-    """Show the workers' per-stage lines in the client's log (each record carries its worker)."""
-    client.register_plugin(WorkerLogLevel(level), name="rvc-index-log-level")
-    client.forward_logging(LOGGER_NAME, level=level)
+def forward_worker_logs(client: Client, level: int, forward: int | None = None) -> None:
+    """Workers log at ``level``; records at ``forward`` (default ``level``) and up reach the client's
+    log, each carrying its worker. ``batch`` forwards the per-stage lines with ``-v`` only."""
+    forward = level if forward is None else forward
+    client.register_plugin(WorkerLogLevel(level, forward <= logging.DEBUG), name="rvc-index-log-level")
+    if forward <= logging.CRITICAL:
+        client.forward_logging(LOGGER_NAME, level=forward)
 
 
 @contextmanager

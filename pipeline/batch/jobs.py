@@ -35,13 +35,14 @@ from typing import Any
 
 from distributed import Client, as_completed, get_worker, worker_client
 from rvc_index.batch.clusters import build_resources
-from rvc_index.batch.summary import BatchReport, lost_record, progress_line
-from rvc_index.build.runner import build_experiment, file_stem
+from rvc_index.batch.joblog import experiment_log, log_path
+from rvc_index.batch.summary import BatchRecord, BatchReport, lost_record, printable, progress_line, write_report
+from rvc_index.build.naming import file_stem
+from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import FEATURE_DIRS, SourceError
 from rvc_index.errors import RvcIndexError
-from rvc_index.runtime.outputs import write_json_atomic
 from rvc_index.runtime.progress import get_logger
 
 REPORT_EVERY_S = 5.0
@@ -65,14 +66,16 @@ class Job:
     files: int
     bytes: int
     streamed: bool  # chunks spread over the workers, else built whole on one worker
+    problem: str | None = None  # found while planning (an unreadable feature folder): fails without a build
 
     @property
     def mode(self) -> str:
         return "streamed" if self.streamed else "whole"
 
-    def summary(self) -> dict[str, Any]:
-        return {"experiment": self.name, "files": self.files, "MB": round(self.bytes / 2**20, 1),
-                "mode": self.mode, "out": self.out_dir or self.path}
+    @property
+    def out(self) -> str:
+        """The output folder: ``out_dir``, or the experiment folder."""
+        return self.out_dir or self.path
 
 
 def is_experiment(folder: Path) -> bool:
@@ -155,15 +158,23 @@ def shard_jobs(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
 
 def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, only: Sequence[str] = (),
               shard: tuple[int, int] | None = None) -> list[Job]:
-    """The experiments to build, each with its output folder and run mode."""
+    """The experiments to build, each with its output folder and run mode.
+
+    An experiment whose feature folder cannot be listed (permissions) is planned with its
+    ``problem``: it fails alone, the others build.
+    """
     folders = {p.name: p for p in discover(root)}
     threshold = config.cluster.stream_above_mb * 2**20
     jobs = []
     for name in select(list(folders), only):
-        files, size = feature_size(folders[name])
+        problem = None
+        try:
+            files, size = feature_size(folders[name])
+        except OSError as exc:
+            files, size, problem = 0, 0, f"{exc.filename or folders[name]}: cannot read: {exc.strerror or exc}"
         folder = file_stem(name, config)  # RVC on Windows needs ASCII paths
         out_dir = str(Path(out).absolute() / folder) if out is not None else None
-        jobs.append(Job(name, str(folders[name]), out_dir, files, size, size > threshold))
+        jobs.append(Job(name, str(folders[name]), out_dir, files, size, size > threshold, problem))
     return shard_jobs(jobs, *shard) if shard else jobs
 
 
@@ -174,41 +185,55 @@ def _worker_address() -> str | None:
         return None
 
 
-def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False) -> dict[str, Any]:
-    """Build one experiment (the Dask task); never raises: a failure is returned as a record."""
+def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False) -> BatchRecord:
+    """Build one experiment (the Dask task); never raises: a failure is returned as a record.
+
+    Its log lines also go to ``rvc-index-<preset>.log`` in its output folder.
+    """
     log = get_logger()
     started = time.perf_counter()
     worker = _worker_address()
-    record: dict[str, Any] = {"experiment": job.name, "mode": job.mode, "worker": worker, "started_at": time.time()}
-    log.info("%s: start (%s, %d files, %.1f MB)%s", job.name, job.mode, job.files, job.bytes / 2**20,
-             f" on {worker}" if worker else "")
-    try:
-        with faiss_threads(config.cluster.job_threads):
-            chosen = select_backend(backend)  # type: ignore[arg-type]
-            if job.streamed and worker is not None:
-                with worker_client() as client:
-                    result = build_experiment(job.path, config, job.out_dir, chosen, client, force)
-            else:
-                result = build_experiment(job.path, config, job.out_dir, chosen, None, force)
-    except Exception as exc:  # noqa: BLE001 - one experiment's failure must not stop the batch
-        log.error("%s: failed: %s: %s", job.name, type(exc).__name__, exc)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-    else:
-        summary = result.summary()
-        record.update(status=result.status, rows=summary["rows"], index=str(result.index_path),
-                      report=str(result.report_path), recall_at_8=summary["recall@8"],
-                      build_seconds=summary["seconds"])
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    record["finished_at"] = time.time()
+    record = BatchRecord(printable(job.name), "failed", job.mode, worker, started_at=time.time())
+    title = f"{job.name} ({job.mode}) on {worker or 'this process'}"
+    with experiment_log(log_path(job.out, file_stem(job.name, config), config.name), title) as log_file:
+        record.log = str(log_file) if log_file else None
+        log.info("%s: start (%s, %d files, %.1f MB)%s", job.name, job.mode, job.files, job.bytes / 2**20,
+                 f" on {worker}" if worker else "")
+        try:
+            if job.problem:  # run_batch records it without a task; this is for a direct call
+                raise SourceError(job.problem)
+            with faiss_threads(config.cluster.job_threads):
+                chosen = select_backend(backend)  # type: ignore[arg-type]
+                if job.streamed and worker is not None:
+                    with worker_client() as client:
+                        result = build_experiment(job.path, config, job.out_dir, chosen, client, force)
+                else:
+                    result = build_experiment(job.path, config, job.out_dir, chosen, None, force)
+        except Exception as exc:  # noqa: BLE001 - one experiment's failure must not stop the batch
+            log.error("%s: failed: %s: %s", job.name, type(exc).__name__, exc)
+            record.error = f"{type(exc).__name__}: {exc}"
+            record.traceback = traceback.format_exc()
+            record.retryable = not isinstance(exc, RvcIndexError)  # bad input fails the same way again
+        else:
+            built = result.record
+            record.status, record.rows, record.recall_at_8 = result.status, built.rows, built.recall_at_k
+            record.index, record.report, record.build_seconds = str(result.index_path), str(result.report_path), \
+                built.seconds
+            log.info("%s: %s (%s)", job.name, result.status, result.index_path)
+    record.seconds = round(time.perf_counter() - started, 3)
+    record.finished_at = time.time()
     return record
 
 
 def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: str = "auto", force: bool = False,
-              report_path: str | Path | None = None, meta: dict[str, Any] | None = None) -> BatchReport:
+              report_path: str | Path | None = None, meta: dict[str, Any] | None = None, retries: int = 0,
+              history: Sequence[dict[str, Any]] = ()) -> BatchReport:
     """Run every job on the cluster; isolate failures; write ``report_path`` as results arrive.
 
-    Largest experiments start first. A ``KeyboardInterrupt`` (or ``BatchStopped`` from a signal)
-    cancels what is left; those experiments are reported as ``stopped``.
+    Largest experiments start first. A failure that is not bad input (a lost worker, out of
+    memory) is tried again up to ``retries`` times. A ``KeyboardInterrupt`` (or ``BatchStopped``
+    from a signal) cancels what is left; those experiments are reported as ``stopped``.
+    ``history``: the previous runs the report carries on (``summary.prepare_report``).
     """
     log = get_logger()
     started = time.perf_counter()
@@ -216,24 +241,32 @@ def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: s
     n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     max_streaming = config.cluster.max_streaming or n_workers
     order = sorted(jobs, key=lambda j: (-j.bytes, j.name))
-    streamed = deque(j for j in order if j.streamed)
+    streamed = deque(j for j in order if j.streamed and not j.problem)
     log.info("batch: %d experiments (%d whole, %d streamed, at most %d streamed at once) on %d workers%s",
              len(jobs), len(jobs) - len(streamed), len(streamed), max_streaming, n_workers,
              ", one build per GPU" if resources else "")
     priority = {job.name: len(order) - rank for rank, job in enumerate(order)}
     running: dict[str, tuple[Job, Any]] = {}
+    attempts: dict[str, int] = {}
 
     def submit(job: Job) -> Any:
-        future = client.submit(run_job, job, config, backend, force, key=f"build-{job.name}-{uuid.uuid4().hex[:8]}",
-                               pure=False, resources=resources, priority=priority[job.name])
+        attempts[job.name] = attempts.get(job.name, 0) + 1
+        key = f"build-{printable(job.name)}-{uuid.uuid4().hex[:8]}"  # msgpack refuses undecodable names
+        future = client.submit(run_job, job, config, backend, force, key=key, pure=False, resources=resources,
+                               priority=priority[job.name])
         running[future.key] = (job, future)
         return future
 
-    records: dict[str, dict[str, Any]] = {}
-    report = BatchReport([], 0.0, None, dict(meta or {}))
+    records: dict[str, BatchRecord] = {}
+    report = BatchReport([], 0.0, None, dict(meta or {}), list(history))
     last_write = time.perf_counter()
+    for job in order:  # planned with a problem: nothing to run
+        if job.problem:
+            records[job.name] = BatchRecord(printable(job.name), "failed", job.mode, seconds=0.0,
+                                            error=f"SourceError: {job.problem}", retryable=False)
+            log.error("%s", progress_line(list(records.values()), len(jobs), time.perf_counter() - started))
     try:
-        initial = [submit(j) for j in order if not j.streamed]
+        initial = [submit(j) for j in order if not j.streamed and not j.problem]
         initial += [submit(streamed.popleft()) for _ in range(min(max_streaming, len(streamed)))]
         finished = as_completed(initial)
         for future in finished:
@@ -242,14 +275,20 @@ def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: s
                 record = future.result()
             except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, ...: this job failed
                 record = lost_record(job.name, job.mode, exc)
+            record.attempts = attempts[job.name]
+            if record.status == "failed" and record.retryable and attempts[job.name] <= retries:
+                log.warning("%s: %s; trying again (%d of %d)", job.name, record.error, attempts[job.name],
+                            retries)
+                finished.add(submit(job))
+                continue
             records[job.name] = record
-            log.log(logging.ERROR if record["status"] == "failed" else logging.INFO, "%s",
+            log.log(logging.ERROR if record.status == "failed" else logging.INFO, "%s",
                     progress_line(list(records.values()), len(jobs), time.perf_counter() - started))
             if job.streamed and streamed:
                 finished.add(submit(streamed.popleft()))
             if report_path is not None and time.perf_counter() - last_write > REPORT_EVERY_S:
                 _fill(report, jobs, records, started, missing="pending")
-                write_json_atomic(Path(report_path), report.to_json(finished=False))
+                write_report(Path(report_path), report, finished=False)
                 last_write = time.perf_counter()
     except KeyboardInterrupt as exc:
         report.stopped = f"{type(exc).__name__} {exc}".strip()
@@ -264,14 +303,14 @@ def run_batch(jobs: Sequence[Job], config: Config, client: Client, *, backend: s
             log.warning("batch: could not cancel running builds: %s", cancel_error)
     _fill(report, jobs, records, started)
     if report_path is not None:
-        write_json_atomic(Path(report_path), report.to_json())
+        write_report(Path(report_path), report)
     log.info("batch: %s", report.headline())
     return report
 
 
-def _fill(report: BatchReport, jobs: Sequence[Job], records: dict[str, dict[str, Any]], started: float,
+def _fill(report: BatchReport, jobs: Sequence[Job], records: dict[str, BatchRecord], started: float,
           missing: str = "stopped") -> None:
-    report.records = [records.get(j.name) or {"experiment": j.name, "mode": j.mode, "status": missing}
+    report.records = [records.get(j.name) or BatchRecord(printable(j.name), missing, j.mode)
                       for j in sorted(jobs, key=lambda j: j.name)]
     report.seconds = time.perf_counter() - started
 

@@ -1,90 +1,109 @@
-"""One build per output folder at a time: an advisory lock that a killed process releases.
+"""One build per output folder at a time: a lock that a killed process releases, on any OS.
 
-The lock is ``flock`` (POSIX) or ``msvcrt.locking`` (Windows) on ``<folder>/.rvc-index.lock``.
-The kernel drops it when its holder exits, even by SIGKILL, so a stale lock cannot block a rerun.
-The holder writes its pid and host into the file (for the message of a build that waits) and
-unlinks it before releasing; a waiter that locked a file just unlinked that way tries again.
+The lock is ``filelock``'s on ``<folder>/.rvc-index.lock``: ``flock`` on POSIX, ``LockFileEx`` on
+Windows; the kernel drops it when its holder exits, even by SIGKILL. Where the filesystem has no
+``flock`` (Lustre, some NFS) it falls back to an atomic marker file recording pid and host, which
+a later build on the same host takes over once that pid is gone. The lock file is opened without
+following symbolic links: a link planted there is refused, its target never written.
+``safety.lock: none`` builds without a lock, for filesystems where neither works.
+
+The holder writes ``pid N on host`` into ``.rvc-index.lock.holder`` (atomically, for the message of
+a build that waits) and removes it when it is done.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
-import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.outputs import write_text_atomic
 from rvc_index.runtime.progress import get_logger
 
 LOCK_NAME = ".rvc-index.lock"
+HOLDER_NAME = ".rvc-index.lock.holder"
 POLL_S = 0.1
 REPORT_EVERY_S = 30.0
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+LOCK_MODES = ("wait", "refuse", "none")
 
 
 class OutputBusy(RvcIndexError, RuntimeError):
     """Another build is writing into the same output folder."""
 
 
-def holder_of(path: Path) -> str:
-    """``pid N on host`` as written by the lock's holder, or ``another process`` if unreadable."""
+class LockError(RvcIndexError, OSError):
+    """The output folder's lock cannot be taken (a symbolic link in its place, an unusable filesystem)."""
+
+
+def holder_of(folder: Path) -> str:
+    """``pid N on host`` as written by the lock's holder, or ``another process`` if unknown."""
+    path = Path(folder) / HOLDER_NAME
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        text = ""
+        return "another process"
+    try:
+        text = os.read(fd, 256).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
     return text or "another process"
 
 
-def _open_locked(path: Path) -> int | None:
-    """An fd holding the lock on the file now at ``path``, or None while another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    if not _try_lock(fd):
-        os.close(fd)
-        return None
-    try:
-        current = os.stat(path)
-    except FileNotFoundError:
-        current = None
-    mine = os.fstat(fd)
-    if current is None or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
-        os.close(fd)  # the previous holder unlinked it as we locked: lock the new file instead
-        return None
-    return fd
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise LockError(f"{path}: is a symbolic link; the build lock never follows links (a build would "
+                        "write into its target): remove it and rerun")
+
+
+def _try_acquire(lock: filelock.BaseFileLock, path: Path, folder: Path) -> bool:
+    """Take ``lock`` now if free; True when taken. Logs the fallback when the filesystem lacks flock."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            lock.acquire(timeout=0, blocking=False)
+        except filelock.Timeout:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or path.is_symlink():
+                _refuse_link(path)
+            raise LockError(f"{path}: cannot take the build lock ({exc.strerror or exc}); on a filesystem "
+                            "where no lock works, set safety.lock=none and run one build per folder") from exc
+        finally:
+            for warning in caught:
+                if "soft" in str(warning.message).lower():
+                    get_logger().warning("%s: the filesystem does not support flock; locking with a marker file "
+                                         "(pid and host; a crashed build's marker is taken over on the same host, "
+                                         "one from another host must be removed by hand)", folder)
+    return True
 
 
 @contextmanager
-def output_lock(folder: Path, wait: bool = True, timeout_s: float = 0.0, label: str = "") -> Iterator[Path]:
-    """Hold ``folder``'s build lock; wait for it (``timeout_s`` 0 = no limit) or raise OutputBusy."""
+def output_lock(folder: Path, mode: str = "wait", timeout_s: float = 0.0, label: str = "") -> Iterator[Path | None]:
+    """Hold ``folder``'s build lock. ``mode``: wait (``timeout_s`` 0 = no limit), refuse (raise OutputBusy
+    at once) or none (no lock). Yields the lock file's path (None without a lock)."""
     log = get_logger()
-    path = Path(folder) / LOCK_NAME
     prefix = f"{label}: " if label else ""
+    if mode == "none":
+        log.warning("%s%s: safety.lock=none: no build lock; run only one build into this folder at a time",
+                    prefix, folder)
+        yield None
+        return
+    path = Path(folder) / LOCK_NAME
+    _refuse_link(path)
+    lock = filelock.FileLock(str(path), thread_local=False)
     started = time.monotonic()
     next_report = started
-    while (fd := _open_locked(path)) is None:
-        holder = holder_of(path)
+    while not _try_acquire(lock, path, Path(folder)):
+        holder = holder_of(folder)
         waited = time.monotonic() - started
-        if not wait:
+        if mode != "wait":
             raise OutputBusy(f"{folder}: another build ({holder}) is writing into this folder "
                              "(safety.lock=refuse; safety.lock=wait waits for it)")
         if timeout_s and waited >= timeout_s:
@@ -94,16 +113,14 @@ def output_lock(folder: Path, wait: bool = True, timeout_s: float = 0.0, label: 
             log.warning("%s%s: another build (%s) is writing here; waiting for it to finish", prefix, folder, holder)
             next_report = time.monotonic() + REPORT_EVERY_S
         time.sleep(POLL_S)
+    holder_file = Path(folder) / HOLDER_NAME
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        if time.monotonic() - started > POLL_S:
+        write_text_atomic(holder_file, f"pid {os.getpid()} on {socket.gethostname()}\n")  # replaces a link, never
+        if time.monotonic() - started > POLL_S:                                            # writes through one
             log.info("%s%s: lock acquired after %.1f s", prefix, folder, time.monotonic() - started)
         yield path
     finally:
-        if sys.platform != "win32":  # an open file cannot be unlinked on Windows; it stays, unlocked
-            try:
-                path.unlink()
-            except OSError:
-                pass
-        os.close(fd)
+        try:
+            holder_file.unlink(missing_ok=True)
+        finally:
+            lock.release()

@@ -7,15 +7,16 @@ report whose index file is intact skips the work.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rvc_index import __version__
-from rvc_index.config.schema import ClusterConfig, Config, ConfigError, SafetyConfig
+from rvc_index.build.naming import BuildFiles, is_plain_name
 from rvc_index.config.loading import dump_config, load_config
+from rvc_index.config.schema import ClusterConfig, Config, ConfigError, SafetyConfig
 from rvc_index.data.sources import Manifest
+from rvc_index.runtime.outputs import read_json
 
 # The layers whose code decides what a build writes (vectors, index, file names): whole folders,
 # so a module added to one of them is covered without a list to keep. Editing the CLI, batch
@@ -45,9 +46,10 @@ def code_fingerprint() -> str:
 
 
 def config_fingerprint(config: Config) -> str:
-    """sha256 of the resolved config, less ``cluster`` and ``safety`` (where and how guarded a build
-    runs does not change its output)."""
-    neutral = replace(config, cluster=ClusterConfig(), safety=SafetyConfig())
+    """sha256 of the resolved config, less ``cluster``, ``safety`` and ``output.retire_old`` (where and
+    how guarded a build runs, and what it does to other files, do not change its output)."""
+    neutral = replace(config, cluster=ClusterConfig(), safety=SafetyConfig(),
+                      output=replace(config.output, retire_old=False))
     return hashlib.sha256(dump_config(neutral).encode()).hexdigest()
 
 
@@ -56,11 +58,6 @@ def build_fingerprint(manifest: Manifest, config_fp: str, code_fp: str) -> str:
     (``code_fingerprint``): equal means same output."""
     text = "\n".join([manifest.fingerprint(), config_fp, code_fp])
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def report_path(out_dir: Path, config: Config) -> Path:
-    """The report written last by a build: its presence with a matching fingerprint means done."""
-    return out_dir / f"rvc-index-{config.name}.report.json"
 
 
 def written_with(config_file: Path, config_fp: str) -> bool:
@@ -73,21 +70,15 @@ def written_with(config_file: Path, config_fp: str) -> bool:
 
 def read_report(path: Path) -> dict[str, Any] | None:
     """A build report, or None when it is missing or unreadable."""
-    try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
+    return read_json(path)
 
 
-def finished_build(report: dict[str, Any] | None, out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """``report`` (the one in ``out_dir``, or None) if it records this fingerprint and its index file
-    is intact."""
-    if report is None:
+def finished_build(report: dict[str, Any] | None, files: BuildFiles, fingerprint: str) -> dict[str, Any] | None:
+    """``report`` (this experiment's and preset's, or None) if it records this fingerprint and its index
+    file, a plain name in the output folder, is intact."""
+    if report is None or report.get("fingerprint") != fingerprint or not is_plain_name(report.get("index_file")):
         return None
-    index_file = out_dir / report.get("index_file", "")
-    if report.get("fingerprint") != fingerprint or not index_file.is_file():
-        return None
-    if index_file.stat().st_size != report.get("index_bytes"):
+    index_file = files.index(report["index_file"])
+    if not index_file.is_file() or index_file.stat().st_size != report.get("index_bytes"):
         return None
     return report

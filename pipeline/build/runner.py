@@ -1,10 +1,12 @@
-"""One job: build the index of one experiment, stage by stage, and write it atomically."""
+"""One job: build the index of one experiment by executing its ``BuildPlan``, and write it atomically."""
 
 from __future__ import annotations
 
+import logging
 import os
-import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,78 +14,54 @@ from typing import Any
 import faiss
 import numpy as np
 
-from rvc_index.errors import RvcIndexError
-from rvc_index.compute.backend import Backend, select_backend
-from rvc_index.stages.compress import compress, plan_compression
-from rvc_index.config.schema import Config
-from rvc_index.config.loading import config_to_dict, dump_config
-from rvc_index.evaluation.evaluate import evaluate_build
-from rvc_index.stages.expand import expand
-from rvc_index.data.feature_set import open_feature_set
-from rvc_index.stages.indexing import (
-    IndexPlan,
-    add_batches,
-    assemble_index,
-    check_rows,
-    describe_index,
-    index_file_name,
-    list_sizes,
-    nprobe_for_k,
-    plan_index,
-    set_search_params,
-    train_coarse,
-)
+from rvc_index.build.guard import MemoryGuard, guard_plan
 from rvc_index.build.locks import output_lock
-from rvc_index.build.guard import guard_build
-from rvc_index.runtime.outputs import ascii_name, atomic_paths, remove_stale_temps, write_json_atomic
-from rvc_index.runtime.progress import Progress, get_logger, stage
-from rvc_index.evaluation.plots import write_report_png
+from rvc_index.build.naming import (
+    BuildFiles,
+    OutputError,
+    build_files,
+    check_names,
+    check_not_claimed,
+    file_stem,
+    fixed_index_name,
+    index_file_name,
+    is_plain_name,
+    output_place,
+)
+from rvc_index.build.plan import BuildPlan, make_plan
+from rvc_index.build.record import BuildRecord, BuildResult
 from rvc_index.build.resume import (
     build_fingerprint,
     code_fingerprint,
     config_fingerprint,
     finished_build,
     read_report,
-    report_path,
     written_with,
 )
-from rvc_index.data.sources import Experiment, resolve_experiment, scan_manifest
-from rvc_index.runtime.stream import iter_batches, iter_blocks, sample_row_ids, take_rows
-
-
-class OutputError(RvcIndexError, RuntimeError):
-    """The output place cannot take this build (not writable, 'trained' in the path, taken)."""
-
-
-@dataclass
-class BuildResult:
-    """What one build did; ``report`` is the JSON written beside the index."""
-
-    experiment: str
-    status: str  # built | skipped
-    index_path: Path
-    report_path: Path
-    report: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """The fields of the CLI's table."""
-        r = self.report
-        return {
-            "speaker": self.experiment,
-            "status": self.status,
-            "rows": r.get("rows"),
-            "compression": r.get("compression", {}).get("summary"),
-            "n_list": r.get("index", {}).get("n_list"),
-            "nprobe": r.get("index", {}).get("nprobe"),
-            "index": self.index_path.name,
-            "seconds": r.get("seconds"),
-            "recall@8": r.get("evaluation", {}).get("recall_at_k"),
-        }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from rvc_index.build.retire import competing_indexes, settle_competitors
+from rvc_index.build.vectors import IndexVectors, prepare_vectors
+from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.config.loading import config_to_dict, dump_config
+from rvc_index.config.schema import Config
+from rvc_index.data.feature_set import FeatureSet, open_feature_set
+from rvc_index.data.sources import Experiment, Manifest, resolve_experiment, scan_manifest
+from rvc_index.evaluation.evaluate import evaluate_build
+from rvc_index.evaluation.plots import write_report_png
+from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
+from rvc_index.evaluation.verdict import judge, replaced_index
+from rvc_index.runtime.memory import peak_rss_mb
+from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic
+from rvc_index.runtime.progress import Progress, get_logger, stage
+from rvc_index.runtime.stream import iter_batches, iter_blocks
+from rvc_index.stages.indexing import (
+    add_batches,
+    check_rows,
+    describe_index,
+    list_sizes,
+    nprobe_for_k,
+    set_search_params,
+    train_index,
+)
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -99,207 +77,205 @@ def check_output_dir(out_dir: Path) -> None:
         raise OutputError(f"{out_dir}: output folder is not writable")
 
 
-def _write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
-    with open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
-        for block in iter_blocks(vectors, client):
-            handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
-
-
-def log_evaluation(name: str, evaluation: dict[str, Any]) -> None:
+def log_evaluation(name: str, evaluation: Evaluation | EvaluationSkipped) -> None:
     """One log line with the evaluation's key numbers."""
-    if "skipped" in evaluation:
-        get_logger().warning("%s: evaluation skipped: %s", name, evaluation["skipped"])
-        return
-    get_logger().info("%s: recall@%d %.3f, blend error %.4f, %.1f us/frame (1 thread), -1 labels %.1f%% "
-                      "(%d held-out frames)", name, evaluation["k"], evaluation["recall_at_k"],
-                      evaluation["blend_error"]["mean"], evaluation["latency"]["us_per_frame"],
-                      100 * evaluation["missing_label_share"], evaluation["queries"])
-
-
-def file_stem(name: str, config: Config) -> str:
-    """The experiment's name as index file names carry it (ASCII unless ``output.ascii_names`` is off)."""
-    return ascii_name(name) if config.output.ascii_names else name
-
-
-def check_names(name: str, out: Path, config: Config) -> None:
-    """Refuse a name RVC would rewrite; warn about paths RVC's GUI and faiss on Windows cannot open."""
-    stem = file_stem(name, config)
-    if "trained" in stem:
-        raise OutputError(f"{name}: 'trained' in the experiment name, so in the index file name; RVC and "
-                          "Applio rewrite it to 'added' when loading, so the index would never be found: "
-                          "rename the experiment")
-    if stem != name:
-        get_logger().warning("%s: not ASCII: RVC's GUI and faiss on Windows refuse such paths; the index file is "
-                             "named with '%s' (output.ascii_names)", name, stem)
-    if not str(out).isascii():
-        get_logger().warning("%s: output folder is not ASCII: RVC's GUI and faiss on Windows cannot open an index "
-                             "there; pass --out with an ASCII path", out)
-
-
-def trained_index(vectors: Any, plan: IndexPlan, config: Config, backend: Backend, raw_rows: bool,
-                  client: Any | None = None) -> faiss.Index:
-    """An empty CPU index of ``plan``, trained on a seeded sample of ``vectors`` [N, D] (numpy, memmap
-    or dask). ``raw_rows``: the vectors are the collection's frames, which reach k-means in a seeded
-    shuffled order, as RVC's recipe does (exact parity of its centroids)."""
-    n_vectors = int(vectors.shape[0])
-    sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, np.random.default_rng(config.seed)), client)
-    if raw_rows:
-        sample = sample[np.random.default_rng(config.seed).permutation(sample.shape[0])]
-    centroids = train_coarse(sample, plan.n_list, backend, config.index.train_iterations, config.seed)
-    return assemble_index(plan, centroids, sample)
+    level = logging.WARNING if isinstance(evaluation, EvaluationSkipped) else logging.INFO
+    get_logger().log(level, "%s: %s", name, evaluation.summary_line())
 
 
 def build_experiment(path: str | Path, config: Config, out_dir: str | Path | None = None,
                      backend: Backend | None = None, client: Any | None = None,
-                     force: bool = False) -> BuildResult:
-    """Build, check and write the index of one experiment; return what was done.
+                     force: bool = False, name: str | None = None,
+                     index_path: str | Path | None = None) -> BuildResult:
+    """Build, check and write the index of one experiment; return what was done. ``name`` replaces the
+    experiment's name in file names; ``index_path`` fixes the index file (and so the output folder).
 
     One build at a time per output folder (``safety.lock``): the lock is taken before stale
     temporary files are removed and the finished-build check is made.
     """
-    experiment = resolve_experiment(path)
-    out = Path(out_dir).absolute() if out_dir is not None else experiment.exp_dir
+    place = output_place(resolve_experiment(path), out_dir, index_path, name)
+    experiment, out = place.experiment, place.out
     check_output_dir(out)
     check_names(experiment.name, out, config)
-    with output_lock(out, config.safety.lock == "wait", config.safety.lock_timeout_s, experiment.name):
-        return _build_locked(experiment, out, config, backend or select_backend("auto"), client, force)
+    with output_lock(out, config.safety.lock, config.safety.lock_timeout_s, experiment.name):
+        return Build(experiment, out, config, backend or select_backend("auto"), client, force,
+                     fixed_index_name(place, config)).run()
 
 
-def _build_locked(experiment: Experiment, out: Path, config: Config, backend: Backend, client: Any | None,
-                  force: bool) -> BuildResult:
-    log = get_logger()
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    name = experiment.name
-    remove_stale_temps(out)
-    rpath = report_path(out, config)
+@dataclass
+class Build:
+    """The state of one build in progress; ``run`` executes it stage by stage."""
 
-    with stage("scan", timings, name):
-        manifest = scan_manifest(experiment, config.source.on_bad_file)
-        config_fp, code_fp = config_fingerprint(config), code_fingerprint()
-        fingerprint = build_fingerprint(manifest, config_fp, code_fp)
-        previous = read_report(rpath)  # the lock is held: it stays as read until this build replaces it
-        done = None if force else finished_build(previous, out, fingerprint)
-        if done is not None:
-            log.info("%s: up to date (%s), skipped", name, done["index_file"])
-            return BuildResult(name, "skipped", out / done["index_file"], rpath, done)
-        if not force and previous is not None and previous.get("config_fingerprint") != config_fp:
-            raise OutputError(f"{rpath}: an index built with other settings is already there; "
-                              "use --force to replace it")
-        check_rows(manifest.rows, config.index, str(experiment.feature_dir))  # before any value is read
-        guard = guard_build(manifest, config, backend, client is None, name)  # refuse a plan that cannot fit
-        features = open_feature_set(experiment, manifest, guard.chunk_mb, config.source.on_bad_file, client)
-        check_rows(features.n_rows, config.index, str(experiment.feature_dir))  # NaN/Inf rows dropped
+    experiment: Experiment
+    out: Path
+    config: Config
+    backend: Backend
+    client: Any | None
+    force: bool
+    index_file: str | None = None  # fixed before the build (--index-path, Applio naming); None: from the plan
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
-    compress_plan = plan_compression(features.n_rows, config.compress)
-    log.info("%s: %s rows x %d, compression: %s, backend: %s", name, f"{features.n_rows:,}",
-             features.dim, compress_plan.reason, backend.describe())
-    vectors: Any = features.array
-    if compress_plan.apply:
-        guard.check("compress")
-        with stage("compress", timings, name):
-            vectors = compress(features, compress_plan, config.compress, backend, config.seed, client)
-    expansion: dict[str, Any] = {"applied": False}
-    if config.expand.enabled:  # the vectors to index become their alpha-QE expansions (memory or memmap)
-        guard.check("expand")
-        with stage("expand", timings, name):
-            expanded = expand(vectors, config.expand, backend, client, out, config.seed, name)
-        vectors, expansion = expanded.vectors, expanded.report()
-    n_vectors = int(vectors.shape[0])
+    @property
+    def name(self) -> str:
+        return self.experiment.name
 
-    plan = plan_index(n_vectors, features.dim, config.index)
-    for note in plan.notes:
-        log.warning("%s: %s", name, note)
-    log.info("%s: index %s over %s vectors (train on %s rows)", name, plan.factory,
-             f"{n_vectors:,}", f"{plan.train_rows:,}")
-    guard.check("train")
-    with stage("train", timings, name):
-        index = trained_index(vectors, plan, config, backend, raw_rows=not compress_plan.apply, client=client)
+    @contextmanager
+    def stage(self, name: str, guard: MemoryGuard | None = None) -> Iterator[None]:
+        """A timed stage, refused first if the memory it needs is no longer available."""
+        if guard is not None:
+            guard.check(name)
+        with stage(name, self.timings, self.name):
+            yield
 
-    guard.check("add")
-    with stage("add", timings, name):
-        add_batches(index, iter_batches(vectors, config.index.add_batch_rows, client), backend,
-                    Progress(f"{name}: add", n_vectors, "vectors"))
-    sizes = list_sizes(index)
-    nprobe = nprobe_for_k(sizes, config.index.search_k, plan.nprobe)
-    if nprobe != plan.nprobe:
-        log.warning("%s: smallest lists hold %s vectors: nprobe raised from %d to %d so every "
-                    "k=%d search is filled", name, np.sort(sizes)[:3].tolist(), plan.nprobe, nprobe,
-                    config.index.search_k)
-    set_search_params(index, nprobe, plan.k_factor)
+    def run(self) -> BuildResult:
+        log = get_logger()
+        config, name = self.config, self.name
+        remove_stale_temps(self.out)
+        files = build_files(self.out, name, config)
+        check_not_claimed(files, self.index_file, self.force)  # another preset's file: refuse before any work
+        with self.stage("scan"):
+            manifest = scan_manifest(self.experiment, config.source.on_bad_file)
+            config_fp = config_fingerprint(config)
+            fingerprint = build_fingerprint(manifest, config_fp, code_fingerprint())
+            previous = read_report(files.report)  # the lock is held: it stays as read until this build replaces it
+            done = None if self.force else finished_build(previous, files, fingerprint)
+            if done is not None:
+                log.info("%s: up to date (%s), skipped", name, done["index_file"])
+                settle_competitors(self.out, name, files.index(done["index_file"]), [], config.output.retire_old)
+                record = BuildRecord.from_dict(done) or BuildRecord.from_dict({**done, "index_bytes": 0})
+                return BuildResult(name, "skipped", files.index(done["index_file"]), files.report, record)
+            if not self.force and previous is not None and previous.get("config_fingerprint") != config_fp:
+                raise OutputError(f"{files.report}: an index built with other settings is already there; "
+                                  "use --force to replace it")
+            check_rows(manifest.rows, config.index, str(self.experiment.feature_dir))  # before any value is read
+            guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, self.backend, self.client is None,
+                                                          chunk_mb), config.source.chunk_mb, config.safety, name)
+            features = open_feature_set(self.experiment, manifest, guard.plan.chunk_mb, config.source.on_bad_file,
+                                        self.client)
+            check_rows(features.n_rows, config.index, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
+        guard.plan = make_plan(features.manifest, config, self.backend, self.client is None, guard.plan.chunk_mb,
+                               features.n_rows)  # the plan for the rows that passed the value check
+        plan = guard.plan
+        for line in plan.describe():
+            log.info("%s: %s", name, line)
+        prepared = prepare_vectors(features, plan, config, self.backend, self.client, self.out, name,
+                                   lambda stage_name: self.stage(stage_name, guard))
+        index, nprobe = self.index(prepared, plan, guard)
+        evaluation = self.evaluate(index, features, prepared, plan, guard)
+        index_name = self.index_file or index_file_name(file_stem(name, config), features.manifest.version,
+                                                        plan.index, nprobe, config.output.naming, config.name)
+        prior = (previous or {}).get("index_file")
+        previous_index = prior if is_plain_name(prior) and prior.endswith(".index") else None  # never a path elsewhere
+        superseded = [files.index(previous_index)] if previous_index else []
+        replaced = replaced_index(files.index(index_name), superseded[0] if superseded else None,
+                                  competing_indexes(self.out, name, files.index(index_name)))
+        verdict = judge(evaluation, replaced, features, config, self.backend, self.client)
+        self.write(index, index_name, previous_index, config_fp, files, prepared, features.dim, guard)
+        retired = settle_competitors(self.out, name, files.index(index_name), superseded, config.output.retire_old)
+        record = self.record(features, manifest, plan, prepared, index, index_name, evaluation, guard, files,
+                             fingerprint, config_fp)
+        record.retired = retired
+        write_json_atomic(files.report, record.to_dict())
+        if previous_index and previous_index != index_name:
+            files.index(previous_index).unlink(missing_ok=True)  # the replaced build's index, now superseded
+        log.info("%s: wrote %s (%s vectors, %.1f MB)", name, files.index(index_name), f"{index.ntotal:,}",
+                 record.index_bytes / 2**20)
+        for line in verdict:
+            log.info("%s: %s", name, line)
+        return BuildResult(name, "built", files.index(index_name), files.report, record)
 
-    evaluation: dict[str, Any] = {}
-    if config.evaluate.recall_queries:  # held-out utterances; ids are rows unless compressed
-        guard.check("evaluate")
-        with stage("evaluate", timings, name):
-            evaluation = evaluate_build(index, features, config.evaluate, backend, client,
-                                        aligned=not compress_plan.apply, seed=config.seed,
-                                        stored_is_original=vectors is features.array, k=config.index.search_k)
-        log_evaluation(name, evaluation)
+    def index(self, prepared: IndexVectors, plan: BuildPlan, guard: MemoryGuard) -> tuple[faiss.Index, int]:
+        """Train, fill and set the search breadth of the CPU index; (index, stored nprobe)."""
+        log, config, name = get_logger(), self.config, self.name
+        for note in plan.index.notes:
+            log.warning("%s: %s", name, note)
+        with self.stage("train", guard):
+            index = train_index(prepared.vectors, plan.index, self.backend, config.index.train_iterations,
+                                config.seed, prepared.raw_rows, self.client)
+        with self.stage("add", guard):
+            add_batches(index, iter_batches(prepared.vectors, config.index.add_batch_rows, self.client), self.backend,
+                        Progress(f"{name}: add", prepared.n_vectors, "vectors"))
+        sizes = list_sizes(index)
+        nprobe = nprobe_for_k(sizes, config.index.search_k, plan.index.nprobe)
+        if nprobe != plan.index.nprobe:
+            log.warning("%s: smallest lists hold %s vectors: nprobe raised from %d to %d so every k=%d search is "
+                        "filled", name, np.sort(sizes)[:3].tolist(), plan.index.nprobe, nprobe, config.index.search_k)
+        set_search_params(index, nprobe, plan.index.k_factor)
+        return index, nprobe
 
-    index_name = index_file_name(file_stem(name, config), features.manifest.version, plan, nprobe, config.output.naming)
-    index_path = out / index_name
-    previous_index = (previous or {}).get("index_file")
-    config_file = out / f"rvc-index-{config.name}.config.yaml"
-    ours = index_name == previous_index or written_with(config_file, config_fp)  # or a killed run's, pre-report
-    if index_path.exists() and not ours and not force:
-        raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
-    guard.check("write")
-    with stage("write", timings, name):  # every file written in full before any is renamed: a full disk replaces none
-        total_fea = [out / "total_fea.npy"] if config.output.write_total_fea else []
-        with atomic_paths(config_file, *total_fea, index_path) as tmps:  # renamed in order: the config marks it ours
-            tmps[0].write_text(dump_config(config), encoding="utf-8")
-            if total_fea:
-                _write_total_fea(tmps[1], vectors, n_vectors, features.dim, client)
-            faiss.write_index(index, str(tmps[-1]))
-    png = out / f"rvc-index-{config.name}.report.png"
-    if "size" in evaluation:
-        evaluation["size"]["disk_bytes"] = index_path.stat().st_size
-    if config.evaluate.plot and "recall_at_k" in evaluation:
-        with stage("report", timings, name):
-            write_report_png(png, evaluation, f"{name}: {index_name}", describe_index(index))
-    else:
-        png.unlink(missing_ok=True)  # a previous build's picture would not describe this index
-    report = {
-        "experiment": name,
-        "feature_dir": str(experiment.feature_dir),
-        "version": features.manifest.version,
-        "dim": features.dim,
-        "files": len(features.manifest.files),
-        "skipped_files": [list(item) for item in features.manifest.skipped],
-        "empty_files": list(features.manifest.empty_files),
-        "ignored_entries": list(features.manifest.ignored),
-        "rows_declared": features.manifest.rows,
-        "rows": features.n_rows,
-        "dropped_rows": features.dropped_rows,
-        "compression": {"applied": compress_plan.apply, "reason": compress_plan.reason,
-                        "n_centroids": compress_plan.n_centroids, "method": config.compress.method,
-                        "summary": f"{compress_plan.n_centroids} centroids" if compress_plan.apply else "none"},
-        "expansion": expansion,
-        "index": {**describe_index(index), "factory": plan.factory, "recipe": plan.recipe,
-                  "pq_m": plan.pq_m, "nprobe_configured": plan.nprobe, "train_rows": plan.train_rows,
-                  "notes": list(plan.notes)},
-        "evaluation": evaluation,
-        "backend": backend.describe(),
-        "timings": timings,
-        "seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "index_file": index_name,
-        "names": {"experiment": name, "in_file_names": file_stem(name, config),
-                  "ascii_path": str(index_path).isascii()},
-        "memory": guard.report(),
-        "index_bytes": index_path.stat().st_size,
-        "fingerprint": fingerprint,
-        "config_fingerprint": config_fp,
-        "config": config_to_dict(config),
-        "code_version": code_fp,
-        "faiss_version": faiss.__version__,
-    }
-    write_json_atomic(rpath, report)
-    if previous_index and previous_index != index_name:
-        (out / previous_index).unlink(missing_ok=True)  # the replaced build's index, now superseded
-    log.info("%s: wrote %s (%s vectors, %.1f MB)", name, index_path, f"{index.ntotal:,}",
-             report["index_bytes"] / 2**20)
-    return BuildResult(name, "built", index_path, rpath, report)
+    def evaluate(self, index: faiss.Index, features: FeatureSet, prepared: IndexVectors, plan: BuildPlan,
+                 guard: MemoryGuard) -> dict[str, Any]:
+        """Recall, blend error, latency on held-out utterances (ids are rows unless compressed)."""
+        if not plan.eval_queries:
+            return {}
+        with self.stage("evaluate", guard):
+            evaluation = evaluate_build(index, features, self.config.evaluate, self.backend, self.client,
+                                        aligned=prepared.raw_rows, seed=self.config.seed,
+                                        stored_is_original=prepared.are_originals, k=self.config.index.search_k,
+                                        build_seconds=time.perf_counter() - self.started)
+        log_evaluation(self.name, evaluation)
+        return evaluation.to_dict()
 
+    def write(self, index: faiss.Index, index_name: str, previous_index: str | None, config_fp: str,
+              files: BuildFiles, prepared: IndexVectors, dim: int, guard: MemoryGuard) -> None:
+        """Config, optional ``total_fea.npy`` and the index, each written in full before any is renamed: a
+        full disk replaces none. The config goes first: it marks the index ours."""
+        index_path = files.index(index_name)
+        ours = index_name == previous_index or written_with(files.config, config_fp)  # or a killed run's, pre-report
+        if index_path.exists() and not ours and not self.force:
+            raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
+        fea = self.out / "total_fea.npy"  # RVC's own (old RVC pairs it with its index): never replaced unasked
+        if self.config.output.write_total_fea and fea.exists() and not ours and not self.force:
+            raise OutputError(f"{fea}: exists and was not written by this preset (RVC's own?); use --force to replace it")
+        with self.stage("write", guard):
+            total_fea = [self.out / "total_fea.npy"] if self.config.output.write_total_fea else []
+            with atomic_paths(files.config, *total_fea, index_path) as tmps:
+                tmps[0].write_text(dump_config(self.config), encoding="utf-8")
+                if total_fea:
+                    write_total_fea(tmps[1], prepared.vectors, prepared.n_vectors, dim, self.client)
+                faiss.write_index(index, str(tmps[-1]))
+
+    def record(self, features: FeatureSet, manifest: Manifest, plan: BuildPlan, prepared: IndexVectors,
+               index: faiss.Index, index_name: str, evaluation: dict[str, Any], guard: MemoryGuard,
+               files: BuildFiles, fingerprint: str, config_fp: str) -> BuildRecord:
+        """The report of this build; draws its picture first (the report is the last file written)."""
+        config, name = self.config, self.name
+        index_path = files.index(index_name)
+        if "size" in evaluation:
+            evaluation["size"]["disk_bytes"] = index_path.stat().st_size
+        if evaluation.get("plan", {}).get("plot") and "recall_at_k" in evaluation:  # plot=auto: within budget
+            with self.stage("report"):
+                write_report_png(files.picture, evaluation, f"{name}: {index_name}", describe_index(index))
+        else:
+            files.picture.unlink(missing_ok=True)  # a previous build's picture would not describe this index
+        compression = plan.compression
+        return BuildRecord(
+            experiment=name, feature_dir=str(self.experiment.feature_dir), version=features.manifest.version,
+            dim=features.dim, files=len(features.manifest.files), rows_declared=features.manifest.rows,
+            rows=features.n_rows, index_file=index_name, index_bytes=index_path.stat().st_size,
+            fingerprint=fingerprint, config_fingerprint=config_fp, code_version=code_fingerprint(),
+            faiss_version=faiss.__version__,
+            skipped_files=[list(item) for item in features.manifest.skipped],
+            empty_files=list(features.manifest.empty_files), ignored_entries=list(features.manifest.ignored),
+            dropped_rows=features.dropped_rows,
+            compression={"applied": compression.apply, "reason": compression.reason,
+                         "n_centroids": compression.n_centroids, "method": config.compress.method,
+                         "summary": f"{compression.n_centroids} centroids" if compression.apply else "none"},
+            expansion=prepared.expansion.report() if prepared.expansion is not None else {"applied": False},
+            index={**describe_index(index), "factory": plan.index.factory, "recipe": plan.index.recipe,
+                   "pq_m": plan.index.pq_m, "nprobe_configured": plan.index.nprobe,
+                   "train_rows": plan.index.train_rows, "notes": list(plan.index.notes)},
+            evaluation=evaluation, plan=plan.to_dict(), backend=self.backend.describe(), timings=self.timings,
+            seconds=round(time.perf_counter() - self.started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
+            names={"experiment": name, "in_file_names": file_stem(name, config),
+                   "ascii_path": str(index_path).isascii()},
+            memory=guard.report(), config=config_to_dict(config))
+
+
+def write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
+    """RVC's ``total_fea.npy`` [n_rows, dim] float32, streamed block by block."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
+        for block in iter_blocks(vectors, client):
+            handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())

@@ -25,7 +25,6 @@ import yaml
 
 from rvc_index.errors import RvcIndexError
 from rvc_index.compute.backend import Backend
-from rvc_index.stages.compress import compress, plan_compression
 from rvc_index.config.schema import Config
 from rvc_index.config.loading import config_from_dict, config_to_dict
 from rvc_index.evaluation.evaluate import (
@@ -46,11 +45,13 @@ from rvc_index.stages.indexing import (
     list_sizes,
     nprobe_for_k,
     plan_index,
+    train_index,
 )
 from rvc_index.evaluation.measure import RVC_K, index_ram_bytes, search_latency, search_params
 from rvc_index.runtime.outputs import write_text_atomic
 from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.build.runner import trained_index
+from rvc_index.build.plan import make_plan
+from rvc_index.build.vectors import prepare_vectors
 from rvc_index.runtime.stream import iter_batches, iter_blocks
 
 SQRT_FACTORS = (1.0, 2.0, 4.0)  # n_list = sqrt_factor * sqrt(N) (capped at N / 39)
@@ -120,16 +121,11 @@ def choose(trials: Sequence[Trial], target: Target) -> Trial | None:
 def index_vectors(features: FeatureSet, config: Config, backend: Backend, client: Any | None,
                   workdir: Path) -> tuple[np.ndarray, bool]:
     """(the vectors a build would index, in memory; whether they are the collection's own rows)."""
-    vectors: Any = features.array
-    plan = plan_compression(features.n_rows, config.compress)
-    if plan.apply:
-        vectors = compress(features, plan, config.compress, backend, config.seed, client)
-    if config.expand.enabled:
-        from rvc_index.stages.expand import expand
-
-        vectors = expand(vectors, config.expand, backend, client, workdir, config.seed, "tune").vectors
+    plan = make_plan(features.manifest, config, backend, client is None, n_rows=features.n_rows)
+    prepared = prepare_vectors(features, plan, config, backend, client, workdir, "tune")
+    vectors = prepared.vectors
     rows = np.concatenate(list(iter_blocks(vectors, client))) if not isinstance(vectors, np.ndarray) else vectors
-    return np.ascontiguousarray(rows, dtype=np.float32), not plan.apply
+    return np.ascontiguousarray(rows, dtype=np.float32), prepared.raw_rows
 
 
 def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: Backend,
@@ -138,8 +134,7 @@ def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: B
     index_config = dataclasses.replace(config.index, recipe=layout.recipe, sqrt_factor=layout.sqrt_factor,
                                        pq_m=layout.pq_m, n_list=0)
     plan = plan_index(vectors.shape[0], vectors.shape[1], index_config)
-    index = trained_index(vectors, plan, dataclasses.replace(config, index=index_config), backend,
-                          raw_rows=not compressed)
+    index = train_index(vectors, plan, backend, index_config.train_iterations, config.seed, raw_rows=not compressed)
     add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
                 Progress(f"tune: add {layout.recipe} x{layout.sqrt_factor:g} pq{layout.pq_m}", vectors.shape[0],
                          "vectors", step_percent=50))
@@ -162,7 +157,7 @@ def sweep_layout(index: faiss.Index, layout: Layout, vectors: np.ndarray, querie
         timing = search_latency(index, queries, k, params=search_params(index, nprobe, k_factor=k_factor), repeats=2)
         result = Trial(layout.recipe, layout.sqrt_factor, n_list, layout.pq_m, nprobe, k_factor,
                        round(recall_at_k(ids, truth, k), 4), missing_label_share(ids),
-                       round(float(blend_errors(blended, reference).mean()), 5), timing["us_per_frame"],
+                       round(float(blend_errors(blended, reference).mean()), 5), timing.us_per_frame,
                        round(ram_mb, 2))
         trials.append(result)
         return result

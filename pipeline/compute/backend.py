@@ -2,12 +2,17 @@
 
 This is the only module that imports cupy. Compute code receives a ``Backend`` and uses
 ``backend.xp`` (``cupy`` or ``numpy``) and ``backend.flat_index`` (a GPU or CPU flat L2 index).
+Host rows reach the device through ``Backend.stage``: on a GPU, large copies from two pinned host buffers
+on their own stream, so a chunk's copy overlaps the reading of the next and the compute on the last.
+faiss-gpu is used only when a smoke test shows it runs kernels on this GPU with CuPy's CUDA major
+version; otherwise the build says why in one line and faiss runs on the CPU.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -15,6 +20,7 @@ from typing import Any, Literal
 
 import faiss
 import numpy as np
+import psutil
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import get_logger
 
@@ -33,6 +39,7 @@ class Backend:
     xp: ModuleType
     faiss_gpus: int = 0
     device: int = 0
+    faiss_note: str = ""  # why faiss runs on the CPU beside a GPU ("" when it does not, or need not)
     _gpu_resources: Any = field(default=None, repr=False)
 
     @property
@@ -42,7 +49,7 @@ class Backend:
     def describe(self) -> str:
         if not self.is_gpu:
             return "cpu (numpy, faiss-cpu)"
-        faiss_part = "faiss-gpu" if self.faiss_gpus else "faiss-cpu (no faiss GPU support)"
+        faiss_part = "faiss-gpu" if self.faiss_gpus else f"faiss on the CPU: {self.faiss_note or 'no GPU support'}"
         return f"gpu:{self.device} (cupy, {faiss_part})"
 
     def asarray(self, array: Any, dtype: Any = np.float32) -> Any:
@@ -52,6 +59,49 @@ class Backend:
     def to_host(self, array: Any) -> np.ndarray:
         """Device array -> numpy array (a no-op for numpy input)."""
         return to_host(array)
+
+    def sync(self) -> None:
+        """Wait for the device's queued work (timings measure work done, not work queued); no-op on a CPU."""
+        if self.is_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def free_bytes(self) -> int:
+        """Memory this backend's arrays can still take: free device memory (plus CuPy's pooled free
+        blocks) on a GPU, available host memory on the CPU."""
+        if not self.is_gpu:
+            return int(psutil.virtual_memory().available)
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
+    def stage(self, blocks: Iterable[np.ndarray], out: Any | None = None) -> Iterator[Any]:
+        """Each host block [b, d] as a float32 device array, in order; with ``out`` [n, d] (device), the
+        blocks are copied into consecutive rows of it and the yielded arrays are those rows.
+
+        On a GPU the copies run from two pinned host buffers on a non-blocking stream (double-buffered):
+        the host fills one while the other's copy is in flight, and the compute stream waits on the copy's
+        event, not the host. A yielded array is valid until the next one is asked for (unless in ``out``).
+        """
+        if not self.is_gpu:
+            offset = 0
+            for block in blocks:
+                rows = self.asarray(block)
+                if out is not None:
+                    out[offset:offset + rows.shape[0]] = rows
+                    rows = out[offset:offset + rows.shape[0]]
+                    offset += rows.shape[0]
+                yield rows
+            return
+        yield from _stage_pinned(self.xp, blocks, out)
+
+    def to_device(self, rows: np.ndarray, block_rows: int = 65_536) -> Any:
+        """A host [n, d] array as a float32 device array, staged in pinned blocks on a GPU (the array itself,
+        or a float32 copy, on the CPU)."""
+        if not self.is_gpu:
+            return self.asarray(rows)
+        out = self.xp.empty(rows.shape, dtype=self.xp.float32)
+        for _ in self.stage((rows[start:start + block_rows] for start in range(0, rows.shape[0], block_rows)), out):
+            pass
+        return out
 
     def gpu_resources(self) -> Any:
         """This backend's one ``StandardGpuResources`` (its scratch memory is reserved once)."""
@@ -69,8 +119,45 @@ class Backend:
 
 
 def to_host(array: Any) -> np.ndarray:
-    """A numpy or cupy array as a numpy array (a no-op for numpy input)."""
-    return array if isinstance(array, np.ndarray) else array.get()
+    """A numpy or cupy array as a numpy array (a no-op for numpy input): anything with ``get()`` is on a device."""
+    get = getattr(array, "get", None)
+    return array if get is None else get()
+
+
+def _stage_pinned(cupy: ModuleType, blocks: Iterable[np.ndarray], out: Any | None) -> Iterator[Any]:
+    """``Backend.stage`` on a GPU: two pinned buffers, grown to the largest block, one copy stream."""
+    import cupyx
+
+    copy_stream = cupy.cuda.Stream(non_blocking=True)
+    pinned: list[np.ndarray | None] = [None, None]
+    copied: list[Any] = [None, None]  # the event of each buffer's last copy
+    used: list[Any] = [None, None]  # the event of the compute that read each device buffer last
+    targets: list[Any] = [None, None]  # device buffers when there is no ``out``
+    offset = 0
+    for i, block in enumerate(blocks):
+        slot = i % 2
+        rows, dim = block.shape
+        if copied[slot] is not None:
+            copied[slot].synchronize()  # this buffer's previous copy has left the host
+        if pinned[slot] is None or pinned[slot].size < block.size:
+            pinned[slot] = cupyx.empty_pinned(block.size, dtype=np.float32)
+        host = pinned[slot][:block.size].reshape(rows, dim)
+        np.copyto(host, block, casting="same_kind")
+        if out is not None:
+            target = out[offset:offset + rows]
+            offset += rows
+        else:
+            if targets[slot] is None or targets[slot].size < block.size:
+                targets[slot] = cupy.empty(block.size, dtype=cupy.float32)
+            target = targets[slot][:block.size].reshape(rows, dim)
+        if used[slot] is not None:
+            copy_stream.wait_event(used[slot])  # the compute on this buffer's last block is done
+        target.set(host, stream=copy_stream)
+        copied[slot] = copy_stream.record()
+        cupy.cuda.get_current_stream().wait_event(copied[slot])  # compute waits on the device, not the host
+        yield target
+        used[slot] = cupy.cuda.get_current_stream().record()
+    copy_stream.synchronize()
 
 
 @contextmanager
@@ -103,6 +190,57 @@ def faiss_gpu_count() -> int:
     return int(get_num_gpus()) if get_num_gpus is not None else 0
 
 
+def loaded_cuda_majors(maps: str) -> set[int]:
+    """CUDA runtime major versions of the ``libcudart.so.N`` libraries in a ``/proc/<pid>/maps`` text."""
+    return {int(major) for major in re.findall(r"libcudart\.so\.(\d+)", maps)}
+
+
+def cuda_mismatch(cupy_runtime: int, faiss_majors: set[int]) -> str:
+    """Why faiss-gpu and CuPy cannot share a process ("" when they can): ``cupy_runtime`` is CuPy's
+    ``runtimeGetVersion()`` (12080 = 12.8), ``faiss_majors`` the CUDA runtimes loaded beside faiss."""
+    cupy_major = cupy_runtime // 1000
+    others = sorted(major for major in faiss_majors if major != cupy_major)
+    if not others:
+        return ""
+    return (f"faiss-gpu uses CUDA {others[0]} but CuPy uses CUDA {cupy_major} (install the matching extra: "
+            "`gpu` for CUDA 12, `gpu-cu13` for CUDA 13)")
+
+
+def _process_maps() -> str:
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:  # not Linux: the smoke test alone decides
+        return ""
+
+
+def faiss_gpu_status(cupy: ModuleType, device: int) -> tuple[int, str]:
+    """(faiss GPUs to use, why 0 beside a GPU): faiss-gpu must match CuPy's CUDA major version and
+    find a stored point exactly on ``device`` (a wheel without this GPU's architecture cannot)."""
+    gpus = faiss_gpu_count()
+    if not gpus:
+        return 0, "this faiss has no GPU support"
+    mismatch = cuda_mismatch(int(cupy.cuda.runtime.runtimeGetVersion()), loaded_cuda_majors(_process_maps()))
+    if mismatch:
+        return 0, mismatch
+    points = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    try:
+        config = faiss.GpuIndexFlatConfig()
+        config.device = device
+        index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), 8, config)
+        index.add(points)
+        found = index.search(points[:4], 1)[1][:, 0]
+    except Exception as exc:  # noqa: BLE001 - any failure here means "faiss-gpu cannot run on this GPU"
+        lines = str(exc).strip().splitlines()
+        problem = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+    else:
+        problem = "" if (found == np.arange(4)).all() else f"its smoke-test search returned {found.tolist()}"
+    if problem:
+        arch = cupy.cuda.Device(device).compute_capability  # "90" on an H100/H200
+        return 0, f"faiss-gpu cannot run kernels on GPU {device} (sm_{arch}): {problem}"
+    return gpus, ""
+
+
 def select_backend(name: BackendName = "auto", device: int = 0) -> Backend:
     """Pick the device: ``gpu`` needs CuPy with a CUDA device; ``auto`` uses one if present."""
     if name not in ("auto", "cpu", "gpu"):
@@ -115,11 +253,11 @@ def select_backend(name: BackendName = "auto", device: int = 0) -> Backend:
         if name == "gpu":
             raise BackendError(
                 "backend 'gpu' was requested but no CUDA GPU is usable "
-                "(install the 'gpu' extra: cupy-cuda12x and faiss-gpu-cu12, on a machine with a GPU)"
+                "(install the 'gpu' extra, cupy-cuda12x and faiss-gpu, on a machine with a GPU)"
             )
         return Backend("cpu", np)
     cupy.cuda.Device(device).use()
-    gpus = faiss_gpu_count()
+    gpus, note = faiss_gpu_status(cupy, device)
     if not gpus:
-        log.warning("CuPy sees a GPU but faiss has no GPU support: faiss steps run on the CPU")
-    return Backend("gpu", cupy, faiss_gpus=gpus, device=device)
+        log.warning("GPU %d: CuPy runs the array work; faiss runs on the CPU because %s", device, note)
+    return Backend("gpu", cupy, faiss_gpus=gpus, device=device, faiss_note=note)

@@ -16,6 +16,11 @@ from rvc_index.compute.backend import to_host
 MAX_TILE_ELEMENTS = 1 << 24  # one [rows, centres] distance tile: at most 64 MB of float32
 
 
+def distance_tile_rows(n_centres: int) -> int:
+    """Rows per [rows, centres] distance tile: at most 8192 rows and ``MAX_TILE_ELEMENTS`` elements."""
+    return max(1, min(8192, MAX_TILE_ELEMENTS // max(n_centres, 1)))
+
+
 def squared_norms(xp: Any, x: Any) -> Any:
     """[n] squared L2 norms of the rows of ``x`` [n, d]."""
     return xp.einsum("ij,ij->i", x, x)
@@ -26,7 +31,7 @@ def nearest_centres(xp: Any, x: Any, centres: Any, centre_norms: Any | None = No
     """(labels int64 [n], squared distances float32 [n]) of each row's nearest centre, exactly."""
     if centre_norms is None:
         centre_norms = squared_norms(xp, centres)
-    tile_rows = tile_rows or max(1, min(8192, MAX_TILE_ELEMENTS // max(centres.shape[0], 1)))
+    tile_rows = tile_rows or distance_tile_rows(centres.shape[0])
     labels = xp.empty(x.shape[0], dtype=xp.int64)
     dists = xp.empty(x.shape[0], dtype=xp.float32)
     for start in range(0, x.shape[0], tile_rows):

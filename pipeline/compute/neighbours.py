@@ -1,4 +1,4 @@
-"""Nearest neighbours by inner product over ``xp``: exact tiled top-k, and an IVF route.
+"""Nearest neighbours by inner product over ``xp``: exact tiled top-k (``knn``), and an IVF route.
 
 The IVF search scores each list's members against all the rows probing it in one matrix product;
 on a CPU, tiles and lists run on threads with one BLAS thread each. ``faiss_gpu_neighbours`` runs
@@ -15,23 +15,18 @@ import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, to_host
 from rvc_index.compute.kmeans import squared_norms
+from rvc_index.compute.knn import query_tile_rows, select_top_k, tile_top_k
 from rvc_index.runtime.progress import Progress
 from threadpoolctl import threadpool_limits
 
 
 def top_k(xp: Any, scores: Any, ids: Any, k: int) -> tuple[Any, Any]:
-    """The ``k`` largest scores of each row (unordered) and their ids; all when a row has <= k."""
-    width = scores.shape[1]
-    if width <= k:
+    """The ``k`` largest scores of each row and their ids; all when a row has <= k. ``scores`` is scratch
+    (overwritten); no host round trip (``knn.select_top_k``)."""
+    if scores.shape[1] <= k:
         return scores, ids
-    if width > 8 * k:  # a value partition and a mask are cheaper than an index partition
-        kth = xp.partition(scores, width - k, axis=1)[:, width - k:width - k + 1]
-        mask = scores >= kth
-        if bool((mask.sum(axis=1) == k).all()):  # no ties at the k-th value: k per row, row-major
-            columns = xp.nonzero(mask)[1].reshape(scores.shape[0], k)
-            return xp.take_along_axis(scores, columns, axis=1), xp.take_along_axis(ids, columns, axis=1)
-    part = xp.argpartition(scores, width - k, axis=1)[:, -k:]
-    return xp.take_along_axis(scores, part, axis=1), xp.take_along_axis(ids, part, axis=1)
+    values, columns = select_top_k(xp, scores, k)
+    return values, xp.take_along_axis(ids, columns, axis=1)
 
 
 def each(workers: int, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
@@ -54,18 +49,17 @@ def tiles(n: int, rows: int, workers: int) -> list[tuple[int, int]]:
 def exact_neighbours(xp: Any, queries: Any, db: Any, k: int, tile_bytes: int, workers: int = 1) -> Any:
     """Ids [q, k] int64 of each query's ``k`` largest inner products with the rows of ``db`` [n, d].
 
-    Query tiles are sized so the tiles in flight keep scores and partitions within ``tile_bytes``.
+    Score tiles (``knn.tile_top_k``) are sized so the tiles in flight stay within ``tile_bytes``.
     """
-    n = db.shape[0]
-    k = min(k, n)
+    k = min(k, db.shape[0])
     ids = xp.empty((queries.shape[0], k), dtype=xp.int64)
-    columns = xp.arange(n, dtype=xp.int64)
+    per_worker = max(1, tile_bytes // workers)
+    rows = query_tile_rows(db.shape[0], k, per_worker)
 
     def tile(span: tuple[int, int]) -> None:
-        scores = queries[span[0]:span[1]] @ db.T
-        ids[span[0]:span[1]] = top_k(xp, scores, xp.broadcast_to(columns, scores.shape), k)[1]
+        ids[span[0]:span[1]] = tile_top_k(xp, queries[span[0]:span[1]], db, k, per_worker)[1]
 
-    for _ in each(workers, tile, tiles(queries.shape[0], tile_bytes // (16 * n * workers), workers)):
+    for _ in each(workers, tile, tiles(queries.shape[0], rows, workers)):
         pass
     return ids
 

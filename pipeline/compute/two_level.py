@@ -15,11 +15,21 @@ from rvc_index.compute.backend import to_host
 from rvc_index.compute.kmeans import init_centres, lloyd, nearest_centres, squared_norms
 
 
-def allocate(sizes: np.ndarray, total: int) -> np.ndarray:
-    """``total`` centres split over cells in proportion to their rows, at most one per row."""
+def allocate(sizes: np.ndarray, total: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """``total`` centres split over cells in proportion to ``weights`` (default: their rows), at
+    most one per row; with ``weights``, every non-empty cell first gets one (when ``total`` allows)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    share = sizes * (total / max(int(sizes.sum()), 1))
-    alloc = np.minimum(np.floor(share).astype(np.int64), sizes)
+    alloc = np.zeros_like(sizes)
+    if weights is None:
+        share = sizes * (total / max(int(sizes.sum()), 1))
+    else:
+        if total >= int((sizes > 0).sum()):
+            alloc = (sizes > 0).astype(np.int64)
+        share = np.where(sizes > alloc, np.maximum(np.asarray(weights, dtype=np.float64), 0.0), 0.0)
+        if share.sum() <= 0.0:
+            share = (sizes - alloc).astype(np.float64)
+        share = alloc + share * ((total - int(alloc.sum())) / max(float(share.sum()), 1e-300))
+    alloc = np.maximum(alloc, np.minimum(np.floor(share).astype(np.int64), sizes))
     while alloc.sum() < total:  # the rest by largest shortfall, where rows remain
         order = np.argsort(-(share - alloc), kind="stable")
         order = order[(sizes - alloc)[order] > 0][:total - int(alloc.sum())]
@@ -97,10 +107,13 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     n_coarse = max(1, min(n_coarse, n_clusters))
     sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, 256 * n_coarse)]))]
     coarse, _ = lloyd(xp, sub, init_centres(xp, sub, n_coarse, "random", rng), coarse_iters)
-    cell, _ = nearest_centres(xp, sample, coarse)
+    cell, dists = nearest_centres(xp, sample, coarse)
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
-    alloc = allocate(np.diff(offsets), n_clusters)
+    import os
+    power = float(os.environ.get("K_POW", "1"))
+    sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=n_coarse))
+    alloc = allocate(np.diff(offsets), n_clusters, None if power == 0 else sse ** power)
     pieces, counts = [], []
     for j in np.flatnonzero(alloc):
         rows = sample[order[int(offsets[j]):int(offsets[j + 1])]]

@@ -1,5 +1,9 @@
 """Read and write configs: YAML presets plus ``--set key=value`` overrides, into the frozen dataclasses
-of ``rvc_index.config.schema``; an unknown or mistyped key is an error that names it."""
+of ``rvc_index.config.schema``; an unknown or mistyped key is an error that names it.
+
+YAML is read by a safe loader that also refuses aliases (a 400-byte alias bomb expands to gigabytes),
+duplicate keys (YAML would keep the last silently) and nesting deeper than any config needs; a config
+file is at most 1 MiB; values in messages are cut short (``schema.shown``)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,52 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from rvc_index.config.schema import Config, ConfigError
+from rvc_index.config.schema import Config, ConfigError, shown
+
+MAX_CONFIG_BYTES = 2**20
+MAX_DEPTH = 8  # a config nests two levels; values may be short lists
+MAX_STRING_CHARS = 1024
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases, duplicate keys or deep nesting; errors name the line."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{shown(event.anchor)[1:-1]}) "
+                              "are not allowed in a config: write the value out")
+        if self.depth >= MAX_DEPTH:
+            raise ConfigError(f"line {self.peek_event().start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                seen = first.setdefault((key_node.tag, key_node.value), line)
+                if seen != line:
+                    raise ConfigError(f"line {line}: duplicate key {shown(key_node.value)} (first at line {seen}); "
+                                      "YAML would silently keep only the last")
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` as plain data through ``ConfigLoader``; raises ConfigError or ``yaml.YAMLError``."""
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise ConfigError("nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def _type_name(tp: Any) -> str:
@@ -25,8 +74,8 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+        if not isinstance(value, (str, int, float, bool, type(None))) or value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {shown(value)} is not one of {_type_name(tp)}")
         return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -34,26 +83,29 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
                 return _coerce(key, option, value)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} is not {' or '.join(map(_type_name, typing.get_args(tp)))}")
+        raise ConfigError(f"{key}: {shown(value)} is not {' or '.join(map(_type_name, typing.get_args(tp)))}")
     if tp is type(None):
         if value is not None:
-            raise ConfigError(f"{key}: expected null, got {value!r}")
+            raise ConfigError(f"{key}: expected null, got {shown(value)}")
         return None
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
+        if len(value) > MAX_STRING_CHARS or not value.isprintable():
+            raise ConfigError(f"{key}: expected a line of at most {MAX_STRING_CHARS} printable characters, "
+                              f"got {shown(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp!r}")  # a schema bug, not a user error
 
@@ -61,14 +113,14 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in data.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{shown(key)[1:-1] if isinstance(key, str) else shown(key)}"
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+            close = difflib.get_close_matches(str(key)[:100], names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{dotted}'{hint}")
         tp = hints[key]
@@ -99,11 +151,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``'index.nprobe=4'`` -> ``('index.nprobe', 4)``; the value is parsed as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {shown(text)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+        raise ConfigError(f"--set {shown(key)[1:-1]}: cannot parse value {shown(raw)}: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"--set {shown(key)[1:-1]}: {exc}") from None
     return key.strip(), value
 
 
@@ -133,18 +187,25 @@ def resolve_config_path(value: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a YAML preset (or defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML preset (a file, or a shipped preset's name; defaults when ``path`` is None) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a config")
         try:
-            data = yaml.safe_load(text) or {}
+            data = parse_yaml(raw.decode("utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     try:

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import reprlib
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 import dask.utils
@@ -14,6 +16,21 @@ from rvc_index.errors import RvcIndexError
 
 class ConfigError(RvcIndexError, ValueError):
     """A preset or override that does not fit the schema; the message names the key."""
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxtuple = 2, 4, 4, 4
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to about 60 characters, nested values elided (never expanded in full)."""
+    return _SHOWN.repr(value)
+
+
+INT_LIMIT = 2**31 - 1  # faiss and numpy take most settings as 32-bit ints
+WIDE_INT_KEYS = {"compress.row_threshold": 2**62}  # row counts: "never compress" may be written as a huge number
+MAX_NAME_CHARS = 64  # the config's name is in output file names (rvc-index-<name>.config.yaml)
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,10 @@ class CompressConfig:
     decay: float = 1.0  # centre weights *= decay per step: 1 = Sculley's running means, < 1 = EMA
     dead_threshold: float = 1.0  # re-seed centres hit fewer times (EMA) than this in 20 expected rows; 0 = never
     final_pass: bool = True  # end with one Lloyd step over every row (partial sums on the Dask workers)
+    route: Literal["auto", "minibatch", "device"] = "auto"  # auto: device (full-batch Lloyd) on a GPU, else minibatch
+    device_budget_mb: float = 0.0  # device route: memory its rows and tiles may take; 0 = half the free memory
+    lloyd_passes: int = 10  # device route: exact full-batch passes over the device rows (all, or a sample)
+    stream_passes: int = 2  # device route over budget: exact passes streaming every chunk after the sample's
 
 
 @dataclass(frozen=True)
@@ -85,16 +106,19 @@ class OutputConfig:
     naming: Literal["rvc", "applio"] = "rvc"
     write_total_fea: bool = False
     ascii_names: bool = True  # a non-ASCII experiment name becomes ASCII (+ 8 hex of its hash) in file names
+    retire_old: bool = False  # rename other .index files RVC/Applio could pick to *.index.retired (not fingerprinted)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """The build's evaluation on held-out utterances (pipeline/evaluate.py, pipeline/holdout.py)."""
 
-    recall_queries: int = 500  # query frames from held-out utterances after a build; 0 = skip evaluation
+    recall_queries: int = 500  # most query frames from held-out utterances after a build; 0 = skip evaluation
     holdout_fraction: float = 0.05  # share of the rows held out, as whole files, to query with
-    nprobe_sweep: bool = True  # recall@8 and latency against nprobe (report.png)
-    plot: bool = True  # write rvc-index-<preset>.report.png beside the index
+    nprobe_sweep: bool = True  # recall@8 and latency against nprobe (report.png), when the budget allows
+    plot: bool | Literal["auto"] = "auto"  # report.png beside the index; auto: when the budget allows
+    max_share: float = 0.1  # the evaluation's budget: this share of the build's seconds (evaluation/sizing.py)
+    full: bool = False  # measure everything (recall_queries frames, exact reference, sweep), whatever it costs
 
 
 @dataclass(frozen=True)
@@ -123,12 +147,13 @@ class SafetyConfig:
     memory_guard: Literal["refuse", "shrink", "off"] = "refuse"  # shrink: try smaller source chunks first
     memory_limit_mb: float = 0.0  # cap on this process's memory; 0 = only the machine's, cgroup's, ulimit's, Dask's
     memory_headroom: float = 0.9  # a stage may plan to use this share of what is available
-    lock: Literal["wait", "refuse"] = "wait"  # another build holds the output folder
+    lock: Literal["wait", "refuse", "none"] = "wait"  # another build holds the output folder; none: no lock at all
     lock_timeout_s: float = 0.0  # wait at most this long; 0 = no limit
 
 
 POSITIVE_KEYS = (
     "source.chunk_mb", "compress.row_threshold", "compress.n_centroids", "compress.batch_rows", "compress.nprobe",
+    "compress.lloyd_passes",
     "expand.num_expand", "expand.max_nprobe", "expand.train_iterations", "expand.tile_mb",
     "index.sqrt_factor", "index.min_rows_per_list", "index.nprobe", "index.k_factor", "index.pq_dims",
     "index.search_k", "index.train_iterations", "index.max_train_rows_per_list", "index.add_batch_rows",
@@ -136,7 +161,8 @@ POSITIVE_KEYS = (
 )
 NON_NEGATIVE_KEYS = (
     "compress.epochs", "compress.coarse_centres", "compress.sample_rows", "compress.init_iters",
-    "compress.dead_threshold", "expand.exact_max_rows", "expand.n_list", "expand.nprobe", "expand.recall_queries",
+    "compress.dead_threshold", "compress.device_budget_mb", "compress.stream_passes",
+    "expand.exact_max_rows", "expand.n_list", "expand.nprobe", "expand.recall_queries",
     "expand.spill_mb", "index.n_list", "index.pq_m", "index.min_pq_rows", "evaluate.recall_queries",
     "cluster.stream_above_mb", "cluster.max_streaming",
 )
@@ -157,12 +183,17 @@ class Config:
 
     def validate(self) -> Config:
         """Cross-field rules; raises ConfigError naming the key."""
+        self._validate_numbers()
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         for key in POSITIVE_KEYS:
             if self.value(key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {self.value(key)}")
         for key in NON_NEGATIVE_KEYS:
             if self.value(key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {self.value(key)}")
+        if not 0.0 < self.evaluate.max_share <= 1.0:
+            raise ConfigError(f"evaluate.max_share must be in (0, 1], got {self.evaluate.max_share}")
         if not 0.0 < self.evaluate.holdout_fraction < 1.0:
             raise ConfigError(f"evaluate.holdout_fraction must be in (0, 1), got {self.evaluate.holdout_fraction}")
         if self.compress.enabled and self.compress.n_centroids < self.index.search_k:
@@ -180,8 +211,10 @@ class Config:
             raise ConfigError("expand.nprobe=0 (tuned) needs expand.recall_queries > 0 to measure recall")
         if expand.n_list and expand.nprobe > expand.n_list:
             raise ConfigError(f"expand.nprobe ({expand.nprobe}) must be <= expand.n_list ({expand.n_list})")
-        if not self.name or any(c in self.name for c in "/\\ "):
-            raise ConfigError(f"name must be a non-empty word without spaces or slashes: {self.name!r}")
+        if (not self.name or len(self.name) > MAX_NAME_CHARS or self.name in (".", "..")
+                or any(c in self.name for c in "/\\ ") or not self.name.isprintable()):
+            raise ConfigError(f"name must be a word of 1 to {MAX_NAME_CHARS} printable characters without spaces "
+                              f"or slashes: {shown(self.name)}")
         self._validate_cluster()
         safety = self.safety
         if safety.memory_limit_mb < 0 or safety.lock_timeout_s < 0:
@@ -194,6 +227,18 @@ class Config:
         """The setting at ``section.key``."""
         section, key = dotted.split(".")
         return getattr(getattr(self, section), key)
+
+    def _validate_numbers(self) -> None:
+        """Every number finite (NaN passes every comparison) and every int in the range faiss and numpy take."""
+        values = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        for name, section in [item for item in values if is_dataclass(item[1])]:
+            values += [(f"{name}.{f.name}", getattr(section, f.name)) for f in fields(section)]
+        for key, value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+            limit = WIDE_INT_KEYS.get(key, INT_LIMIT)
+            if isinstance(value, int) and not isinstance(value, bool) and not -limit <= value <= limit:
+                raise ConfigError(f"{key} must be between {-limit} and {limit}, got {shown(value)}")
 
     def _validate_compress(self) -> None:
         compress = self.compress
@@ -212,6 +257,8 @@ class Config:
             raise ConfigError(f"cluster.gpus must be 0 or 1 (one Dask worker per GPU: ask for more jobs, "
                               f"not more GPUs per job), got {cluster.gpus}")
         try:
-            dask.utils.parse_bytes(cluster.memory)
-        except ValueError:
-            raise ConfigError(f"cluster.memory: {cluster.memory!r} is not a size like 16GiB") from None
+            size = dask.utils.parse_bytes(cluster.memory)
+        except (ValueError, OverflowError):  # "1e400GB" overflows
+            size = 0
+        if size <= 0:
+            raise ConfigError(f"cluster.memory: {shown(cluster.memory)} is not a size like 16GiB")

@@ -14,6 +14,7 @@ import dask
 import dask.array as da
 import numpy as np
 from rvc_index.data.sources import Experiment, Manifest, SourceError, count_finite_rows, load_group
+from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
 from rvc_index.runtime.progress import get_logger
 from rvc_index.runtime.stream import compute_each
 
@@ -69,7 +70,7 @@ def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_row
     for chunk, rows in zip(chunks, chunk_rows):
         paths = _chunk_paths(manifest, chunk)
         token = dask.base.tokenize(paths, [(f.bytes, f.mtime_ns) for f in manifest.files[chunk[0]:chunk[1]]])
-        header_rows = sum(f.rows for f in manifest.files[chunk[0]:chunk[1]])
+        header_rows = [f.rows for f in manifest.files[chunk[0]:chunk[1]]]  # per file: load_group checks each
         loader = dask.delayed(load_group, pure=True, name=f"load-features-{token}")(paths, manifest.dim, header_rows)
         pieces.append(da.from_delayed(loader, shape=(rows, manifest.dim), dtype=np.float32))
     return da.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
@@ -112,3 +113,20 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
              manifest.version, len(chunks), chunk_mb)
     return FeatureSet(experiment, manifest, file_rows, tuple(chunks), dropped,
                       build_array(manifest, chunks, chunk_rows))
+
+
+def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:
+    """Bytes a streamed pass over the collection holds: the chunks in flight, plus one being read
+    when the chunks load on local threads."""
+    chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
+    chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * manifest.dim * F32
+    return chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))
+
+
+def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int) -> StageEstimate:
+    """The value check: on local threads, up to ``threads`` files read at once (file, float32 copy, finite
+    mask); with a client it runs on the workers."""
+    chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
+    biggest = max(f.bytes + f.rows * manifest.dim * F32 * 5 // 4 for f in manifest.files)
+    at_once = min(threads, len(chunks)) if local else 0
+    return StageEstimate("check", at_once * biggest, 0, f"{at_once} files of up to {mb(biggest)} checked at once")

@@ -1,7 +1,7 @@
 """Find an experiment's feature files, validate them from their headers, load them.
 
-Files are taken in ``sorted()`` name order, as RVC does. ``rvc_index.data.feature_set`` turns the
-validated files into a lazy dask array.
+Files are taken in ``sorted()`` name order, as RVC does (``rvc_index.data.files`` says which entries
+are feature files). ``rvc_index.data.feature_set`` turns the validated files into a lazy dask array.
 """
 
 from __future__ import annotations
@@ -14,24 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rvc_index.errors import RvcIndexError
+from rvc_index.data.files import (
+    FeatureFileError,
+    SourceError,
+    broken_link,
+    check_array_meta,
+    list_feature_files,
+    read_header,
+    shown_name,
+)
 from rvc_index.runtime.progress import get_logger
 
 FEATURE_DIRS = {"3_feature256": ("v1", 256), "3_feature768": ("v2", 768)}
 VERSION_BY_DIM = {256: "v1", 768: "v2"}
-
-
-class SourceError(RvcIndexError, ValueError):
-    """A problem with the input as a whole (missing folder, no files, bad files)."""
-
-
-class FeatureFileError(SourceError):
-    """A problem with one feature file; the message starts with the file's path."""
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+APPLIO_FEATURES = "extracted"  # Applio: logs/<model>/extracted/*.npy, index at logs/<model>/<model>.index
+MAX_STEM_BYTES = 160  # index names add <= 81 bytes (layout, nprobe, version, temp suffix) to stay under 255
 
 
 @dataclass(frozen=True)
@@ -50,15 +47,22 @@ def _has_npy(folder: Path) -> bool:
 
 
 def resolve_experiment(path: str | Path) -> Experiment:
-    """Accept ``<exp>``, ``<exp>/3_feature256|768`` or any folder of ``.npy`` files."""
+    """Accept ``<exp>``, ``<exp>/3_feature256|768``, Applio's ``<model>`` or ``<model>/extracted``, or any
+    folder of ``.npy`` files."""
     path = Path(path).expanduser().absolute()
     if not path.exists():
-        raise SourceError(f"{path}: no such folder")
+        raise SourceError(f"{path}: {broken_link(path) or 'no such folder'}")
     if not path.is_dir():
         raise SourceError(f"{path}: not a folder")
     if path.name in FEATURE_DIRS:
         version, dim = FEATURE_DIRS[path.name]
         return Experiment(path.parent.name, path, path.parent, version, dim)
+    if path.name == APPLIO_FEATURES:  # Applio's logs/<model>/extracted: named after the model folder
+        return Experiment(path.parent.name, path, path.parent, None, None)
+    for name in FEATURE_DIRS:
+        broken = broken_link(path / name)
+        if broken:
+            raise SourceError(f"{path / name}: {broken}")
     candidates = [path / name for name in FEATURE_DIRS if _has_npy(path / name)]
     if len(candidates) > 1:
         raise SourceError(
@@ -71,7 +75,18 @@ def resolve_experiment(path: str | Path) -> Experiment:
     if any((path / name).is_dir() for name in FEATURE_DIRS):
         empty = [name for name in FEATURE_DIRS if (path / name).is_dir()]
         raise SourceError(f"{path / empty[0]}: folder holds no .npy feature files")
+    if _has_npy(path / APPLIO_FEATURES) and not _has_npy(path):
+        return Experiment(path.name, path / APPLIO_FEATURES, path, None, None)
     return Experiment(path.name, path, path.parent, None, None)
+
+
+def check_name_fits(stem: str) -> None:
+    """Raise SourceError when ``stem`` (the experiment's name as file names carry it) would make
+    an index file name longer than file systems allow (255 bytes): before any work, not at write."""
+    size = len(stem.encode("utf-8", "surrogateescape"))
+    if size > MAX_STEM_BYTES:
+        raise SourceError(f"{stem[:40]}...: the experiment name is {size} bytes; index file names carry it and "
+                          f"must stay under 255 bytes, so at most {MAX_STEM_BYTES}: rename the experiment folder")
 
 
 @dataclass(frozen=True)
@@ -95,7 +110,7 @@ class Manifest:
     version: str
     files: tuple[FeatureFile, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (file name, problem) left out by on_bad_file=skip
-    ignored: tuple[str, ...] = ()  # non-.npy entries
+    ignored: tuple[str, ...] = ()  # entries that are not feature files (non-.npy, total_fea.npy, ._*)
     empty_files: tuple[str, ...] = ()  # valid files with 0 rows, left out
 
     @property
@@ -115,46 +130,9 @@ class Manifest:
         entries = [(f.name, f.bytes, f.mtime_ns) for f in self.files]
         entries += [(name, -1, -1) for name, _ in self.skipped]
         entries += [(name, 0, 0) for name in self.empty_files]
-        for name, size, mtime in sorted(entries):
-            digest.update(f"\0{name}\0{size}\0{mtime}".encode())
+        for name, size, mtime in sorted(entries):  # names that are not UTF-8 keep their bytes
+            digest.update(f"\0{name}\0{size}\0{mtime}".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
-
-
-def check_array_meta(path: Path | str, shape: tuple[int, ...], dtype: np.dtype, dim: int | None) -> None:
-    """Raise FeatureFileError unless ``shape``/``dtype`` describe a [T, dim] float array."""
-    if len(shape) != 2:
-        raise FeatureFileError(path, f"expected a 2-D [frames, dim] array, got {len(shape)}-D shape {shape}")
-    if dtype.kind != "f":
-        raise FeatureFileError(path, f"expected floating-point features, got dtype {dtype}")
-    if dim is not None and shape[1] != dim:
-        raise FeatureFileError(path, f"width {shape[1]} does not match the folder's {dim}")
-
-
-def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) from an ``.npy`` header, checking the file is complete."""
-    try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                raise FeatureFileError(path, f"not a valid .npy file (unknown format version {version})")
-            offset = handle.tell()
-    except FeatureFileError:
-        raise
-    except OSError as exc:
-        raise FeatureFileError(path, f"cannot read: {exc.strerror or exc}") from exc
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise FeatureFileError(path, f"not a valid .npy file ({exc})") from exc
-    if dtype.hasobject:
-        raise FeatureFileError(path, "holds Python objects, not numbers")
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    size = path.stat().st_size
-    if size < expected:
-        raise FeatureFileError(path, f"truncated: {size} bytes on disk, header promises {expected}")
-    return tuple(int(s) for s in shape), dtype, offset
 
 
 def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifest:
@@ -165,35 +143,30 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
     """
     log = get_logger()
     folder = experiment.feature_dir
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as exc:
-        raise SourceError(f"{folder}: cannot list folder: {exc.strerror or exc}") from exc
-    npy_names = [n for n in names if n.endswith(".npy") and (folder / n).is_file()]
-    ignored = tuple(n for n in names if n not in npy_names and not n.startswith("."))
-    if ignored:
-        log.warning("%s: ignoring %d entries that are not .npy files (%s)", folder, len(ignored),
-                    ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else ""))
+    npy_names, ignored, problems = list_feature_files(folder)
     if not str(folder).isascii():
         log.warning("%s: path is not ASCII; RVC's GUI and faiss on Windows refuse such paths", folder)
-    if not npy_names:
+    if not npy_names and not problems:
         raise SourceError(f"{folder}: folder holds no .npy feature files")
+    if any(shown_name(name) != name for name in npy_names):
+        log.warning("%s: some file names are not UTF-8 (shown with \\x escapes); they are read as they are", folder)
 
-    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    problems: list[tuple[str, str]] = []
+    headers: dict[str, tuple[tuple[int, ...], np.dtype, os.stat_result]] = {}
     for name in npy_names:
         try:
             shape, dtype, _ = read_header(folder / name)
             check_array_meta(folder / name, shape, dtype, None)
-            headers[name] = (shape, dtype)
+            headers[name] = (shape, dtype, (folder / name).stat())
         except FeatureFileError as exc:
             problems.append((name, exc.problem))
+        except OSError as exc:  # removed between the header and the stat
+            problems.append((name, f"cannot read: {exc.strerror or exc}"))
 
     dim = experiment.expected_dim
     if dim is None and headers:
-        dim = Counter(shape[1] for shape, _ in headers.values()).most_common(1)[0][0]
+        dim = Counter(shape[1] for shape, _, _ in headers.values()).most_common(1)[0][0]
     files, empty = [], []
-    for name, (shape, dtype) in headers.items():
+    for name, (shape, dtype, info) in headers.items():
         if shape[1] != dim:
             problems.append((name, f"width {shape[1]} does not match the folder's {dim}"
                              + (" (v1 and v2 features mixed?)" if shape[1] in VERSION_BY_DIM else "")))
@@ -201,33 +174,34 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
         if shape[0] == 0:
             empty.append(name)
             continue
-        stat = (folder / name).stat()
-        files.append(FeatureFile(name, shape[0], shape[1], dtype.str, stat.st_size, stat.st_mtime_ns))
+        files.append(FeatureFile(name, shape[0], shape[1], dtype.str, info.st_size, info.st_mtime_ns))
     problems.sort()
     if problems and on_bad_file == "error":
-        listed = "\n".join(f"  {folder / name}: {problem}" for name, problem in problems[:20])
+        listed = "\n".join(f"  {folder / shown_name(name)}: {problem}" for name, problem in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise SourceError(f"{len(problems)} bad feature file(s) in {folder}:\n{listed}{more}")
     for name, problem in problems:
-        log.warning("skipping %s: %s", folder / name, problem)
+        log.warning("skipping %s: %s", folder / shown_name(name), problem)
     if empty:
         log.warning("%s: %d files hold 0 rows and are left out", folder, len(empty))
     if not files:
         raise SourceError(f"{folder}: no usable feature rows (all files bad or empty)")
     files.sort(key=lambda f: f.name)
     version = experiment.version or VERSION_BY_DIM.get(dim, f"d{dim}")
-    return Manifest(str(folder), int(dim), version, tuple(files), tuple(problems), ignored, tuple(sorted(empty)))
+    return Manifest(str(folder), int(dim), version, tuple(files), tuple(problems), tuple(ignored),
+                    tuple(sorted(empty)))
 
 
 def load_features(path: Path | str, dim: int) -> np.ndarray:
     """One file as float32 [T, dim] (float16/float64 converted); raises FeatureFileError."""
     try:
+        read_header(Path(path))  # a regular, complete .npy: np.load never opens a FIFO or a device
         array = np.load(path, allow_pickle=False)
     except OSError as exc:
-        raise FeatureFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise FeatureFileError(shown_name(str(path)), f"cannot read: {exc.strerror or exc}") from exc
     except (ValueError, EOFError) as exc:
-        raise FeatureFileError(path, f"not a valid .npy file ({exc})") from exc
-    check_array_meta(path, array.shape, array.dtype, dim)
+        raise FeatureFileError(shown_name(str(path)), f"not a valid .npy file ({exc})") from exc
+    check_array_meta(shown_name(str(path)), array.shape, array.dtype, dim)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -250,25 +224,26 @@ def count_finite_rows(paths: Sequence[str], dim: int) -> list[int | str]:
     return results
 
 
-def load_group(paths: Sequence[str], dim: int, header_rows: int) -> np.ndarray:
+def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int]) -> np.ndarray:
     """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped.
 
-    ``header_rows`` is the files' total rows by their headers (the manifest's): each file is copied
-    into one result of that size as soon as it is read, so the peak is the result plus one file,
-    not every file and their concatenation.
+    ``file_rows``: each file's rows as the scan read them from its header. A file whose shape
+    changed since (rewritten while the build runs) is an error naming it. Each file is copied into
+    one result as soon as it is read, so the peak is the result plus one file.
     """
-    if len(paths) == 1:
-        array = load_features(paths[0], dim)
-        mask = finite_row_mask(array)
-        return array if mask.all() else array[mask]
-    out = np.empty((header_rows, dim), np.float32)
+    if len(file_rows) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(file_rows)} row counts")
+    out = np.empty((sum(file_rows), dim), np.float32) if len(paths) > 1 else None
     filled = 0
-    for path in paths:
+    for path, expected in zip(paths, file_rows):
         array = load_features(path, dim)
+        if array.shape[0] != expected:
+            raise FeatureFileError(shown_name(str(path)), f"changed during the build: {expected} rows when the "
+                                   f"build started, {array.shape[0]} now (rerun the build once it stays put)")
         mask = finite_row_mask(array)
         rows = array if mask.all() else array[mask]
-        if filled + rows.shape[0] > out.shape[0]:
-            raise FeatureFileError(path, "changed while it was being read (rerun the build)")
+        if out is None:
+            return rows
         out[filled:filled + rows.shape[0]] = rows
         filled += rows.shape[0]
     return out[:filled]

@@ -25,7 +25,6 @@ import numpy as np
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.data.sources import finite_row_mask, load_features, resolve_experiment, scan_manifest
 from rvc_index.errors import RvcIndexError
-from rvc_index.runtime.stream import take_rows
 
 MIN_WINDOW = 50  # query frames are taken in runs of at least one second of audio
 
@@ -81,6 +80,13 @@ class Holdout:
                 "queries": int(len(self.queries)), "left_out_of_index": int(left_out_of_index), "note": note}
 
 
+def check_seed(seed: int) -> int:
+    """``seed`` when numpy can seed with it (an int >= 0); HoldoutError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise HoldoutError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
 def choose_files(file_rows: Sequence[int], fraction: float, min_keep_rows: int,
                  rng: np.random.Generator) -> list[int]:
     """Indices (sorted) of whole files holding about ``fraction`` of the rows, drawn at random.
@@ -129,16 +135,23 @@ def choose_windows(file_rows: Sequence[int], files: Sequence[int], max_queries: 
     return windows
 
 
+def finite_rows(features: FeatureSet, file: int) -> np.ndarray:
+    """File ``file`` of ``features`` as the collection holds it: float32, rows with NaN/Inf dropped."""
+    array = load_features(features.manifest.path(features.manifest.files[file].name), features.dim)
+    mask = finite_row_mask(array)
+    return array if mask.all() else array[mask]
+
+
 def holdout_from_features(features: FeatureSet, fraction: float, max_queries: int, seed: int,
                           client: Any | None = None, min_keep_rows: int = 8) -> Holdout:
-    """Hold out whole files of ``features``; queries are runs of their frames (loaded lazily)."""
-    rng = np.random.default_rng([seed, 6])
+    """Hold out whole files of ``features``; queries are runs of their frames, read from just the files
+    holding them (never the collection's chunks: a chunk of 128 MB for 50 frames). ``client`` is unused."""
+    rng = np.random.default_rng([check_seed(seed), 6])
     file_rows = features.file_rows
     files = choose_files(file_rows, fraction, min_keep_rows, rng)
     offsets = np.concatenate([[0], np.cumsum(file_rows)]).astype(np.int64)
     windows = choose_windows(file_rows, files, max_queries, rng)
-    ids = np.concatenate([np.arange(offsets[f] + a, offsets[f] + b) for f, a, b in windows])
-    queries = take_rows(features.array, ids, client)
+    queries = np.concatenate([finite_rows(features, f)[a:b] for f, a, b in windows])
     ranges = tuple((int(offsets[f]), int(offsets[f + 1])) for f in files)
     names = tuple(features.manifest.files[f].name for f in files)
     return Holdout(np.ascontiguousarray(queries, np.float32), ranges, names, features.n_rows)
@@ -150,14 +163,19 @@ def holdout_from_folder(path: str | Path, max_queries: int, seed: int, dim: int 
     manifest = scan_manifest(experiment)
     if dim is not None and manifest.dim != dim:
         raise HoldoutError(f"{experiment.feature_dir}: width {manifest.dim}, the index holds {dim}-d vectors")
-    arrays = []
+    arrays, names = [], []
     for entry in manifest.files:
         array = load_features(manifest.path(entry.name), manifest.dim)
-        arrays.append(array[finite_row_mask(array)])
-    rng = np.random.default_rng([seed, 7])
+        finite = array[finite_row_mask(array)]
+        if len(finite):  # an all-NaN utterance has no frame to query with
+            arrays.append(finite)
+            names.append(entry.name)
+    if not arrays:
+        raise HoldoutError(f"{experiment.feature_dir}: every query frame holds NaN or Inf")
+    rng = np.random.default_rng([check_seed(seed), 7])
     windows = choose_windows([len(a) for a in arrays], rng.permutation(len(arrays)).tolist(), max_queries, rng)
     queries = np.concatenate([arrays[f][a:b] for f, a, b in windows])
-    return Holdout(np.ascontiguousarray(queries, np.float32), (), tuple(e.name for e in manifest.files), 0)
+    return Holdout(np.ascontiguousarray(queries, np.float32), (), tuple(names), 0)
 
 
 def row_digests(rows: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import faiss_threads
+from rvc_index.evaluation.result import Latency
 from rvc_index.stages.indexing import list_sizes
 
 RVC_K = 8
@@ -57,8 +58,21 @@ def search_params(index: faiss.Index, nprobe: int | None = None, keep: np.ndarra
     return params
 
 
+def short_search_share(index: faiss.Index, queries: np.ndarray, k: int = RVC_K) -> float:
+    """Share of ``queries`` whose search at the stored settings returns a ``-1`` label, without searching:
+    those whose ``nprobe`` probed lists together hold fewer than ``k`` vectors (a re-ranking index only
+    re-ranks what its IVF returns). One coarse search: ``q x n_list`` distances instead of the lists' codes."""
+    ivf = ivf_or_none(index)
+    if ivf is None:
+        return 0.0 if index.ntotal >= k else 1.0
+    sizes = list_sizes(index)
+    _, probed = ivf.quantizer.search(np.ascontiguousarray(queries, np.float32), min(int(ivf.nprobe), int(ivf.nlist)))
+    held = np.where(probed >= 0, sizes[np.maximum(probed, 0)], 0).sum(axis=1)
+    return float((held < k).mean()) if len(held) else 0.0
+
+
 def search_latency(index: faiss.Index, queries: np.ndarray, k: int = RVC_K, params: Any = None,
-                   batch_frames: int = FRAMES_PER_SECOND, repeats: int = 5) -> dict[str, Any]:
+                   batch_frames: int = FRAMES_PER_SECOND, repeats: int = 5) -> Latency:
     """Single-thread search time in batches of ``batch_frames`` (one second of audio).
 
     ``us_per_frame`` is the searching thread's CPU time (what a thread of its own gets: other
@@ -81,10 +95,8 @@ def search_latency(index: faiss.Index, queries: np.ndarray, k: int = RVC_K, para
                 wall[r, j] = time.perf_counter() - started_wall
     frames = sum(len(b) for b in batches)
     us_per_frame = float(cpu.min(axis=0).sum() / frames * 1e6)
-    return {"us_per_frame": round(us_per_frame, 2),
-            "us_per_frame_wall": round(float(wall.min(axis=0).sum() / frames * 1e6), 2),
-            "ms_per_second_audio": round(us_per_frame * FRAMES_PER_SECOND / 1000, 3),
-            "batch_frames": batch_frames, "batches": len(batches), "threads": 1, "repeats": repeats}
+    return Latency(round(us_per_frame, 2), round(float(wall.min(axis=0).sum() / frames * 1e6), 2),
+                   round(us_per_frame * FRAMES_PER_SECOND / 1000, 3), batch_frames, len(batches), repeats)
 
 
 def index_ram_bytes(index: faiss.Index) -> int:

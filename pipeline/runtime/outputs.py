@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -103,15 +101,13 @@ def write_json_atomic(final: Path, data: Any) -> Path:
     return write_text_atomic(final, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def ascii_name(name: str) -> str:
-    """``name`` if ASCII, else its ASCII transliteration (NFKD, accents dropped) + ``-`` + 8 hex
-    digits of its hash, so that two names never meet: RVC's GUI and faiss on Windows refuse
-    non-ASCII paths."""
-    if name.isascii():
-        return name
-    base = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().strip()
-    base = " ".join(base.split())
-    return f"{base or 'exp'}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object written by ``write_json_atomic``, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

@@ -1,4 +1,9 @@
-"""Logging for people reading batch output: stage timers and count-based progress lines."""
+"""Logging for people reading build and batch output: stage timers and count-based progress lines.
+
+By default a build logs a few lines (what was decided, counts, the result and its verdict); records
+marked ``extra=DETAIL`` (stage start/end, progress steps) are shown with ``-v``. They are still
+emitted at INFO, so handlers other than the CLI's (tests, Dask's forwarding) see every line.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOGGER_NAME = "rvc_index"
+DETAIL = {"detail": True}  # ``log.info(..., extra=DETAIL)``: a line shown only with -v
+
+
+class SummaryOnly(logging.Filter):
+    """Drops records marked ``extra=DETAIL`` below WARNING: the default, quiet log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not getattr(record, "detail", False)
 
 
 def get_logger(name: str | None = None) -> logging.Logger:
@@ -27,9 +40,12 @@ def slurm_tag() -> str:
 
 
 def configure_logging(verbosity: int = 0) -> None:
-    """Log to stderr with timestamps; ``verbosity`` 0 = INFO, 1+ = DEBUG, -1 = WARNING."""
-    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    """Log to stderr with timestamps; ``verbosity`` 0 = INFO without detail lines, 1 = INFO with them
+    (stages, progress), 2+ = DEBUG, -1 = WARNING."""
+    level = logging.DEBUG if verbosity > 1 else logging.WARNING if verbosity < 0 else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
+    if verbosity == 0:
+        handler.addFilter(SummaryOnly())
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s {slurm_tag()}%(levelname)s %(message)s", "%H:%M:%S")
     )
@@ -44,7 +60,7 @@ def stage(name: str, timings: dict[str, float] | None = None, label: str = "") -
     """Log the start and end of a stage with its duration; record seconds into ``timings``."""
     log = get_logger()
     prefix = f"{label}: " if label else ""
-    log.info("%s[%s] start", prefix, name)
+    log.info("%s[%s] start", prefix, name, extra=DETAIL)
     started = time.perf_counter()
     try:
         yield
@@ -52,7 +68,7 @@ def stage(name: str, timings: dict[str, float] | None = None, label: str = "") -
         seconds = time.perf_counter() - started
         if timings is not None:
             timings[name] = round(timings.get(name, 0.0) + seconds, 4)
-        log.info("%s[%s] done in %.2f s", prefix, name, seconds)
+        log.info("%s[%s] done in %.2f s", prefix, name, seconds, extra=DETAIL)
 
 
 class Progress:
@@ -83,5 +99,5 @@ class Progress:
         percent = 100.0 * self.done / self.total if self.total else 100.0
         get_logger().info(
             "%s: %s/%s %s (%.0f%%, %.0f %s/s, ETA %.0f s)",
-            self.label, f"{self.done:,}", f"{self.total:,}", self.unit, percent, rate, self.unit, eta,
+            self.label, f"{self.done:,}", f"{self.total:,}", self.unit, percent, rate, self.unit, eta, extra=DETAIL,
         )

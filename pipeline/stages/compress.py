@@ -28,7 +28,8 @@ from typing import Any
 import dask
 import numpy as np
 from rvc_index.compute.backend import Backend
-from rvc_index.compute.kmeans import init_centres
+from rvc_index.compute.device_kmeans import fit_device
+from rvc_index.compute.kmeans import distance_tile_rows, init_centres
 from rvc_index.compute.minibatch import (
     KMeansState,
     PassStats,
@@ -42,6 +43,7 @@ from rvc_index.compute.two_level import build_tree, two_level_init
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import block_tasks, iter_blocks, sample_row_ids, take_rows
 
@@ -87,11 +89,16 @@ class KMeansPlan:
     sample_rows: int
     batch_rows: int
     steps: int  # mini-batch steps over the collection
+    route: str = "minibatch"  # minibatch | device (full-batch Lloyd, rows resident or streamed: compute.device_kmeans)
+    route_reason: str = ""
 
     def describe(self) -> str:
+        if self.route == "device":
+            return f"k={self.n_centroids:,}, route device ({self.route_reason})"
         assign = f"two-level ({self.n_coarse} coarse cells)" if self.two_level else "exact"
         return (f"k={self.n_centroids:,}, init sample {self.sample_rows:,} rows, coarse {self.n_coarse}, "
-                f"assignment {assign}, {self.steps} mini-batch steps of {self.batch_rows:,} rows")
+                f"assignment {assign}, {self.steps} mini-batch steps of {self.batch_rows:,} rows"
+                + (f", route minibatch ({self.route_reason})" if self.route_reason else ""))
 
 
 def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: Backend) -> KMeansPlan:
@@ -108,7 +115,34 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     sample_rows = min(n_rows, max(sample_rows, n_centroids))
     batch_rows = min(config.batch_rows, n_rows)
     steps = int(config.epochs * n_rows) // batch_rows
-    return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, steps)
+    route, reason = kmeans_route(config, backend)
+    return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, 0 if route == "device" else steps,
+                      route, reason)
+
+
+def kmeans_route(config: CompressConfig, backend: Backend) -> tuple[str, str]:
+    """(route, why): full-batch passes on a GPU (the device's matrix rate pays for exact passes over every
+    row), streamed mini-batches on a CPU (two-level assignment: ~2 % of an exact pass)."""
+    if config.route != "auto":
+        return config.route, f"compress.route={config.route}"
+    if backend.is_gpu:
+        return "device", "a GPU: full-batch exact passes"
+    return "minibatch", "a CPU: mini-batches with two-level assignment"
+
+
+def compress_estimate(n_rows: int, dim: int, plan: CompressPlan, kplan: KMeansPlan | None,
+                      stream: int) -> StageEstimate:
+    """Bytes the compress stage holds (``stream``: a streamed pass's chunks; ``kplan`` None: sklearn's
+    in-memory call); it keeps the K centroids."""
+    row, k = dim * F32, plan.n_centroids
+    if kplan is None:
+        transient, what = 2 * n_rows * row + stream, f"all {n_rows:,} rows held twice (sklearn)"
+    else:
+        tile = distance_tile_rows(k) * k * F32  # one [rows, centres] distance tile
+        sample = kplan.sample_rows * row  # filled in place from the chunks in flight (stream.take_rows)
+        transient = sample + stream + 5 * k * row + 2 * tile + 2 * kplan.batch_rows * row
+        what = f"sample {kplan.sample_rows:,} rows, {k:,} centres, batches of {kplan.batch_rows:,} rows"
+    return StageEstimate("compress", transient, k * row, what)
 
 
 def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: np.random.Generator,
@@ -240,6 +274,9 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     rng = np.random.default_rng(seed)
     kplan = plan_kmeans(features.n_rows, n_centroids, config, backend)
     log.info("compress: %s", kplan.describe())
+    if kplan.route == "device":
+        fitted = fit_device(features, n_centroids, config, backend, rng, client)
+        return new_state(xp, fitted.centres, fitted.counts, seed=int(rng.integers(2**31)))
 
     sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
     state = initial_state(sample, kplan, config, backend, rng)

@@ -39,6 +39,7 @@ from rvc_index.compute.neighbours import (
 )
 from rvc_index.config.schema import ExpandConfig
 from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import temp_name
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import iter_blocks, sample_row_ids
@@ -52,6 +53,41 @@ TRAIN_ROWS_PER_LIST = 40  # k-means sample for the IVF lists (faiss wants >= 39 
 
 class ExpandError(RvcIndexError, ValueError):
     """Expansion cannot run on this input (non-finite values, no room for the spill file)."""
+
+
+@dataclass(frozen=True)
+class ExpandPlan:
+    """The decisions of one expansion: neighbours, spill to disk or not, exact or IVF neighbour search."""
+
+    n_rows: int
+    dim: int
+    neighbours: int
+    spill: bool  # unit and expanded copies as memory-mapped temporary files
+    method: str  # exact | ivf
+    tile_bytes: int
+    reason: str
+
+
+def plan_expansion(n_rows: int, dim: int, config: ExpandConfig, backend: Backend) -> ExpandPlan:
+    """Spill when a copy of the vectors passes ``spill_mb``; exact k-NN up to ``exact_max_rows`` (by device)."""
+    exact_limit = config.exact_max_rows or EXACT_MAX_ROWS[backend.name]
+    method = config.method if config.method != "auto" else "exact" if n_rows <= exact_limit else "ivf"
+    reason = (f"expand.method={config.method}" if config.method != "auto" else
+              f"{n_rows:,} rows {'<=' if method == 'exact' else '>'} {exact_limit:,} on the {backend.name}")
+    return ExpandPlan(n_rows, dim, min(config.num_expand, n_rows), F32 * n_rows * dim > config.spill_mb * 2**20,
+                      method, int(config.tile_mb * 2**20), reason)
+
+
+def expand_estimate(plan: ExpandPlan, threads: int, stream: int) -> StageEstimate:
+    """Unit and expanded copies (unless spilled), tiles, neighbour ids; keeps the expanded copy."""
+    row = plan.dim * F32
+    buffers = 0 if plan.spill else plan.n_rows * row
+    work = plan.tile_bytes + MIX_CPU_BYTES * threads + 3 * plan.n_rows * plan.neighbours * 8
+    if plan.method != "exact":
+        work += plan.n_rows * row // 4  # IVF route: list-training sample and probes
+    return StageEstimate("expand", buffers + work + stream, buffers,
+                         f"{plan.n_rows:,} x {plan.dim} unit and expanded vectors "
+                         f"{'spilled to disk' if plan.spill else 'in memory'}, {work / 2**20:,.0f} MB of tiles")
 
 
 @dataclass
@@ -163,29 +199,28 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
     if n == 0:
         raise ExpandError("expand: there are no vectors to expand")
-    k = min(config.num_expand, n)
-    tile_bytes = int(config.tile_mb * 2**20)
-    spill = 4 * n * dim > config.spill_mb * 2**20
+    plan = plan_expansion(n, dim, config, backend)
+    k, tile_bytes, spill = plan.neighbours, plan.tile_bytes, plan.spill
     workers = 1 if backend.is_gpu else max(1, faiss.omp_get_max_threads())
     timings: dict[str, float] = {}
     began = started = time.perf_counter()
     unit = row_buffer(n, dim, spill_dir, spill, "unit")
     norms = _normalise_into(unit, iter_blocks(vectors, client), Progress(f"{prefix}expand: normalise", n), workers)
-    dev = backend.asarray(unit)
+    dev = backend.to_device(unit)
     timings["normalise"] = round(time.perf_counter() - started, 4)
 
     started = time.perf_counter()
     steps: dict[str, float] = {}
-    exact_limit = config.exact_max_rows or EXACT_MAX_ROWS[backend.name]
-    method = config.method if config.method != "auto" else "exact" if n <= exact_limit else "ivf"
+    method = plan.method
     result: dict[str, Any] = {}
     if method == "exact":
-        log.info("%sexpand: exact %d-NN by matrix products (%s rows <= %s)", prefix, k, f"{n:,}", f"{exact_limit:,}")
+        log.info("%sexpand: exact %d-NN by matrix products (%s)", prefix, k, plan.reason)
         ids = exact_neighbours(xp, dev, dev, k, tile_bytes, workers)
         knn_gflop = 2.0 * n * n * dim / 1e9
     else:
         ids, knn_gflop, result = _ivf(backend, unit, dev, k, config, seed, tile_bytes, prefix, workers, steps)
         method = result.pop("method")
+    backend.sync()
     previous = started
     for step, ended in steps.items():  # the IVF route's own steps
         timings[f"neighbours.{step}"], previous = round(ended - previous, 4), ended
@@ -197,17 +232,18 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
     device_norms = backend.asarray(norms)
     progress = Progress(f"{prefix}expand: mix", n)
 
-    def mix(span: tuple[int, int]) -> float:
+    def mix(span: tuple[int, int]) -> Any:
         rows_ids = backend.asarray(ids[span[0]:span[1]], dtype=xp.int64)
         expanded, cosine = expand_rows(xp, dev, dev[span[0]:span[1]], rows_ids, device_norms[span[0]:span[1]],
                                        config.alpha, config.scale)
         out[span[0]:span[1]] = backend.to_host(expanded)
-        return float(cosine.astype(xp.float64).sum())
+        return cosine.astype(xp.float64).sum()  # stays on the device: summed there, read once
 
-    cos_sum, spans = 0.0, tiles(n, batch, 1)
+    cos_total, spans = xp.zeros((), dtype=xp.float64), tiles(n, batch, 1)
     for span, total in zip(spans, each(workers, mix, spans)):
-        cos_sum += total
+        cos_total = cos_total + total
         progress.advance(span[1] - span[0])
+    cos_sum = float(cos_total)
     if isinstance(out, np.memmap):
         out.flush()
     timings["mix"] = round(time.perf_counter() - started, 4)

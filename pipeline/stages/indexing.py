@@ -19,8 +19,10 @@ from faiss.contrib.ivf_tools import replace_ivf_quantizer
 from rvc_index.compute.backend import Backend, faiss_threads
 from rvc_index.config.schema import IndexConfig
 from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import write_atomic
 from rvc_index.runtime.progress import Progress
+from rvc_index.runtime.stream import sample_row_ids, take_rows
 
 IVF_FLAT = "ivf-flat"
 IVF_PQ_RFLAT = "ivf-pq-fastscan-rflat"
@@ -103,6 +105,28 @@ def plan_index(n_rows: int, dim: int, config: IndexConfig) -> IndexPlan:
     return IndexPlan(recipe, dim, n_rows, n_list, pq_m, nprobe, config.k_factor, train_rows, tuple(notes))
 
 
+FAISS_BLOCK = 4096 * 1024  # faiss's exhaustive search block (queries x database) of float32 distances
+LIST_GROWTH = 1.5  # inverted lists and the refine store grow as std::vectors (capacity up to 2x)
+
+
+def train_estimate(plan: IndexPlan, stream: int) -> StageEstimate:
+    """Training: the sample (filled from chunks in flight, shuffled into a copy, + PQ residuals); keeps the lists."""
+    row = plan.dim * F32
+    sample = plan.train_rows * row
+    train = max(sample + stream, 2 * sample) + (sample if plan.recipe != IVF_FLAT else 0) + 2 * plan.n_list * row
+    return StageEstimate("train", train, plan.n_list * row, f"{plan.train_rows:,} training rows, {plan.n_list:,} lists")
+
+
+def add_estimate(plan: IndexPlan, add_batch_rows: int, stream: int) -> StageEstimate:
+    """Adding: a batch and its assignment block while streaming; keeps the filled index."""
+    row = plan.dim * F32
+    per_vector = row + 8 + (plan.pq_m // 2 if plan.recipe != IVF_FLAT else 0)
+    index = int(plan.n_rows * per_vector * LIST_GROWTH)
+    batch = add_batch_rows * row * 2 + min(add_batch_rows * plan.n_list, FAISS_BLOCK) * F32
+    return StageEstimate("add", batch + stream, index,
+                         f"index of {plan.n_rows:,} x {plan.dim} vectors ({index / 2**20:,.0f} MB with list growth)")
+
+
 def train_coarse(sample: np.ndarray, n_list: int, backend: Backend, iterations: int, seed: int) -> np.ndarray:
     """IVF coarse centroids [n_list, D] by faiss k-means; the assignment runs on the backend."""
     dim = sample.shape[1]
@@ -145,6 +169,19 @@ def assemble_index(plan: IndexPlan, centroids: np.ndarray, pq_sample: np.ndarray
     return index
 
 
+
+def train_index(vectors: Any, plan: IndexPlan, backend: Backend, iterations: int, seed: int, raw_rows: bool,
+                client: Any | None = None) -> faiss.Index:
+    """An empty CPU index of ``plan``, trained on a seeded sample of ``vectors`` [N, D] (numpy, memmap
+    or dask). ``raw_rows``: the vectors are the collection's frames, which reach k-means in a seeded
+    shuffled order, as RVC's recipe does (exact parity of its centroids)."""
+    n_vectors = int(vectors.shape[0])
+    sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, np.random.default_rng(seed)), client)
+    if raw_rows:
+        sample = sample[np.random.default_rng(seed).permutation(sample.shape[0])]
+    centroids = train_coarse(sample, plan.n_list, backend, iterations, seed)
+    return assemble_index(plan, centroids, sample)
+
 def add_batches(index: faiss.Index, batches: Iterable[np.ndarray], backend: Backend, progress: Progress) -> None:
     """Add every batch with plain ``add`` (ids 0..N-1 in order); list assignment on the backend."""
     ivf = faiss.extract_index_ivf(index)
@@ -183,14 +220,6 @@ def set_search_params(index: faiss.Index, nprobe: int, k_factor: int) -> None:
     faiss.extract_index_ivf(index).nprobe = nprobe
     if isinstance(index, faiss.IndexRefine):
         index.k_factor = float(k_factor)
-
-
-def index_file_name(experiment: str, version: str, plan: IndexPlan, nprobe: int, naming: str) -> str:
-    """RVC: ``added_IVF<n_list>_<layout>_nprobe_<nprobe>_<exp>_<ver>.index``; Applio: ``<exp>.index``."""
-    if naming == "applio":
-        return f"{experiment}.index"
-    layout = "Flat" if plan.recipe == IVF_FLAT else f"PQ{plan.pq_m}x{PQ_BITS}fs_RFlat"
-    return f"added_IVF{plan.n_list}_{layout}_nprobe_{nprobe}_{experiment}_{version}.index"
 
 
 def write_index(index: faiss.Index, path: Path) -> Path:

@@ -1,0 +1,161 @@
+"""The entries of a feature folder: which are feature files, and what their ``.npy`` headers say.
+
+Never a feature file (docs/reliability.md): hidden names (macOS ``._*`` AppleDouble files, our
+``.*.tmp-*`` temporary files), any ``*.tmp-*`` name, and ``total_fea.npy`` (the stored vectors of an
+index, RVC's or ours, never an utterance). Nothing here opens a file that is not a regular file, so a
+FIFO or a device named ``.npy`` cannot hang a scan.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.outputs import TEMP_MARKER
+from rvc_index.runtime.progress import get_logger
+
+OUTPUT_NPY_NAMES = frozenset({"total_fea.npy"})  # RVC's and our ``output.write_total_fea``: index vectors
+APPLEDOUBLE_PREFIX = "._"
+
+
+class SourceError(RvcIndexError, ValueError):
+    """A problem with the input as a whole (missing folder, no files, bad files)."""
+
+
+class FeatureFileError(SourceError):
+    """A problem with one feature file; the message starts with the file's path."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def broken_link(path: Path) -> str | None:
+    """Why ``path``, a symbolic link, leads nowhere (dangling or a loop); None when it resolves."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"symbolic link to {os.readlink(path)}, which does not exist (storage not mounted?)"
+    return None
+
+
+def shown_name(name: str) -> str:
+    """A file name as text can print it: bytes that are not UTF-8 shown as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_array_meta(path: Path | str, shape: tuple[int, ...], dtype: np.dtype, dim: int | None) -> None:
+    """Raise FeatureFileError unless ``shape``/``dtype`` describe a [T, dim] float array."""
+    if len(shape) != 2:
+        raise FeatureFileError(path, f"expected a 2-D [frames, dim] array, got {len(shape)}-D shape {shape}")
+    if dtype.kind != "f":
+        raise FeatureFileError(path, f"expected floating-point features, got dtype {dtype}")
+    if shape[1] == 0:
+        raise FeatureFileError(path, f"width 0: shape {shape} holds no feature values")
+    if dim is not None and shape[1] != dim:
+        raise FeatureFileError(path, f"width {shape[1]} does not match the folder's {dim}")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from an ``.npy`` header, checking the file is complete.
+
+    Opened without blocking and checked to be a regular file first: a FIFO or a device named
+    ``.npy`` is a bad file, never read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise FeatureFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FeatureFileError(path, f"{_file_kind(info.st_mode)}, not a feature file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise FeatureFileError(path, f"not a valid .npy file (unknown format version {version})")
+            offset = handle.tell()
+    except FeatureFileError:
+        raise
+    except OSError as exc:
+        raise FeatureFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    except (ValueError, SyntaxError, EOFError, RecursionError, MemoryError) as exc:
+        raise FeatureFileError(path, f"not a valid .npy file ({str(exc)[:200]})") from exc
+    finally:
+        os.close(fd)
+    if dtype.hasobject:
+        raise FeatureFileError(path, "holds Python objects, not numbers")
+    if any(s < 0 for s in shape):
+        raise FeatureFileError(path, f"not a valid .npy file (negative dimension in shape {shape})")
+    expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: a lying header cannot overflow
+    if info.st_size < expected:
+        raise FeatureFileError(path, f"truncated: {info.st_size} bytes on disk, header promises {expected}")
+    return tuple(int(s) for s in shape), dtype, offset
+
+
+def _not_features(name: str) -> str | None:
+    """Why an entry named ``name`` is never a feature file (None: it may be one)."""
+    if name.startswith(APPLEDOUBLE_PREFIX) and name.endswith(".npy"):
+        return "macOS AppleDouble metadata"
+    if name.startswith(".") or TEMP_MARKER in name:
+        return "hidden or temporary"
+    if name in OUTPUT_NPY_NAMES:
+        return "an index's stored vectors (RVC's or ours), not an utterance"
+    if not name.endswith(".npy"):
+        return "not .npy"
+    return None
+
+
+def list_feature_files(folder: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(``.npy`` feature file names, ignored entries, (name, problem) of unusable ``.npy`` entries),
+    sorted; linear in the number of entries, and no file is opened."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise SourceError(f"{folder}: cannot list folder: {exc.strerror or exc}") from exc
+    log = get_logger()
+    npy, ignored, problems = [], [], []
+    reasons: dict[str, list[str]] = {}
+    for name in names:
+        reason = _not_features(name)
+        if reason is None:
+            try:
+                mode = os.stat(folder / name).st_mode
+            except OSError as exc:
+                problems.append((name, broken_link(folder / name) or f"cannot read: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISREG(mode):
+                npy.append(name)
+            elif stat.S_ISDIR(mode):
+                reason = "a folder"
+            else:
+                problems.append((name, f"{_file_kind(mode)}, not a feature file"))
+        if reason is not None and reason != "hidden or temporary":
+            ignored.append(name)
+            reasons.setdefault(reason, []).append(name)
+    for reason, entries in reasons.items():
+        listed = ", ".join(shown_name(n) for n in entries[:5]) + (" ..." if len(entries) > 5 else "")
+        log.warning("%s: ignoring %d entries: %s (%s)", folder, len(entries), reason, listed)
+    return npy, ignored, problems

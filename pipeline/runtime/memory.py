@@ -1,0 +1,130 @@
+"""Memory arithmetic shared by every stage's estimate and the build's guard: what a stage will hold
+(``StageEstimate``), what this process may still allocate (``memory_budget``) and its peak so far.
+
+Portable: psutil everywhere; ``resource`` (POSIX only) is imported where it exists, never at import time.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+F32 = 4
+MB = 2**20
+STREAM_HELD = 2  # chunks held while streaming: 1 prefetched + 1 in use (runtime.stream.iter_blocks)
+STREAM_LOADING = 1  # on local threads, a chunk's files being read (sources.load_group) next to the chunk
+
+
+def mb(n_bytes: float) -> str:
+    """``1,234 MB``."""
+    return f"{n_bytes / MB:,.0f} MB"
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """Bytes one stage holds while it runs (``transient``) and leaves held for later stages (``retained``)."""
+
+    stage: str
+    transient: int
+    retained: int
+    detail: str  # the largest terms, for messages
+
+    @property
+    def need(self) -> int:
+        return self.transient + self.retained
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What this process may still allocate, and which limit binds."""
+
+    available: int
+    source: str
+
+
+def _cgroup_available() -> tuple[int, str] | None:
+    """limit - (usage - inactive file cache) of this container's cgroup (v2, else v1)."""
+    for limit_file, usage_file, inactive_key in (("memory.max", "memory.current", "inactive_file"),
+                                                 ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                                  "total_inactive_file")):
+        root = Path("/sys/fs/cgroup")
+        try:
+            limit_text = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if not limit_text.isdigit() or int(limit_text) >= 2**60:  # "max" or the v1 "unlimited" value
+            return None
+        inactive = 0
+        try:
+            for line in (root / Path(limit_file).parent / "memory.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == inactive_key:
+                    inactive = int(value)
+        except (OSError, ValueError):
+            pass
+        limit = int(limit_text)
+        return limit - (usage - inactive), f"cgroup memory limit {mb(limit)}"
+    return None
+
+
+def _address_space_limit() -> int | None:
+    """``ulimit -v`` in bytes, or None (unlimited, or a platform without it)."""
+    rlimit_as = getattr(psutil, "RLIMIT_AS", None)
+    if rlimit_as is None:
+        return None
+    soft, _ = psutil.Process().rlimit(rlimit_as)
+    return None if soft in (psutil.RLIM_INFINITY, -1) else int(soft)
+
+
+def _dask_worker_limit() -> int | None:
+    """The Dask worker's memory limit times the fraction at which its nanny kills it, if in one."""
+    if "distributed" not in sys.modules:  # no worker can be running in this process
+        return None
+    import dask
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    if not limit:
+        return None
+    fraction = dask.config.get("distributed.worker.memory.terminate", 0.95) or 1.0
+    return int(limit * fraction)
+
+
+def memory_budget(limit_mb: float = 0.0) -> Budget:
+    """The least of: free memory, the cgroup's room, ``ulimit -v``, the Dask worker's limit, ``limit_mb``."""
+    info = psutil.Process().memory_info()
+    options = [(int(psutil.virtual_memory().available), "available memory on this machine")]
+    cgroup = _cgroup_available()
+    if cgroup is not None:
+        options.append(cgroup)
+    address_space = _address_space_limit()
+    if address_space is not None:
+        options.append((address_space - info.vms, f"address-space limit (ulimit -v) {mb(address_space)}"))
+    worker = _dask_worker_limit()
+    if worker is not None:
+        options.append((worker - info.rss, f"Dask worker memory limit (nanny kills at {mb(worker)})"))
+    if limit_mb:
+        options.append((int(limit_mb * MB) - info.rss, f"safety.memory_limit_mb={limit_mb:g}"))
+    available, source = min(options)
+    return Budget(max(0, available), f"{source}; this process holds {mb(info.rss)}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (the current RSS where no peak is kept)."""
+    try:
+        import resource  # POSIX only: the kernel's high-water mark
+    except ImportError:
+        resource = None
+    if resource is not None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (MB if sys.platform == "darwin" else 1024.0)
+    info = psutil.Process().memory_info()
+    return getattr(info, "peak_wset", info.rss) / MB  # Windows keeps the peak working set

@@ -1,0 +1,112 @@
+"""The device k-means route on numpy (compute/segments, lloyd, init, device_kmeans; compress's route choice)."""
+
+import logging
+
+import numpy as np
+import pytest
+from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.compute.device_kmeans import choose_route
+from rvc_index.compute.init import d2_init, nearest_distances, random_init
+from rvc_index.compute.kmeans import lloyd
+from rvc_index.compute.lloyd import lloyd_passes, resident_tiles
+from rvc_index.compute.minibatch import inertia
+from rvc_index.compute.segments import segment_sums
+from rvc_index.config.loading import load_config
+from rvc_index.config.schema import CompressConfig, ConfigError
+from rvc_index.runtime.stream import iter_blocks
+from rvc_index.stages.compress import fit_centroids, kmeans_route, plan_kmeans
+from test_compress import feature_set
+
+CPU = select_backend("cpu")
+
+
+def blobs(n, dim, centres, seed=0, spread=0.05):
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((centres, dim)) * 3
+    return (means[rng.integers(0, centres, n)] + spread * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def test_segment_sums_equal_add_at_with_empty_segments():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 12)).astype(np.float32) * 100
+    labels = rng.choice(np.array([0, 3, 4, 9]), 5000)  # 1, 2, 5..8 empty; 9 = k - 1
+    sums, counts = segment_sums(np, labels, x, 10)
+    expected = np.zeros((10, 12))
+    np.add.at(expected, labels, x.astype(np.float64))
+    np.testing.assert_allclose(sums, expected, rtol=1e-9, atol=1e-6)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=10))
+
+
+def test_one_pass_is_a_lloyd_step_and_empty_centres_take_the_farthest_rows():
+    x = blobs(3000, 8, 6, seed=1)
+    start = random_init(np, x, 6, np.random.default_rng(2))
+    start[5] = 1e3  # wins no row
+    result = lloyd_passes(np, resident_tiles(x, 700), start.copy(), 1)  # 5 tiles merged
+    labels = np.argmin(((x[:, None] - start[None]) ** 2).sum(-1), axis=1)
+    dists = ((x - start[labels]) ** 2).sum(-1)
+    for j in range(5):
+        np.testing.assert_allclose(result.centres[j], x[labels == j].mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result.centres[5], x[np.argmax(dists)])
+    assert result.reseeded == 1 and result.counts[5] == 0
+    assert result.msd == [pytest.approx(dists.mean(), rel=1e-5)]
+
+
+def test_d2_init_covers_separated_clusters_better_than_random():
+    x = blobs(4000, 16, 40, seed=3, spread=0.01)
+    d2 = d2_init(np, x, 40, np.random.default_rng(0), tile_elements=4096)
+    rnd = random_init(np, x, 40, np.random.default_rng(0))
+    assert len({tuple(row) for row in d2}) == 40  # distinct rows
+    d2_msd = nearest_distances(np, x, d2, 512).mean()
+    assert d2_msd < 0.5 * nearest_distances(np, x, rnd, 512).mean()
+    np.testing.assert_array_equal(d2, d2_init(np, x, 40, np.random.default_rng(0), tile_elements=4096))
+
+
+def test_route_choice_follows_device_and_budget():
+    assert kmeans_route(CompressConfig(), CPU)[0] == "minibatch"
+    assert kmeans_route(CompressConfig(), Backend("gpu", np))[0] == "device"  # decided from the backend's kind
+    assert kmeans_route(CompressConfig(route="minibatch"), Backend("gpu", np))[0] == "minibatch"
+    plan = plan_kmeans(1_000_000, 10_000, CompressConfig(route="device"), CPU)
+    assert plan.route == "device" and plan.steps == 0 and "compress.route=device" in plan.describe()
+    fits = choose_route(1_000_000, 768, 10_000, CompressConfig(device_budget_mb=8000), CPU, 50_000)
+    assert fits.name == "resident" and fits.device_rows == 1_000_000 and "fit the 8,000 MiB budget" in fits.reason
+    small = choose_route(3_000_000, 768, 10_000, CompressConfig(device_budget_mb=4000), CPU, 50_000)
+    assert small.name == "streamed" and 10_000 <= small.device_rows < 3_000_000 and small.stream_passes == 2
+    assert "exceed the 4,000 MiB budget" in small.reason
+    with pytest.raises(ConfigError, match="compress.lloyd_passes"):
+        load_config(None, ["compress.lloyd_passes=0"])
+
+
+def test_device_route_beats_ten_lloyd_passes_from_random_init(make_experiment, caplog):
+    features = feature_set(make_experiment("dev", 12000, 64))
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    config = load_config(None, ["compress.row_threshold=100", "compress.route=device", "compress.init=kmeans++"])
+    with caplog.at_level(logging.INFO, logger="rvc_index"):
+        ours = CPU.to_host(fit_centroids(features, 200, config.compress, CPU, seed=0).centres)
+    assert "device route resident" in caplog.text
+    plain, _ = lloyd(np, rows, random_init(np, rows, 200, np.random.default_rng(0)), 10)
+    assert ours.shape == (200, 64) and np.isfinite(ours).all()
+    assert inertia(CPU, [rows], ours) <= inertia(CPU, [rows], plain)
+
+
+def test_streamed_route_under_a_small_budget_passes_over_every_row(make_experiment, caplog):
+    features = feature_set(make_experiment("big", 12000, 64), chunk_mb=0.25)
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    config = load_config(None, ["compress.row_threshold=100", "compress.route=device",
+                                "compress.device_budget_mb=1.5"]).compress
+    with caplog.at_level(logging.INFO, logger="rvc_index"):
+        state = fit_centroids(features, 200, config, CPU, seed=0)
+    assert "device route streamed" in caplog.text and "2 exact passes streamed over 12,000 rows" in caplog.text
+    assert int(state.counts.sum()) == 12_000  # the last pass saw every row
+    resident = fit_centroids(features, 200, CompressConfig(row_threshold=100, route="device"), CPU, seed=0)
+    assert inertia(CPU, [rows], state.centres) <= 1.1 * inertia(CPU, [rows], resident.centres)
+
+
+@pytest.mark.gpu
+def test_gpu_device_route_matches_numpy_quality(make_experiment):
+    features = feature_set(make_experiment("gpu", 12000, 64))
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    config = CompressConfig(row_threshold=100, route="device", init="kmeans++")
+    gpu = select_backend("gpu")
+    on_gpu = gpu.to_host(fit_centroids(features, 200, config, gpu, seed=0).centres)
+    on_cpu = fit_centroids(features, 200, config, CPU, seed=0).centres
+    assert inertia(CPU, [rows], on_gpu) == pytest.approx(inertia(CPU, [rows], on_cpu), rel=0.01)
