@@ -1,3 +1,37 @@
-"""rvc-index: build RVC-ready faiss retrieval indices from HuBERT feature collections."""
+"""rvc-index: build RVC-ready faiss retrieval indices from HuBERT feature collections.
+
+The public API (``rvc_index.api``): ``build_index``, ``build_batch``, ``load_preset``, ``evaluate_index``,
+their result types and ``RvcIndexError``. Names load on first use, so importing a lower layer
+(``rvc_index.compute``, ``rvc_index.config``) pulls in no Dask cluster code, faiss or CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_index": "rvc_index.api",
+    "build_batch": "rvc_index.api",
+    "load_preset": "rvc_index.api",
+    "evaluate_index": "rvc_index.api",
+    "BuildResult": "rvc_index.build.record",
+    "BuildRecord": "rvc_index.build.record",
+    "ProgressEvent": "rvc_index.runtime.progress",
+    "RvcIndexError": "rvc_index.errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rvc_index' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -127,7 +127,7 @@ def run_cli(*args, cwd=None):
 def test_cli_build_and_inspect(make_experiment, tmp_path):
     exp = make_experiment("gina", 3000, 768)
     out = tmp_path / "out"
-    proc = run_cli("build", str(exp / "3_feature768"), "--config", "rvc-classic", "--out", str(out),
+    proc = run_cli("-v", "build", str(exp / "3_feature768"), "--config", "rvc-classic", "--out", str(out),
                    "--backend", "cpu", "--set", "evaluate.recall_queries=200")
     assert proc.returncode == 0, proc.stderr
     for decision in ("rows x 768", "compression: 3,000 rows <= threshold", "IVF76,Flat", "backend: cpu",

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from rvc_index.batch.jobs import plan_jobs, run_batch
 from rvc_index.build.guard import StageMemoryError
-from rvc_index.build.locks import HOLDER_NAME
+from rvc_index.build.locks import HOLDER_NAME, LOCK_NAME
 from rvc_index.build.naming import ascii_name
 from rvc_index.build.plan import make_plan
 from rvc_index.build.runner import build_experiment
@@ -52,9 +52,8 @@ def build_args(exp: Path, out: Path, *extra: str) -> list[str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary files and build lock holders anywhere under ``folder`` (the empty lock file itself stays, as
-    filelock keeps it so that waiters share one inode)."""
-    return sorted(str(p) for p in Path(folder).rglob("*") if ".tmp-" in p.name or p.name == HOLDER_NAME)
+    """Temporary files and build locks anywhere under ``folder``."""
+    return sorted(str(p) for p in Path(folder).rglob("*") if ".tmp-" in p.name or p.name in (LOCK_NAME, HOLDER_NAME))
 
 
 def files_in(folder: Path) -> list[str]:

@@ -71,7 +71,7 @@ def test_every_build_writes_report_png_before_report_json(make_experiment, tmp_p
     config = load_config("configs/rvc-classic.yaml", ["evaluate.recall_queries=300", "evaluate.holdout_fraction=0.1",
                                                       "evaluate.full=true"])
     result = build_experiment(exp, config, tmp_path / "out")
-    png = tmp_path / "out" / "rvc-index-pic-rvc-classic.report.png"
+    png = result.report_path.with_name(result.report_path.name.replace(".report.json", ".report.png"))
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 30_000
     assert png.stat().st_mtime_ns <= result.report_path.stat().st_mtime_ns  # the JSON is the done marker
     report = json.loads(result.report_path.read_text())

@@ -8,7 +8,7 @@ following symbolic links: a link planted there is refused, its target never writ
 ``safety.lock: none`` builds without a lock, for filesystems where neither works.
 
 The holder writes ``pid N on host`` into ``.rvc-index.lock.holder`` (atomically, for the message of
-a build that waits) and removes it when it is done.
+a build that waits) and removes it and the lock file when it is done.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -122,5 +124,21 @@ def output_lock(folder: Path, mode: str = "wait", timeout_s: float = 0.0, label:
     finally:
         try:
             holder_file.unlink(missing_ok=True)
+            _unlink_flock_file(path)
         finally:
             lock.release()
+
+
+def _unlink_flock_file(path: Path) -> None:
+    """Remove the (empty) flock file while still holding it, so a finished build leaves nothing behind; a waiter
+    that then locks the unlinked inode sees it has no name and tries again (filelock checks ``st_nlink``).
+    A marker lock (never empty: pid and host) is left to filelock's release, which removes it; Windows removes
+    its own after release."""
+    if sys.platform == "win32":
+        return
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        path.unlink(missing_ok=True)

@@ -74,12 +74,15 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) from an ``.npy`` header, checking the file is complete.
+def read_header(path: Path | str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from an ``.npy`` header, checking the file is complete."""
+    shape, dtype, offset, _ = read_header_and_stat(path)
+    return shape, dtype, offset
 
-    Opened without blocking and checked to be a regular file first: a FIFO or a device named
-    ``.npy`` is a bad file, never read.
-    """
+
+def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, int, os.stat_result]:
+    """``read_header`` plus the file's ``stat``, from one open. Opened without blocking and checked to be
+    a regular file first: a FIFO or a device named ``.npy`` is a bad file, never read."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
@@ -112,7 +115,7 @@ def read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: a lying header cannot overflow
     if info.st_size < expected:
         raise FeatureFileError(path, f"truncated: {info.st_size} bytes on disk, header promises {expected}")
-    return tuple(int(s) for s in shape), dtype, offset
+    return tuple(int(s) for s in shape), dtype, offset, info
 
 
 def _not_features(name: str) -> str | None:
@@ -142,7 +145,7 @@ def list_feature_files(folder: Path) -> tuple[list[str], list[str], list[tuple[s
         reason = _not_features(name)
         if reason is None:
             try:
-                mode = os.stat(folder / name).st_mode
+                mode = os.stat(os.path.join(folder, name)).st_mode  # str paths: pathlib costs more than the stat
             except OSError as exc:
                 problems.append((name, broken_link(folder / name) or f"cannot read: {exc.strerror or exc}"))
                 continue

@@ -21,6 +21,7 @@ from rvc_index.data.files import (
     check_array_meta,
     list_feature_files,
     read_header,
+    read_header_and_stat,
     shown_name,
 )
 from rvc_index.runtime.progress import get_logger
@@ -153,14 +154,13 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
 
     headers: dict[str, tuple[tuple[int, ...], np.dtype, os.stat_result]] = {}
     for name in npy_names:
+        path = os.path.join(folder, name)
         try:
-            shape, dtype, _ = read_header(folder / name)
-            check_array_meta(folder / name, shape, dtype, None)
-            headers[name] = (shape, dtype, (folder / name).stat())
+            shape, dtype, _, info = read_header_and_stat(path)
+            check_array_meta(path, shape, dtype, None)
+            headers[name] = (shape, dtype, info)
         except FeatureFileError as exc:
             problems.append((name, exc.problem))
-        except OSError as exc:  # removed between the header and the stat
-            problems.append((name, f"cannot read: {exc.strerror or exc}"))
 
     dim = experiment.expected_dim
     if dim is None and headers:

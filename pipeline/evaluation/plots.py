@@ -77,7 +77,8 @@ def _sweep_panel(curve: Any, evaluation: Mapping[str, Any], stored: int | None) 
     if not sweep:
         why = ("no IVF: no nprobe curve" if "list_sizes" not in evaluation
                else "no nprobe sweep in this build's evaluation budget\n(evaluate.full=true, or rvc-index eval)")
-        curve.text(0.5, 0.5, why, ha="center", va="center")
+        curve.axis("off")
+        curve.text(0.5, 0.5, why, ha="center", va="center", fontsize=9)
         return
     nprobes = [row["nprobe"] for row in sweep]
     curve.plot(nprobes, [row["recall_at_k"] for row in sweep], "o-", color="tab:blue", label="recall@8")
@@ -113,8 +114,9 @@ def _blend_panel(errors: Any, evaluation: Mapping[str, Any]) -> None:
     errors.set_title("RVC blend error per held-out frame", fontsize=10)
     blend = evaluation["blend_error"]
     if not blend:
+        errors.axis("off")
         errors.text(0.5, 0.5, "not measured: no exact reference over the original\nframes in this build's "
-                    "evaluation budget (evaluate.full=true)", ha="center", va="center")
+                    "evaluation budget (evaluate.full=true)", ha="center", va="center", fontsize=9)
         return
     _bars(errors, blend["histogram"], "tab:purple")
     for value, style, label in ((blend["mean"], "-", "mean"), (blend["p95"], ":", "p95")):

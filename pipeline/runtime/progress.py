@@ -11,10 +11,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 LOGGER_NAME = "rvc_index"
+_LISTENERS: list[Callable[[ProgressEvent], None]] = []  # process-wide: embedding UIs (``progress_listener``)
 DETAIL = {"detail": True}  # ``log.info(..., extra=DETAIL)``: a line shown only with -v
 
 
@@ -55,12 +57,41 @@ def configure_logging(verbosity: int = 0) -> None:
     root.propagate = False
 
 
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What a progress listener receives: a stage starting or ending, or counted progress inside one."""
+
+    label: str  # "<experiment>: <stage>" or a progress line's label
+    kind: str  # start | done | progress
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+    seconds: float = 0.0
+
+
+@contextmanager
+def progress_listener(callback: Callable[[ProgressEvent], None]) -> Iterator[None]:
+    """Send every stage start/end and progress step to ``callback`` while the block runs (for tools that
+    embed rvc-index and draw their own progress bar). The callback runs in the building thread: keep it short."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
+
+
+def _notify(event: ProgressEvent) -> None:
+    for callback in list(_LISTENERS):
+        callback(event)
+
+
 @contextmanager
 def stage(name: str, timings: dict[str, float] | None = None, label: str = "") -> Iterator[None]:
     """Log the start and end of a stage with its duration; record seconds into ``timings``."""
     log = get_logger()
     prefix = f"{label}: " if label else ""
     log.info("%s[%s] start", prefix, name, extra=DETAIL)
+    _notify(ProgressEvent(f"{prefix}{name}", "start"))
     started = time.perf_counter()
     try:
         yield
@@ -69,6 +100,7 @@ def stage(name: str, timings: dict[str, float] | None = None, label: str = "") -
         if timings is not None:
             timings[name] = round(timings.get(name, 0.0) + seconds, 4)
         log.info("%s[%s] done in %.2f s", prefix, name, seconds, extra=DETAIL)
+        _notify(ProgressEvent(f"{prefix}{name}", "done", seconds=seconds))
 
 
 class Progress:
@@ -93,6 +125,7 @@ class Progress:
 
     def _report(self) -> None:
         elapsed = time.perf_counter() - self._started
+        _notify(ProgressEvent(self.label, "progress", self.done, self.total, self.unit, elapsed))
         rate = self.done / elapsed if elapsed > 0 else 0.0
         remaining = max(self.total - self.done, 0)
         eta = remaining / rate if rate > 0 else 0.0

@@ -1,0 +1,87 @@
+"""The public Python API (rvc_index.api): folders, arrays, presets by name, evaluation, progress, a wheel."""
+
+import json
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import rvc_index
+from rvc_index.tools.synth import utterances
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["evaluate.plot=false"]
+
+
+def test_the_package_exports_exactly_the_api():
+    assert set(rvc_index.__all__) == {"__version__", "build_index", "build_batch", "load_preset", "evaluate_index",
+                                      "BuildResult", "BuildRecord", "ProgressEvent", "RvcIndexError"}
+    with pytest.raises(AttributeError):
+        rvc_index.build_experiment  # noqa: B018 - internal, not exported
+
+
+def test_presets_load_by_name_and_unknown_ones_are_named():
+    assert rvc_index.load_preset().name == "tips-plain"
+    assert rvc_index.load_preset("tips", ["index.nprobe=4"]).index.nprobe == 4
+    with pytest.raises(rvc_index.RvcIndexError, match="no-such-preset"):
+        rvc_index.load_preset("no-such-preset")
+
+
+def test_build_from_a_folder_with_progress_then_evaluate(make_experiment):
+    exp = make_experiment("api", 4000, 256)
+    events = []
+    result = rvc_index.build_index(exp, overrides=FAST, progress=events.append, backend="cpu")
+    assert result.status == "built" and result.index_path.parent == exp and result.record.rows == 4000
+    assert {e.kind for e in events} >= {"start", "done"} and any(e.label.endswith("train") for e in events)
+    quality = rvc_index.evaluate_index(result.index_path, exp, sweep=False, max_queries=200, backend="cpu")
+    assert quality.to_dict()["recall_at_k"] > 0.9
+
+
+def test_build_from_an_array(tmp_path):
+    frames = np.concatenate(list(utterances(3000, 256, [1, 256])))[:3000]
+    result = rvc_index.build_index(frames, tmp_path / "out", name="arrayvoice", overrides=FAST, backend="cpu")
+    index = faiss.read_index(str(result.index_path))
+    assert index.ntotal == 3000 and "arrayvoice" in result.index_path.name
+    np.testing.assert_allclose(np.sort(index.reconstruct_n(0, 3000), axis=0), np.sort(frames, axis=0), atol=1e-5)
+    with pytest.raises(rvc_index.RvcIndexError, match="name="):
+        rvc_index.build_index(frames, tmp_path / "out")
+    with pytest.raises(rvc_index.RvcIndexError, match="float"):
+        rvc_index.build_index(np.zeros((10, 4), dtype=np.int32), tmp_path / "out", name="x")
+
+
+@pytest.mark.slow
+def test_a_wheel_installs_alone_and_builds_with_a_shipped_preset(make_experiment, tmp_path):
+    """`pip install .` without the checkout: presets ship inside, benchmarks do not, the API and CLI work."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "-w", str(wheels), str(REPO)], check=True, capture_output=True)
+    wheel = next(wheels.glob("rvc_index-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "rvc_index/presets/tips-plain.yaml" in names and not any(n.startswith("benchmarks/") for n in names)
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    site = Path(subprocess.run([env / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    zipfile.ZipFile(wheel).extractall(site)  # a pure wheel installs by unpacking
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # numpy, faiss, dask: not rvc_index
+    exp = make_experiment("wheelvoice", 3000, 256)
+    script = textwrap.dedent(f"""
+        import json, rvc_index
+        assert "site-packages" in rvc_index.__file__, rvc_index.__file__
+        result = rvc_index.build_index({str(exp)!r}, {str(tmp_path / "api")!r}, preset="tips",
+                                       overrides=["evaluate.plot=false"])
+        print(json.dumps({{"index": str(result.index_path), "rows": result.record.rows}}))
+    """)
+    run = subprocess.run([env / "bin" / "python", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.splitlines()[-1])["rows"] == 3000
+    cli = subprocess.run([env / "bin" / "python", "-m", "rvc_index", "build", str(exp), "--config", "tips",
+                          "--out", str(tmp_path / "cli"), "--set", "evaluate.plot=false"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert list((tmp_path / "cli").glob("*.index"))

@@ -1,0 +1,99 @@
+"""The house: sub-packages by layer, imports only downward, no cycles, light lower layers."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
+# Lowest first; a module may import its own layer or any layer below it, never one above.
+LAYERS = ["errors", "runtime", "config", "data", "compute", "stages", "evaluation", "build", "batch", "tools",
+          "api", "cli", "__main__"]
+RANK = {name: i for i, name in enumerate(LAYERS)}
+RANK["tools"] = RANK["batch"]  # generators and RVC's checker: beside batch, used by the CLI and tests
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(p for p in parts if p != "__init__") or "__init__"
+
+
+def imports_of(path: Path) -> set[str]:
+    """rvc_index modules imported anywhere in ``path`` (top level or inside functions), as dotted names."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rvc_index"):
+            base = node.module.removeprefix("rvc_index").lstrip(".")
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}" if base else alias.name
+                found.add(candidate if (PACKAGE / candidate.replace(".", "/")).with_suffix(".py").exists()
+                          or (PACKAGE / candidate.replace(".", "/")).is_dir() else base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("rvc_index.") for a in node.names if a.name.startswith("rvc_index.")}
+    return {name for name in found if name}
+
+
+MODULES = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+
+
+def layer(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_every_module_sits_in_a_known_layer():
+    unknown = {m for m in MODULES if m != "__init__" and layer(m) not in RANK}
+    assert not unknown
+
+
+def test_no_import_runs_up_a_layer():
+    upward = [(m, i) for m, imported in MODULES.items() if m != "__init__"
+              for i in imported if RANK.get(layer(i), -1) > RANK[layer(m)]]
+    assert not upward, upward
+
+
+def test_no_import_cycle():
+    graph = {m: {i for i in imported if i in MODULES} for m, imported in MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                pytest.fail(f"import cycle: {' -> '.join(path[path.index(nxt):] + [nxt])}")
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_posix_only_modules_are_never_imported_at_top_level():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & {"resource", "fcntl", "pwd", "grp", "termios"}, path
+
+
+def test_lower_layers_pull_in_no_cluster_code_and_no_cli():
+    code = ("import sys, rvc_index.compute.kmeans, rvc_index.config.loading, rvc_index.data.sources, "
+            "rvc_index.stages.compress; "
+            "print(sorted(m for m in ('distributed', 'rvc_index.cli', 'rvc_index.batch.jobs', 'matplotlib', "
+            "'sklearn', 'benchmarks') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_the_package_never_imports_the_benchmarks():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("benchmarks"), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("benchmarks") for a in node.names), path
