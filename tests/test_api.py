@@ -65,8 +65,9 @@ def test_a_wheel_installs_alone_and_builds_with_a_shipped_preset(make_experiment
     assert "rvc_index/presets/tips-plain.yaml" in names and not any(n.startswith("benchmarks/") for n in names)
     env = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    site = Path(subprocess.run([env / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([env / "bin" / "python", "-c", where], capture_output=True, text=True,
+                               check=True).stdout.strip())
     zipfile.ZipFile(wheel).extractall(site)  # a pure wheel installs by unpacking
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # numpy, faiss, dask: not rvc_index
     exp = make_experiment("wheelvoice", 3000, 256)
