@@ -1,12 +1,14 @@
-"""End to end against RVC's own recipe: one collection, RVC's ``train_index`` and our presets.
+"""End to end against RVC's own recipe: one collection per size, RVC's ``train_index`` and our presets.
 
 Every system builds in a subprocess of its own, timed from launch to exit and with its peak RSS
-measured by the OS (``wait4``); ours run the ``rvc-index build`` command line (no evaluation: RVC
-evaluates nothing either), RVC's recipe runs ``benchmarks/rvc_recipe.py``. Then every index is
-evaluated the same way (``rvc_index.evaluation.evaluate``) on held-out utterances of the same speaker that no
-system indexed, against one exact reference over the original frames.
+measured by the OS (``wait4``): ours run the ``rvc-index build`` command line as a user runs it (its
+own evaluation included, sized to the build; ``--no-build-eval`` turns it off), RVC's recipe runs
+``benchmarks/rvc_recipe.py``. Then every index is evaluated the same way
+(``rvc_index.evaluation.evaluate``) on held-out utterances of the same speaker that no system
+indexed, against one exact reference over the original frames.
 
-    python -m benchmarks.bench_rvc --rows 100000 --dim 768
+    python -m benchmarks.bench_rvc --rows 6000,60000,300000,1000000   # RVC vs the default preset, per size
+    python -m benchmarks.bench_rvc --rows 100000 --presets all         # every preset at one size
 """
 
 from __future__ import annotations
@@ -24,24 +26,43 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_report import RVC, add_ratios, checks, table_rows, update_docs
+from benchmarks.bench_report import (
+    RVC,
+    add_ratios,
+    checks,
+    readme_table,
+    sweep_rows,
+    table_rows,
+    update_docs,
+)
+from benchmarks.harness import (
+    REPO,
+    SPEAKER,
+    Collection,
+    generate,
+    machine,
+    run_measured,
+    split_collection,
+    warm_cache,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "rvc-index-bench"
-GENERATOR_VERSION = 1
-SPEAKER = "bench"
+DEFAULT_PRESETS = ("tips-plain",)  # the CLI's default preset
+HARNESS_VERSION = 2  # 2: our builds run their own evaluation (sized to the build), as users run them
+
+__all__ = ["generate", "run_bench", "run_measured", "run_sweep"]
 
 
-def ours_command(system: str, collection: Collection, out: Path) -> list[str]:
-    """``rvc-index build`` as a user runs it (no build-time evaluation: RVC evaluates nothing).
+def ours_command(system: str, collection: Collection, out: Path, build_eval: bool = True) -> list[str]:
+    """``rvc-index build`` as a user runs it; ``build_eval=False`` turns its evaluation off.
 
     ``system`` is a preset name, optionally with overrides: ``tips+expand.enabled=false``.
     """
     preset, *overrides = system.split("+")
     cmd = [sys.executable, "-m", "rvc_index", "build", str(collection.feature_dir), "--config", preset,
-           "--out", str(out), "--backend", "cpu", "--force", "--set", "evaluate.recall_queries=0"]
-    for override in overrides:
+           "--out", str(out), "--backend", "cpu", "--force"]
+    for override in overrides + ([] if build_eval else ["evaluate.recall_queries=0"]):
         cmd += ["--set", override]
     return cmd
 
@@ -75,6 +96,19 @@ def built_index(system: str, out: Path) -> Path:
     return found[0]
 
 
+def own_evaluation(out: Path) -> dict[str, Any]:
+    """What our build's report says of its own evaluation: seconds (evaluation + picture), their share of
+    the build, and the plan's query count."""
+    reports = sorted(out.glob("*.report.json"))
+    if not reports:
+        return {}
+    report = json.loads(reports[0].read_text())
+    timings, evaluation = report.get("timings", {}), report.get("evaluation") or {}
+    spent = timings.get("evaluate", 0.0) + timings.get("report", 0.0)
+    return {"build_eval_s": round(spent, 3), "build_eval_share": round(spent / max(report.get("seconds", 0), 1e-9), 4),
+            "build_eval_queries": evaluation.get("queries", 0), "build_timings": timings}
+
+
 def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_queries: int,
                      seed: int) -> None:
     """Evaluate every built index on the same held-out queries against one exact reference."""
@@ -84,6 +118,7 @@ def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_
     from rvc_index.data.sources import resolve_experiment, scan_manifest
     from rvc_index.evaluation.evaluate import evaluate_index, exact_reference
     from rvc_index.evaluation.holdout import holdout_from_folder
+    from rvc_index.evaluation.sizing import full_plan
 
     backend = select_backend("cpu")
     experiment = resolve_experiment(collection.feature_dir)
@@ -94,15 +129,16 @@ def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_
         if system["returncode"] != 0:
             continue
         index = faiss.read_index(system["index"])
-        result = evaluate_index(index, holdout, features.array, backend, reference=reference, sweep=False)
+        result = evaluate_index(index, holdout, features.array, backend, reference=reference,
+                                plan=full_plan(len(holdout.queries), sweep=False))
         ivf = faiss.extract_index_ivf(index)
-        system.update(recall_at_k=result["recall_at_k"], blend_error=result["blend_error"]["mean"],
-                      blend_error_p95=result["blend_error"]["p95"], coverage=result["coverage"],
-                      coverage_exact=result["coverage_exact"], us_per_frame=result["latency"]["us_per_frame"],
-                      missing_label_share=result["missing_label_share"], vectors=int(index.ntotal),
-                      n_list=int(ivf.nlist), nprobe=int(ivf.nprobe),
+        blend = result.blend_error
+        system.update(recall_at_k=result.recall_at_k, blend_error=blend.mean, blend_error_p95=blend.p95,
+                      coverage=result.coverage, coverage_exact=result.coverage_exact,
+                      us_per_frame=result.latency.us_per_frame, missing_label_share=result.missing_label_share,
+                      vectors=int(index.ntotal), n_list=int(ivf.nlist), nprobe=int(ivf.nprobe),
                       index_mb=round(Path(system["index"]).stat().st_size / 2**20, 1),
-                      ram_mb=round(result["size"]["ram_bytes"] / 2**20, 1), queries=result["queries"])
+                      ram_mb=round(result.size.ram_bytes / 2**20, 1), queries=result.queries)
 
 
 def presets_available() -> list[str]:
@@ -112,8 +148,10 @@ def presets_available() -> list[str]:
 def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *, work: Path = DEFAULT_WORK,
               feature_dir: Path | None = None, max_queries: int = 1000, heldout_rows: int = 2000, seed: int = 0,
               timeout: float = 3600.0, figures: Path | None = REPO / "docs" / "bench",
-              docs: Path | None = REPO / "docs" / "benchmarks.md", command: str = "") -> dict[str, Any]:
-    """Build with RVC's recipe and every preset on one collection; evaluate; print and write results."""
+              docs: Path | None = REPO / "docs" / "benchmarks.md", command: str = "",
+              build_eval: bool = True) -> dict[str, Any]:
+    """Build with RVC's recipe and ``presets`` (default: the default preset) on one collection; evaluate;
+    print and write results."""
     from rvc_index.runtime.progress import get_logger
     from rvc_index.runtime.tables import format_table
 
@@ -127,16 +165,18 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
     started_machine = machine()
     out_root = work / f"out-{collection.rows}x{collection.dim}"
     systems = []
-    for name in [RVC, *(presets or presets_available())]:
+    for name in [RVC, *(presets or DEFAULT_PRESETS)]:
         out = out_root / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob("*.index"):
+        for stale in [*out.glob("*.index"), *out.glob("*.report.json")]:
             stale.unlink()
-        cmd = rvc_command(collection, out, seed) if name == RVC else ours_command(name, collection, out)
+        cmd = (rvc_command(collection, out, seed) if name == RVC
+               else ours_command(name, collection, out, build_eval))
         log.info("%s: building (%s)", name, " ".join(cmd[1:]))
         entry = {"system": name, **run_measured(cmd, out_root / f"{name}.log", timeout)}
         if entry["returncode"] == 0:
             entry["index"] = str(built_index(name, out))
+            entry.update(own_evaluation(out))
         else:
             log.error("%s: failed with exit code %s, see %s", name, entry["returncode"], entry["log"])
         log.info("%s: %.1f s, peak RSS %.0f MB", name, entry["seconds"], entry["peak_rss_mb"])
@@ -145,41 +185,49 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
     add_ratios(systems)
     evaluated = next((s["queries"] for s in systems if "queries" in s), 0)  # whole utterances: <= max_queries
     result = {"rows": collection.rows, "dim": collection.dim, "queries": evaluated, "command": command,
-              "machine": started_machine, "date": time.strftime("%Y-%m-%d"), "systems": systems}
+              "machine": started_machine, "date": time.strftime("%Y-%m-%d"), "systems": systems,
+              "harness": HARNESS_VERSION, "build_eval": build_eval}
     print(format_table(table_rows(result)))
     for line in checks(result):
         print("-", line.replace("**", ""))
     if figures is not None:
         from rvc_index.runtime.outputs import write_json_atomic
 
-        from benchmarks.bench_report import write_bench_png
-
         figures.mkdir(parents=True, exist_ok=True)
         write_json_atomic(figures / f"end-to-end-{collection.rows}x{collection.dim}.json", result)
         if docs is not None:
             render(figures, docs)
-        else:
-            write_bench_png(figures / "end-to-end.png", [result])
     return result
+
+
+def run_sweep(rows: Sequence[int], dim: int = 768, **options: Any) -> list[dict[str, Any]]:
+    """``run_bench`` at every size in ``rows``, then RVC and our first preset side by side, one line per size."""
+    from rvc_index.runtime.tables import format_table
+
+    results = [run_bench(n, dim, **options) for n in rows]
+    if len(results) > 1:
+        print()
+        print(format_table(sweep_rows(results)))
+        print()
+        print(readme_table(results))
+    return results
 
 
 def make_parser(prog: str = "python -m benchmarks.bench_rvc") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="End to end against RVC's own index recipe.")
-    add_arguments(parser)
-    return parser
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rows", type=int, default=100_000, help="frames to index (default 100000)")
+    parser.add_argument("--rows", default="100000",
+                        help="frames to index; a comma-separated list sweeps sizes (default 100000)")
     parser.add_argument("--dim", type=int, default=768, help="feature width (default 768)")
     parser.add_argument("--presets", help="comma-separated presets, each optionally with overrides "
-                        "(tips+expand.enabled=false); default: every configs/*.yaml")
+                        f"(tips+expand.enabled=false), or 'all' (default: {','.join(DEFAULT_PRESETS)})")
     parser.add_argument("--feature-dir", type=Path, help="take this collection instead of generating one "
                         "(2%% of its files are held out as queries)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"data and outputs (default {DEFAULT_WORK})")
     parser.add_argument("--queries", type=int, default=1000, help="held-out query frames (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per build (default 3600)")
+    parser.add_argument("--no-build-eval", action="store_true",
+                        help="build ours without their own evaluation (RVC's recipe evaluates nothing)")
     parser.add_argument("--figures", type=Path, default=REPO / "docs" / "bench",
                         help="where the JSON results and PNG go (default docs/bench)")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md",
@@ -187,6 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only: write no JSON, PNG or docs")
     parser.add_argument("--render", action="store_true",
                         help="run nothing: redraw the PNG and the docs section from the JSON results in --figures")
+    return parser
 
 
 def render(figures: Path, docs: Path) -> list[dict[str, Any]]:
@@ -201,12 +250,18 @@ def render(figures: Path, docs: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def run_from_args(args: argparse.Namespace, command: str) -> dict[str, Any]:
+def run_from_args(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
     presets = [p for p in (args.presets or "").split(",") if p] or None
-    return run_bench(args.rows, args.dim, presets, work=args.work, feature_dir=args.feature_dir,
+    if presets == ["all"]:
+        presets = presets_available()
+    try:
+        rows = [int(value) for value in args.rows.split(",") if value]
+    except ValueError:
+        raise SystemExit(f"--rows: {args.rows!r} is not a comma-separated list of row counts") from None
+    return run_sweep(rows, args.dim, presets=presets, work=args.work, feature_dir=args.feature_dir,
                      max_queries=args.queries, seed=args.seed, timeout=args.timeout,
                      figures=None if args.no_write else args.figures, docs=None if args.no_write else args.docs,
-                     command=command)
+                     command=command, build_eval=not args.no_build_eval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         render(args.figures, args.docs)
         return 0
-    result = run_from_args(args, shlex.join(["python", "-m", "benchmarks.bench_rvc", *argv]))
-    return 0 if all(s["returncode"] == 0 for s in result["systems"]) else 1
+    results = run_from_args(args, shlex.join(["python", "-m", "benchmarks.bench_rvc", *argv]))
+    return 0 if all(s["returncode"] == 0 for r in results for s in r["systems"]) else 1
 
 
 if __name__ == "__main__":

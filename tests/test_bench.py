@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.bench_report import BEGIN, END, RVC, SECTION, update_docs
+from benchmarks.bench_report import BEGIN, END, RVC, SECTION, readme_table, sweep_rows, update_docs
 from benchmarks.bench_rvc import generate, run_bench, run_measured
 
 
@@ -72,3 +72,28 @@ def test_bench_on_a_tiny_collection(tmp_path):
     text = doc.read_text()
     assert SECTION in text and "### 3,000 x 64" in text and "`python -m benchmarks.bench_rvc --rows 3000`" in text
     assert "| tips |" in text and "fastest preset" in text
+
+
+def test_size_sweep_puts_rvc_and_ours_side_by_side(tmp_path):
+    def run(rows, rvc_s, ours_s, share):
+        def system(name, seconds, recall, blend, **more):
+            return {"system": name, "returncode": 0, "seconds": seconds, "peak_rss_mb": 500.0, "recall_at_k": recall,
+                    "blend_error": blend, "missing_label_share": 0.0, "us_per_frame": 40.0, "vectors": rows,
+                    "n_list": 10, "nprobe": 1, "index_mb": 1.0, **more}
+        return {"rows": rows, "dim": 768, "queries": 500, "command": "python -m benchmarks.bench_rvc --rows 6000,60000",
+                "date": "2026-01-01", "harness": 2, "machine": {"cpus": 2, "memory_gib": 8.0, "load_average": 0.1,
+                                                               "faiss": "1.15"},
+                "systems": [system(RVC, rvc_s, 0.71, 0.19), system("tips-plain", ours_s, 1.0, 0.02,
+                                                                    build_eval_share=share)]}
+
+    runs = [run(60_000, 30.0, 6.0, 0.08), run(6_000, 6.0, 7.5, 0.09)]
+    rows = sweep_rows(runs)
+    assert [r["rows"] for r in rows] == ["6,000 x 768", "60,000 x 768"]  # by size
+    assert rows[0]["target"] == ">= 1x missed" and rows[0]["RVC / ours"] == "0.80x"
+    assert rows[1]["target"] == ">= 3x met" and rows[1]["our eval share"] == "8.0%"
+    assert rows[1]["recall@8 RVC / ours"] == "0.710 / 1.000"
+    table = readme_table(runs)
+    assert table.count("\n") == 3 and "| 60,000 | 30.0 s | 6.0 s (5.00x faster) |" in table
+    doc = tmp_path / "b.md"
+    update_docs(doc, runs, None)
+    assert "### Size sweep" in doc.read_text() and "| 6,000 x 768 | tips-plain |" in doc.read_text()

@@ -7,6 +7,8 @@ file is at most 1 MiB; values in messages are cut short (``schema.shown``)."""
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import difflib
 import types
@@ -23,23 +25,8 @@ MAX_DEPTH = 8  # a config nests two levels; values may be short lists
 MAX_STRING_CHARS = 1024
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` without aliases, duplicate keys or deep nesting; errors name the line."""
-
-    depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{shown(event.anchor)[1:-1]}) "
-                              "are not allowed in a config: write the value out")
-        if self.depth >= MAX_DEPTH:
-            raise ConfigError(f"line {self.peek_event().start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
+class ConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: fast, and it caps nesting
+    """A safe YAML loader whose mappings refuse duplicate keys, naming the line."""
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         first: dict[tuple[str, str], int] = {}
@@ -53,13 +40,37 @@ class ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _check_tree(root: yaml.Node) -> None:
+    """Refuse aliases (a node reached twice: what makes an alias bomb) and nesting deeper than MAX_DEPTH."""
+    seen: set[int] = set()
+    queue = collections.deque([(root, 1)])  # breadth first: a repeat is found before the depth it builds
+    while queue:
+        node, depth = queue.popleft()
+        line = node.start_mark.line + 1
+        if id(node) in seen:
+            raise ConfigError(f"line {line}: YAML aliases are not allowed in a config (the value anchored here is "
+                              "used again): write the value out")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"line {line}: nested deeper than {MAX_DEPTH} levels")
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            queue.extend((child, depth + 1) for pair in node.value for child in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            queue.extend((child, depth + 1) for child in node.value)
+
+
 def parse_yaml(text: str) -> Any:
-    """``text`` as plain data through ``ConfigLoader``; raises ConfigError or ``yaml.YAMLError``."""
+    """``text`` as plain data: safe tags only, no aliases, no duplicate keys, no deep nesting.
+    Raises ConfigError or ``yaml.YAMLError``."""
     loader = ConfigLoader(text)
     try:
-        return loader.get_single_data()
-    except RecursionError:
-        raise ConfigError("nested too deeply") from None
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_tree(node)
+        return loader.construct_document(node)
+    except RecursionError:  # the pure-Python composer, where libyaml is missing
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels") from None
     finally:
         loader.dispose()
 
@@ -158,12 +169,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {shown(key)[1:-1]}: cannot parse value {shown(raw)}: {exc}") from exc
     except ConfigError as exc:
         raise ConfigError(f"--set {shown(key)[1:-1]}: {exc}") from None
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads on/off/yes/no as booleans: `memory_guard=off` means the word
     return key.strip(), value
 
 
 def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
     """Build and validate a Config from a nested mapping plus ``key=value`` overrides."""
-    tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy of plain data
+    tree = copy.deepcopy(data or {})  # overrides must not change the caller's mapping
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
