@@ -29,24 +29,18 @@ def require_faiss() -> None:
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
-        raise FaissMissing(f'faiss cannot be imported ({exc}): install rvc-index with an extra: '
-                           f'pip install "rvc-index[cpu]" (or "rvc-index[gpu]" on a CUDA 12 machine)') from None
+        raise FaissMissing(f'faiss cannot be imported ({exc}): pip install "rvc-index[cpu]" (or [gpu])') from None
 
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", default=DEFAULT_PRESET,
-                        help=f"preset YAML or name in configs/ (default {DEFAULT_PRESET}; tips adds alpha query "
-                        "expansion, rvc-classic is RVC's recipe)")
+    parser.add_argument("--config", "-c", default=DEFAULT_PRESET, help=f"preset (default {DEFAULT_PRESET})")
     parser.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set index.nprobe=4 (repeatable)")
     parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date index exists")
-    parser.add_argument("--lock", choices=["wait", "refuse", "none"],
-                        help="another build in the output folder: wait (default), refuse, or none: no lock, for "
-                        "filesystems where no lock works (= --set safety.lock=...)")
-    parser.add_argument("--retire-old", action="store_true",
-                        help="rename other .index files RVC or Applio could pick instead of the new one to "
-                        "*.index.retired (undo: rvc-index unretire FOLDER) (= --set output.retire_old=true)")
+    parser.add_argument("--lock", choices=["wait", "refuse", "none"], help="= --set safety.lock=...")
+    parser.add_argument("--retire-old", action="store_true", help="rename other .index files RVC or Applio could "
+                        "pick to *.index.retired (undo: rvc-index unretire FOLDER)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -157,18 +151,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def build_overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides plus those of ``--lock`` and ``--retire-old``."""
-    extra = [f"safety.lock={args.lock}"] if getattr(args, "lock", None) else []
-    return [*args.overrides, *extra, *(["output.retire_old=true"] if getattr(args, "retire_old", False) else [])]
+    lock, retire_old = getattr(args, "lock", None), getattr(args, "retire_old", False)
+    return [*args.overrides, *([f"safety.lock={lock}"] if lock else []), *(["output.retire_old=true"] * retire_old)]
 
 
 def cmd_unretire(args: argparse.Namespace) -> int:
     from rvc_index.build.retire import unretire
 
     restored = unretire(Path(args.folder))
-    for retired, original in restored:
-        print(f"{retired.name} -> {original.name}")
-    print(f"{len(restored)} retired index file(s) restored in {args.folder}")
+    print("\n".join([*(f"{a.name} -> {b.name}" for a, b in restored), f"{len(restored)} restored in {args.folder}"]))
     return 0
 
 

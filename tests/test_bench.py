@@ -64,6 +64,7 @@ def test_bench_on_a_tiny_collection(tmp_path):
         assert 0.0 < s["recall_at_k"] <= 1.0 and s["blend_error"] >= 0.0 and s["us_per_frame"] > 0
         assert s["vectors"] == 3000 and s["queries"] == 200
     assert systems[RVC]["seconds_x_rvc"] == 1.0
+    assert 0 < systems["tips"]["build_eval_share"] < 1 and systems["tips"]["build_eval_queries"] > 0  # ours evaluate
     assert systems["tips"]["seconds_x_rvc"] == round(systems["tips"]["seconds"] / systems[RVC]["seconds"], 3)
     assert systems["rvc-classic"]["missing_label_share"] == 0.0 and systems["tips"]["missing_label_share"] == 0.0
     saved = json.loads((figures / "end-to-end-3000x64.json").read_text())

@@ -173,5 +173,7 @@ def test_code_fingerprint_covers_every_module_the_output_depends_on():
         imported = {node.module.removeprefix("rvc_index.") for node in ast.walk(tree)
                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rvc_index.")}
         missing = imported - hashed - {"errors"}  # error classes decide no output
+        if path.name == "plan.py":  # it sizes the evaluation stage; evaluation decides no stored byte
+            missing = {m for m in missing if not m.startswith("evaluation.")}
         assert not missing, f"{path} imports {sorted(missing)}, not hashed by resume.OUTPUT_LAYERS"
     assert not any(name.startswith(("cli", "batch.", "evaluation.")) for name in hashed)

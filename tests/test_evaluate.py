@@ -270,7 +270,8 @@ def test_eval_cli_refuses_a_v1_v2_mix(make_experiment, tmp_path):
 def test_a_compressed_index_is_evaluated_against_the_original_frames(make_experiment, tmp_path):
     exp = make_experiment("comp", 5000, 64) / "3_feature64"
     config = load_config("configs/rvc-classic.yaml", ["compress.row_threshold=2000", "compress.n_centroids=300",
-                                                      "evaluate.recall_queries=300", "evaluate.holdout_fraction=0.1"])
+                                                      "evaluate.recall_queries=300", "evaluate.holdout_fraction=0.1",
+                                                      "evaluate.full=true"])  # the queries `eval` takes below
     built = build_experiment(exp, config, tmp_path / "out")
     evaluation = built.record.evaluation
     assert built.record.index["ntotal"] == 300

@@ -587,10 +587,11 @@ REFERENCES = {  # cases (or parts of them) proved in full by tests elsewhere
 
 
 def test_matrix_is_complete():
-    """docs/reliability.md lists the 20 cases and the memory guard, each with tests that exist."""
+    """docs/reliability.md numbers its cases 1, 2, 3, ... (20 crash and bad-input cases, then hostile inputs)
+    and the memory guard, each with tests that exist."""
     doc = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
     rows = [line for line in doc.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
-    assert [int(line.split("|")[1]) for line in rows] == list(range(1, 21))
+    assert [int(line.split("|")[1]) for line in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 42
     assert "memory guard" in doc.lower()
     here = {name for name in globals() if name.startswith("test_")}
     cited = {ref for refs in REFERENCES.values() for ref in refs}

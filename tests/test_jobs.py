@@ -20,7 +20,7 @@ import pytest
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
-SCRIPTS = sorted(JOBS.iterdir())
+SCRIPTS = sorted(p for p in JOBS.rglob("*") if p.is_file())
 FAST = ["--set", "evaluate.recall_queries=100", "--set", "cluster.dashboard_address="]
 NAMES = [f"spk{i}" for i in range(6)]
 
@@ -38,8 +38,9 @@ def sbatch_directives(path: Path) -> list[str]:
 
 def slurm_env(tmp_path: Path, **variables: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(RVC_INDEX_PYTHON=sys.executable, RVC_INDEX_DASK_DIR=str(tmp_path / "dask"), SLURM_JOB_NAME="rvc-index",
-               SLURM_SUBMIT_DIR=str(tmp_path), SLURM_CPUS_PER_TASK="1")
+    env.update(RVC_INDEX_BIN=str(Path(sys.executable).with_name("rvc-index")),
+               RVC_INDEX_DASK_DIR=str(tmp_path / "dask"),
+               SLURM_JOB_NAME="rvc-index", SLURM_SUBMIT_DIR=str(tmp_path), SLURM_CPUS_PER_TASK="1")
     env.update(variables)
     return env
 
@@ -84,17 +85,37 @@ def test_sbatch_headers():
         assert any(d.startswith("--cpus-per-task=") for d in directives)
 
 
-def test_submit_chains_the_sweep_after_the_array(logs, tmp_path):
+def test_gpu_array_differs_from_the_cpu_array_only_in_its_header():
+    def body(path: Path) -> str:
+        return path.read_text().split("set -euo pipefail\n", 1)[1]
+
+    assert body(JOBS / "index_array_gpu.sbatch") == body(JOBS / "index_array.sbatch")
+    assert "--gres=gpu:1" in sbatch_directives(JOBS / "index_array_gpu.sbatch")
+    summary = sbatch_directives(JOBS / "summary.sbatch")
+    assert any(d.startswith("--time=") for d in summary) and "--cpus-per-task=1" in summary
+
+
+def test_submit_passes_sbatch_options_and_chains_the_summary_afterany(logs, tmp_path):
     proc = subprocess.run([str(JOBS / "submit.sh"), str(logs), "rvc-classic", "--per-task", "4", "--throttle", "3",
-                           "--dry-run", "--", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          env=slurm_env(tmp_path), timeout=120)
+                           "--partition", "gpu", "--account=lab", "--gres", "gpu:1", "--time", "2:00:00", "-q", "high",
+                           "--sbatch-nice=5", "--gpu", "--dry-run", "--", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=slurm_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "6 experiments, 2 array tasks"
-    assert lines[1].startswith("sbatch --parsable --array=0-1%3 ") and "index_array.sbatch" in lines[1]
-    assert lines[2].startswith("sbatch --parsable --dependency=afterok:ARRAY_JOB_ID ")
-    assert "dask_batch.sbatch" in lines[2]
-    assert all(line.endswith(f"rvc-classic --out {tmp_path / 'out'} ") for line in lines[1:])
+    assert lines[0] == "6 experiments: 6 to build, 0 up to date, 0 would fail"
+    assert lines[1] == "6 experiments, 2 array tasks"
+    assert lines[2].startswith("sbatch --parsable --array=0-1%3 --partition=gpu --account=lab --qos=high --gres=gpu:1 "
+                               "--time=2:00:00 --nice=5 ") and "index_array_gpu.sbatch" in lines[2]
+    assert lines[2].endswith(f"--config rvc-classic --out {tmp_path / 'out'} ")
+    # the summary: afterany, placement options only (partition, account, qos), the report folder and the array
+    assert lines[3] == (f"sbatch --parsable --dependency=afterany:ARRAY_JOB_ID --partition=gpu --account=lab "
+                        f"--qos=high {JOBS / 'summary.sbatch'} {tmp_path / 'out'} ARRAY_JOB_ID ")
+    wrong = subprocess.run([str(JOBS / "submit.sh"), str(logs), "--frobnicate", "--dry-run"], capture_output=True,
+                           text=True, env=slurm_env(tmp_path), timeout=60)
+    assert wrong.returncode == 2 and "unknown option --frobnicate" in wrong.stderr
+    missing = subprocess.run([str(JOBS / "submit.sh"), str(logs), "--dry-run"], capture_output=True, text=True,
+                             env={**slurm_env(tmp_path), "RVC_INDEX_BIN": "no-such-rvc-index"}, timeout=60)
+    assert missing.returncode == 2 and "'no-such-rvc-index' not found: set RVC_INDEX_BIN" in missing.stderr
 
 
 def test_array_tasks_build_their_shards_stop_cleanly_and_the_dask_job_sweeps(logs, tmp_path):

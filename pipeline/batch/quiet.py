@@ -21,6 +21,8 @@ NOISE: dict[str, tuple[str, ...]] = {
     "distributed.gc": (r"full garbage collections took",),
     "distributed.http.proxy": (r"jupyter-server-proxy",),
     "distributed.worker.memory": (r"Unmanaged memory use is high",),
+    "distributed.worker": (r"Failed to communicate with scheduler during heartbeat",),  # when the batch stops
+    "distributed.worker.state_machine": (r"Async instruction for .* ended with CancelledError",),
 }
 
 

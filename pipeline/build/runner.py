@@ -51,7 +51,7 @@ from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
 from rvc_index.evaluation.verdict import judge, replaced_index
 from rvc_index.runtime.memory import peak_rss_mb
 from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic
-from rvc_index.runtime.progress import Progress, get_logger, stage
+from rvc_index.runtime.progress import DETAIL, Progress, get_logger, stage
 from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
     add_batches,
@@ -157,8 +157,10 @@ class Build:
         guard.plan = make_plan(features.manifest, config, self.backend, self.client is None, guard.plan.chunk_mb,
                                features.n_rows)  # the plan for the rows that passed the value check
         plan = guard.plan
+        log.info("%s: %s rows x %d, compression: %s, index %s, backend: %s", name, f"{plan.n_rows:,}", plan.dim,
+                 plan.compression.reason, plan.index.factory, self.backend.describe())
         for line in plan.describe():
-            log.info("%s: %s", name, line)
+            log.info("%s: plan: %s", name, line, extra=DETAIL)
         prepared = prepare_vectors(features, plan, config, self.backend, self.client, self.out, name,
                                    lambda stage_name: self.stage(stage_name, guard))
         index, nprobe = self.index(prepared, plan, guard)
