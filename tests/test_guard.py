@@ -29,7 +29,8 @@ def test_a_plan_that_fits_passes_and_reports_its_estimates(manifest):
 
 def test_a_plan_beyond_the_limit_is_refused_naming_stage_and_limit(manifest):
     config, plan = make(manifest, "safety.memory_limit_mb=1")
-    with pytest.raises(StageMemoryError, match=r"guarded: the plan would peak at about .* stage .*safety.memory_limit_mb=1"):
+    refused = r"guarded: the plan would peak at about .* stage .*safety.memory_limit_mb=1"
+    with pytest.raises(StageMemoryError, match=refused):
         guard_plan(plan, config.source.chunk_mb, config.safety, "guarded")
     off, plan_off = make(manifest, "safety.memory_limit_mb=1", "safety.memory_guard=off")
     assert guard_plan(plan_off, off.source.chunk_mb, off.safety).plan.n_rows == 20_000

@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 from rvc_index.compute.backend import to_host
-from rvc_index.compute.kmeans import init_centres, lloyd, nearest_centres, squared_norms
+from rvc_index.compute.kmeans import (
+    farthest,
+    init_centres,
+    lloyd,
+    means_or_reseed,
+    nearest_centres,
+    segment_sums,
+    squared_norms,
+)
 
 
 def allocate(sizes: np.ndarray, total: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -99,7 +107,8 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     """Hierarchical k-means on ``sample`` [n >= k, d]: (centres [k, d], counts [k], coarse [k1, d]).
 
     Coarse k-means (on at most 256 rows per coarse centre), then each coarse cell gets centres in
-    proportion to its rows, initialised there (``random``, or k-means++ on at most 8 rows per centre)
+    proportion to its squared distances to its coarse centre (k-means++'s D^2 mass: a cell of
+    duplicates gets one centre, not its share of rows), initialised there (``random``, or k-means++ on at most 8 rows per centre)
     and refined by ``iters``
     Lloyd iterations on the cell's rows. Arithmetic per iteration: n * k / k1 distances, not n * k.
     """
@@ -110,10 +119,8 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     cell, dists = nearest_centres(xp, sample, coarse)
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
-    import os
-    power = float(os.environ.get("K_POW", "1"))
     sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=n_coarse))
-    alloc = allocate(np.diff(offsets), n_clusters, None if power == 0 else sse ** power)
+    alloc = allocate(np.diff(offsets), n_clusters, sse)
     pieces, counts = [], []
     for j in np.flatnonzero(alloc):
         rows = sample[order[int(offsets[j]):int(offsets[j + 1])]]
@@ -124,3 +131,16 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
         pieces.append(centres)
         counts.append(cell_counts)
     return xp.concatenate(pieces).astype(xp.float32), xp.concatenate(counts), coarse.astype(xp.float32)
+
+
+def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int) -> tuple[Any, Any]:
+    """``iters`` Lloyd iterations of ``centres`` [k, d] on all of ``sample`` [n, d] with two-level
+    assignment (``nprobe`` cells): centres near a cell's border see the rows across it, which the
+    per-cell iterations of :func:`two_level_init` cannot. Returns (centres, counts of the last one)."""
+    counts = xp.zeros(centres.shape[0], dtype=xp.float64)
+    for _ in range(iters):
+        labels, dists = assign_two_level(xp, build_tree(xp, centres, coarse), sample, nprobe)
+        sums, counts = segment_sums(xp, labels, sample, centres.shape[0])
+        spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
+        centres, _ = means_or_reseed(xp, centres, sums, counts, spares)
+    return centres, counts

@@ -83,14 +83,15 @@ def read_header(path: Path | str) -> tuple[tuple[int, ...], np.dtype, int]:
 def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, int, os.stat_result]:
     """``read_header`` plus the file's ``stat``, from one open. Opened without blocking and checked to be
     a regular file first: a FIFO or a device named ``.npy`` is a bad file, never read."""
+    label = shown_name(str(path))  # messages name a non-UTF-8 file with \x escapes
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise FeatureFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise FeatureFileError(label, f"cannot read: {exc.strerror or exc}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FeatureFileError(path, f"{_file_kind(info.st_mode)}, not a feature file")
+            raise FeatureFileError(label, f"{_file_kind(info.st_mode)}, not a feature file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):
@@ -98,23 +99,23 @@ def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, i
             elif version in ((2, 0), (3, 0)):
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
             else:
-                raise FeatureFileError(path, f"not a valid .npy file (unknown format version {version})")
+                raise FeatureFileError(label, f"not a valid .npy file (unknown format version {version})")
             offset = handle.tell()
     except FeatureFileError:
         raise
     except OSError as exc:
-        raise FeatureFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise FeatureFileError(label, f"cannot read: {exc.strerror or exc}") from exc
     except (ValueError, SyntaxError, EOFError, RecursionError, MemoryError) as exc:
-        raise FeatureFileError(path, f"not a valid .npy file ({str(exc)[:200]})") from exc
+        raise FeatureFileError(label, f"not a valid .npy file ({str(exc)[:200]})") from exc
     finally:
         os.close(fd)
     if dtype.hasobject:
-        raise FeatureFileError(path, "holds Python objects, not numbers")
+        raise FeatureFileError(label, "holds Python objects, not numbers")
     if any(s < 0 for s in shape):
-        raise FeatureFileError(path, f"not a valid .npy file (negative dimension in shape {shape})")
+        raise FeatureFileError(label, f"not a valid .npy file (negative dimension in shape {shape})")
     expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: a lying header cannot overflow
     if info.st_size < expected:
-        raise FeatureFileError(path, f"truncated: {info.st_size} bytes on disk, header promises {expected}")
+        raise FeatureFileError(label, f"truncated: {info.st_size} bytes on disk, header promises {expected}")
     return tuple(int(s) for s in shape), dtype, offset, info
 
 

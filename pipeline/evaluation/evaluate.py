@@ -53,7 +53,7 @@ from rvc_index.evaluation.metrics import (
     rvc_weights,
 )
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped, ListSizes, Size, Spread, SweepPoint
-from rvc_index.evaluation.sizing import EvaluationPlan, full_plan, machine_slowdown, plan_evaluation
+from rvc_index.evaluation.sizing import EvaluationPlan, full_plan, plan_evaluation
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import read_json
 from rvc_index.runtime.stream import iter_blocks, take_rows
@@ -157,10 +157,8 @@ def evaluate_build(index: faiss.Index, features: FeatureSet, config: EvaluateCon
     """A build's evaluation (report.json ``evaluation``), sized to ``build_seconds`` of building so far
     (``rvc_index.evaluation.sizing``; None: everything). ``aligned``: stored id i is feature row i (no
     compression). Skipped, saying why, when no whole utterance can be held out."""
-    budgeted = build_seconds is not None and not config.full
     plan = plan_evaluation(config, features.n_rows, int(index.ntotal), features.dim,
-                           stored_is_original=stored_is_original, build_seconds=build_seconds, device=backend.name,
-                           slowdown=machine_slowdown(backend, features.dim) if budgeted else 1.0)
+                           stored_is_original=stored_is_original, build_seconds=build_seconds, device=backend.name)
     try:
         holdout = holdout_from_features(features, config.holdout_fraction, plan.queries, seed, client,
                                         min_keep_rows=k)

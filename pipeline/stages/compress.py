@@ -131,12 +131,16 @@ def kmeans_route(config: CompressConfig, backend: Backend) -> tuple[str, str]:
 
 
 def compress_estimate(n_rows: int, dim: int, plan: CompressPlan, kplan: KMeansPlan | None,
-                      stream: int) -> StageEstimate:
-    """Bytes the compress stage holds (``stream``: a streamed pass's chunks; ``kplan`` None: sklearn's
+                      stream: int, on_gpu: bool) -> StageEstimate:
+    """Host bytes the compress stage holds (``stream``: a streamed pass's chunks; ``kplan`` None: sklearn's
     in-memory call); it keeps the K centroids."""
     row, k = dim * F32, plan.n_centroids
     if kplan is None:
         transient, what = 2 * n_rows * row + stream, f"all {n_rows:,} rows held twice (sklearn)"
+    elif kplan.route == "device":  # on a GPU the rows live in device memory; on numpy in host memory (at most)
+        rows = 0 if on_gpu else n_rows * row
+        transient = rows + stream + 4 * k * row + 2 * distance_tile_rows(k) * k * F32
+        what = f"full-batch passes over {'device-resident' if on_gpu else 'host-resident'} rows, {k:,} centres"
     else:
         tile = distance_tile_rows(k) * k * F32  # one [rows, centres] distance tile
         sample = kplan.sample_rows * row  # filled in place from the chunks in flight (stream.take_rows)
