@@ -34,15 +34,15 @@ def test_full_when_asked_or_without_a_build():
 
 def test_queries_shrink_with_the_collection_and_stay_within_the_budget():
     small = plan_evaluation(DEFAULT, 6_000, 6_000, 768, stored_is_original=True, build_seconds=3.0)
-    mid = plan_evaluation(DEFAULT, 60_000, 60_000, 768, stored_is_original=True, build_seconds=6.0)
+    mid = plan_evaluation(DEFAULT, 60_000, 60_000, 768, stored_is_original=True, build_seconds=10.0)
     big = plan_evaluation(DEFAULT, 200_000, 200_000, 768, stored_is_original=True, build_seconds=5.0)
     assert small.queries > mid.queries > big.queries == MIN_QUERIES  # never under two one-second windows
     for plan in (small, mid):
-        assert plan.budget_s == pytest.approx(0.1 * (3.0 if plan is small else 6.0))
+        assert plan.budget_s == pytest.approx(0.1 * (3.0 if plan is small else 10.0))
         assert plan.estimate_s <= plan.budget_s and not plan.full and plan.reference
     assert any("query frames" in note for note in mid.notes)
     assert plan_evaluation(EvaluateConfig(max_share=0.5), 60_000, 60_000, 768, stored_is_original=True,
-                           build_seconds=6.0).queries > mid.queries
+                           build_seconds=10.0).queries > mid.queries
 
 
 def test_the_reference_over_original_frames_is_kept_only_when_affordable():

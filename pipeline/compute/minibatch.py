@@ -20,8 +20,10 @@ class KMeansState:
 
     centres: Any
     counts: Any  # rows behind each centre (decayed by ``decay``): the learning rate is hits / counts
-    usage: Any  # EMA of rows per step over the dead-centre window
+    usage: Any  # rows won since the centre was (re)seeded
     coarse: Any | None = None  # [k1, d]: two-level assignment; None: exact
+    seeded_at: Any = None  # [k] step at which each centre was (re)seeded
+    spent: Any = None  # [k] bool: re-seeded once already (a centre is re-seeded at most once)
     step: int = 0
     reseeded: int = 0
     tree: CentreTree | None = None  # cell membership, rebuilt every ``4 k`` rows and after re-seeding
@@ -48,16 +50,20 @@ class KMeansState:
         return assign_two_level(xp, tree, x, nprobe)
 
 
+DEAD_ROWS = 50  # a centre is dead when it wins nothing while an average centre wins this many rows
+
+
 def minibatch_step(xp: Any, state: KMeansState, batch: Any, decay: float = 1.0, nprobe: int = 1,
                    dead_threshold: float = 1.0, dead_window: int = 0) -> float:
     """One update with ``batch`` [b, d]; returns the batch's mean squared distance.
 
     Each centre moves toward the mean of its batch rows at rate ``hits / counts`` where
     ``counts = decay * counts + hits``: with ``decay = 1`` a centre is the running mean of every row
-    it was given (Sculley), below 1 an EMA that forgets early rows. Centres whose usage (an EMA of
-    hits over ``dead_window`` steps, in which an average centre expects 20 rows) falls below
-    ``dead_threshold`` rows are re-seeded on batch rows drawn in proportion to their squared
-    distance (as k-means++ and sklearn's reassignment do; seeded by ``state.rng``).
+    it was given (Sculley), below 1 an EMA that forgets early rows. A centre that has won fewer
+    than ``dead_threshold`` rows in the ``dead_window`` steps since it was seeded (default: the steps
+    in which an average centre wins ``DEAD_ROWS``) is re-seeded on a batch row drawn in proportion
+    to its squared distance (as k-means++ does; seeded by ``state.rng``), at most once per centre:
+    a centre in a sparse region that wins a few rows is kept, so unbalanced data does not churn.
     """
     k, b = state.centres.shape[0], batch.shape[0]
     labels, dists = state.assign(xp, batch, nprobe)
@@ -65,15 +71,21 @@ def minibatch_step(xp: Any, state: KMeansState, batch: Any, decay: float = 1.0, 
     state.counts = decay * state.counts + hits
     rate = (1.0 / xp.maximum(state.counts, 1e-30)).astype(xp.float32)
     state.centres += rate[:, None] * (sums - hits.astype(xp.float32)[:, None] * state.centres)
-    window = dead_window or max(1, int(np.ceil(20.0 * k / b)))
-    state.usage = state.usage * (1.0 - 1.0 / window) + hits
+    window = dead_window or max(1, int(np.ceil(DEAD_ROWS * k / b)))
+    state.usage = state.usage + hits
     state.step += 1
     if dead_threshold > 0:
-        dead = xp.nonzero(state.usage < dead_threshold)[0][:b]
+        if state.seeded_at is None:
+            state.seeded_at = xp.zeros(k, dtype=xp.int64)
+            state.spent = xp.zeros(k, dtype=bool)
+        dead = xp.nonzero((state.usage < dead_threshold) & (state.step - state.seeded_at >= window)
+                          & ~state.spent)[0][:b]
         if dead.size:
             state.centres[dead] = batch[d2_sample(xp, dists, int(dead.size), state.rng)]
             state.counts[dead] = 1.0
-            state.usage[dead] = window * b / k  # a grace period: what an average centre gets
+            state.usage[dead] = 0.0
+            state.seeded_at[dead] = state.step
+            state.spent[dead] = True
             state.reseeded += int(dead.size)
             state.tree = None
     return float(dists.mean())
@@ -81,11 +93,10 @@ def minibatch_step(xp: Any, state: KMeansState, batch: Any, decay: float = 1.0, 
 
 def new_state(xp: Any, centres: Any, counts: Any | None = None, coarse: Any | None = None,
               seed: int = 0) -> KMeansState:
-    """A state starting at ``centres`` with ``counts`` rows behind them (zeros if None); every centre
-    starts with the usage an average centre gets over the dead-centre window (20 rows)."""
+    """A state starting at ``centres`` with ``counts`` rows behind them (zeros if None)."""
     k = centres.shape[0]
     counts = xp.zeros(k, dtype=xp.float64) if counts is None else counts.astype(xp.float64)
-    return KMeansState(centres.astype(xp.float32), counts, xp.full(k, 20.0, dtype=xp.float64), coarse,
+    return KMeansState(centres.astype(xp.float32), counts, xp.zeros(k, dtype=xp.float64), coarse,
                        rng=np.random.default_rng(seed))
 
 
