@@ -147,7 +147,9 @@ def readme_table(runs: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| frames x 768 | RVC's recipe | `rvc-index build` (default) | peak RSS RVC / ours | recall@8 RVC / ours "
              "| blend error RVC / ours | `-1` labels RVC / ours |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row, run in zip(sweep_rows(runs), sorted((r for r in runs if _pair(r)), key=lambda r: (r["dim"], r["rows"]))):
-        lines.append(f"| {run['rows']:,} | {row['RVC s']} s | {row['ours s']} s ({row['RVC / ours']} faster) | "
+        ratio = float(row["RVC / ours"].rstrip("x"))
+        pace = f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+        lines.append(f"| {run['rows']:,} | {row['RVC s']} s | {row['ours s']} s ({pace}) | "
                      f"{row['RVC RSS MiB']} / {row['ours RSS MiB']} MiB | {row['recall@8 RVC / ours']} | "
                      f"{row['blend error RVC / ours']} | {row['-1 share RVC / ours']} |")
     return "\n".join(lines)

@@ -96,7 +96,7 @@ def build_batch(root: str | Path, out: str | Path | None = None, *, preset: str 
     """Build every experiment under ``root`` (RVC's ``logs/``) on a Dask cluster (``local``, ``cuda``,
     ``slurm``, a scheduler address or file); one failing experiment never stops the others. Returns the
     batch report (``.records``, ``.exit_code``)."""
-    from rvc_index.batch.jobs import run_root
+    from rvc_index.batch.root import run_root
 
     config = _config(preset, overrides)
     with ExitStack() as stack:

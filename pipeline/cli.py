@@ -207,19 +207,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    import datetime
-    import logging
-    import os
-    import socket
-
-    from rvc_index.batch.clusters import forward_worker_logs, open_cluster, performance_report_to
-    from rvc_index.batch.jobs import BatchError, parse_shard, plan_jobs, run_batch, stop_on_signals
-    from rvc_index.batch.quiet import quiet_dask_noise
-    from rvc_index.batch.summary import prepare_report, report_file
+    from rvc_index.batch.jobs import parse_shard, plan_jobs
+    from rvc_index.batch.root import run_root
     from rvc_index.config.loading import load_config
 
-    if args.retries < 0:
-        raise BatchError(f"--retries {args.retries}: must be 0 or more")
     config_path = resolve_config_path(args.config)
     overrides = build_overrides(args)
     config = load_config(config_path, overrides)
@@ -234,27 +225,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
         previews = preview_jobs(jobs, config)
         print(format_previews(previews))
         return EXIT_FAILED if any(p.action == "fail" for p in previews) else 0
-    report_path = Path(args.report).absolute() if args.report else report_file(args.root, args.out, shard)
-    history = prepare_report(report_path)
-    meta = {"root": str(Path(args.root).absolute()), "out": str(Path(args.out).absolute()) if args.out else None,
-            "config": config.name, "config_file": str(config_path), "overrides": overrides,
-            "backend": args.backend, "force": args.force, "only": args.only, "shard": args.shard,
-            "slurm_job": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
-            "host": socket.gethostname(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    log = get_logger()
-    verbose = args.verbose > 0
-    quiet_dask_noise(verbose)
-    with stop_on_signals(), open_cluster(args.cluster, config.cluster, args.workers) as cluster:
-        log.info("cluster %s; dashboard: %s", cluster.description, cluster.dashboard or "off")
-        # per-stage lines go to each experiment's log file; the terminal gets them with -v only
-        forward_worker_logs(cluster.client, logging.INFO, logging.INFO if verbose else logging.CRITICAL + 1)
-        meta.update(cluster=cluster.description, dashboard=cluster.dashboard)
-        with performance_report_to(args.performance_report):
-            report = run_batch(jobs, config, cluster.client, backend=args.backend, force=args.force,
-                               report_path=report_path, meta=meta, retries=args.retries, history=history)
+    report = run_root(args.root, config, args.out, jobs=jobs, cluster=args.cluster, workers=args.workers,
+                      only=args.only, backend=args.backend, force=args.force, report=args.report, shard=shard,
+                      retries=args.retries, performance_report=args.performance_report, config_file=config_path,
+                      overrides=overrides, verbose=args.verbose > 0)
     print(report.table())
     print(report.headline())
-    print(f"report: {report_path}")
+    print(f"report: {report.meta['report_file']}")
     return report.exit_code
 
 

@@ -94,7 +94,8 @@ def test_size_sweep_puts_rvc_and_ours_side_by_side(tmp_path):
     assert rows[1]["target"] == ">= 3x met" and rows[1]["our eval share"] == "8.0%"
     assert rows[1]["recall@8 RVC / ours"] == "0.710 / 1.000"
     table = readme_table(runs)
-    assert table.count("\n") == 3 and "| 60,000 | 30.0 s | 6.0 s (5.00x faster) |" in table
+    assert table.count("\n") == 3 and "| 60,000 | 30.0 s | 6.0 s (5.0x faster) |" in table
+    assert "| 6,000 | 6.0 s | 7.5 s (1.25x slower) |" in table
     doc = tmp_path / "b.md"
     update_docs(doc, runs, None)
     assert "### Size sweep" in doc.read_text() and "| 6,000 x 768 | tips-plain |" in doc.read_text()

@@ -142,8 +142,8 @@ def test_one_build_per_gpu_at_a_time_and_worker_logs_reach_the_client(speakers, 
     finally:
         logger.removeHandler(keep)
         logger.setLevel(level)
-    spans = sorted((r["started_at"], r["finished_at"]) for r in report.records)
-    assert [r["status"] for r in report.records] == ["built"] * 3
+    spans = sorted((r.started_at, r.finished_at) for r in report.records)
+    assert [r.status for r in report.records] == ["built"] * 3
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
     worker = next(iter(gpu_client.scheduler_info()["workers"]))
     forwarded = [r.getMessage() for r in seen if getattr(r, "worker", None) == worker]
@@ -174,4 +174,4 @@ def test_cuda_cluster_builds_one_index_per_gpu(speakers, tmp_path):
     with open_cluster("cuda", config.cluster) as cluster:
         assert cluster.kind == "cuda" and count_gpu_workers(cluster.client) >= 1
         report = run_batch(plan_jobs(speakers, config, tmp_path / "out"), config, cluster.client, backend="gpu")
-    assert [r["status"] for r in report.records] == ["built"] * 3
+    assert [r.status for r in report.records] == ["built"] * 3

@@ -13,19 +13,7 @@ from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
-from rvc_index.evaluation.evaluate import (
-    blend_errors,
-    coverage,
-    evaluate_files,
-    evaluate_index,
-    exact_knn,
-    gather_rows,
-    missing_label_share,
-    neighbour_rows,
-    recall_at_k,
-    rvc_blend,
-    rvc_weights,
-)
+from rvc_index.evaluation.evaluate import evaluate_files, evaluate_index
 from rvc_index.evaluation.holdout import (
     Holdout,
     HoldoutError,
@@ -36,6 +24,17 @@ from rvc_index.evaluation.holdout import (
     row_digests,
 )
 from rvc_index.evaluation.measure import index_ram_bytes, nprobe_values, search_latency, search_params
+from rvc_index.evaluation.metrics import (
+    blend_errors,
+    coverage,
+    exact_knn,
+    gather_rows,
+    missing_label_share,
+    neighbour_rows,
+    recall_at_k,
+    rvc_blend,
+    rvc_weights,
+)
 from rvc_index.evaluation.sizing import full_plan
 from rvc_index.tools.synth import utterances
 

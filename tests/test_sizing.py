@@ -14,7 +14,7 @@ from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
 from rvc_index.evaluation.evaluate import evaluate_index
 from rvc_index.evaluation.holdout import Holdout, holdout_from_features
-from rvc_index.evaluation.measure import nprobe_values, short_search_share
+from rvc_index.evaluation.measure import nprobe_values
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
 from rvc_index.evaluation.sizing import MIN_QUERIES, PICTURE_S, exact_seconds, full_plan, plan_evaluation
 from rvc_index.runtime.stream import take_rows
@@ -78,20 +78,6 @@ def test_max_share_is_validated():
         load_config("configs/tips-plain.yaml", ["evaluate.max_share=0"])
     with pytest.raises(ConfigError, match="evaluate.plot"):
         load_config("configs/tips-plain.yaml", ["evaluate.plot=sometimes"])
-
-
-def test_short_search_share_is_what_the_search_returns():
-    data = np.concatenate(list(utterances(3000, 64, [4, 64])))
-    index = faiss.index_factory(64, "IVF300,Flat")  # ~10 vectors per list: nprobe 1 often comes back short
-    index.train(data)
-    index.add(data)
-    queries = np.concatenate(list(utterances(400, 64, [5, 64])))
-    for nprobe in (1, 2, 8):
-        faiss.extract_index_ivf(index).nprobe = nprobe
-        _, labels = index.search(queries, 8)
-        assert short_search_share(index, queries) == pytest.approx((labels < 0).any(axis=1).mean())
-    faiss.extract_index_ivf(index).nprobe = 1
-    assert short_search_share(index, queries) > 0.05  # the case above really has short searches
 
 
 def test_evaluation_serialises_to_the_report_json():

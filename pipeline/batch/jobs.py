@@ -196,7 +196,7 @@ def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False
     record = BatchRecord(printable(job.name), "failed", job.mode, worker, started_at=time.time())
     title = f"{job.name} ({job.mode}) on {worker or 'this process'}"
     with experiment_log(log_path(job.out, file_stem(job.name, config), config.name), title) as log_file:
-        record.log = str(log_file) if log_file else None
+        record.log = printable(str(log_file)) if log_file else None
         log.info("%s: start (%s, %d files, %.1f MB)%s", job.name, job.mode, job.files, job.bytes / 2**20,
                  f" on {worker}" if worker else "")
         try:
@@ -217,8 +217,8 @@ def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False
         else:
             built = result.record
             record.status, record.rows, record.recall_at_8 = result.status, built.rows, built.recall_at_k
-            record.index, record.report, record.build_seconds = str(result.index_path), str(result.report_path), \
-                built.seconds
+            record.index, record.report = printable(str(result.index_path)), printable(str(result.report_path))
+            record.build_seconds = built.seconds
             log.info("%s: %s (%s)", job.name, result.status, result.index_path)
     record.seconds = round(time.perf_counter() - started, 3)
     record.finished_at = time.time()

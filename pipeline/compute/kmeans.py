@@ -84,7 +84,15 @@ def init_centres(xp: Any, sample: Any, n_clusters: int, method: str, rng: np.ran
         return sample[xp.asarray(np.sort(rng.permutation(n_rows)[:n_clusters]))].copy()
     if method != "kmeans++":
         raise ValueError(f"unknown k-means init {method!r}")
+    return kmeanspp(xp, sample, n_clusters, rng)[0]
+
+
+def kmeanspp(xp: Any, sample: Any, n_clusters: int, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
+    """k-means++ seeding: (centres [k, d] from the rows of ``sample`` [n >= k, d], host float64 [k]
+    total squared distance of the sample to its nearest centre after each pick)."""
+    n_rows = sample.shape[0]
     centres = xp.empty((n_clusters, sample.shape[1]), dtype=sample.dtype)
+    costs = np.empty(n_clusters, dtype=np.float64)
     sample_norms = squared_norms(xp, sample)
 
     def distances_to(row: int) -> Any:
@@ -93,17 +101,22 @@ def init_centres(xp: Any, sample: Any, n_clusters: int, method: str, rng: np.ran
     pick = int(rng.integers(n_rows))
     centres[0] = sample[pick]
     closest = distances_to(pick)
-    for i in range(1, n_clusters):
+    for i in range(1, n_clusters + 1):
         cumulative = xp.cumsum(closest.astype(xp.float64))
         total = float(cumulative[-1])
-        if total <= 0.0:  # every row coincides with a centre already: take any row
-            pick = int(rng.integers(n_rows))
-        else:
-            threshold = xp.asarray([float(rng.random()) * total])
-            pick = min(int(xp.searchsorted(cumulative, threshold)[0]), n_rows - 1)
+        costs[i - 1] = total
+        if i == n_clusters:
+            break
+        if total <= 0.0:  # every row coincides with a centre already: the rest are any rows
+            rest = n_clusters - i
+            centres[i:] = sample[xp.asarray(rng.integers(n_rows, size=rest))]
+            costs[i:] = 0.0
+            break
+        threshold = xp.asarray([float(rng.random()) * total])
+        pick = min(int(xp.searchsorted(cumulative, threshold)[0]), n_rows - 1)
         centres[i] = sample[pick]
         closest = xp.minimum(closest, distances_to(pick))
-    return centres
+    return centres, costs
 
 
 def means_or_reseed(xp: Any, centres: Any, sums: Any, counts: Any, spares: Any) -> tuple[Any, int]:

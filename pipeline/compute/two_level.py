@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from rvc_index.compute.backend import to_host
 from rvc_index.compute.kmeans import (
+    d2_sample,
     farthest,
     init_centres,
     lloyd,
@@ -106,11 +107,14 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
                    rng: np.random.Generator, iters: int, coarse_iters: int = 10) -> tuple[Any, Any, Any]:
     """Hierarchical k-means on ``sample`` [n >= k, d]: (centres [k, d], counts [k], coarse [k1, d]).
 
-    Coarse k-means (on at most 256 rows per coarse centre), then each coarse cell gets centres in
-    proportion to its squared distances to its coarse centre (k-means++'s D^2 mass: a cell of
-    duplicates gets one centre, not its share of rows), initialised there (``random``, or k-means++ on at most 8 rows per centre)
-    and refined by ``iters``
-    Lloyd iterations on the cell's rows. Arithmetic per iteration: n * k / k1 distances, not n * k.
+    Coarse k-means (on at most 256 rows per coarse centre), then each coarse cell gets centres,
+    initialised there (``random``, or k-means++ on at most 8 rows per centre) and refined by ``iters``
+    Lloyd iterations on the cell's rows (n * k / k1 distances per iteration, not n * k). ``random``
+    shares the centres in proportion to the cells' rows; ``kmeans++`` in proportion to their squared
+    distances to the coarse centre (k-means++'s D^2 mass: a cell of duplicates gets one centre, a
+    cell of many small clusters many, not its share of rows). Centres left without rows (duplicates
+    give one centre all their rows) are re-seeded on sample rows drawn in proportion to their squared
+    distance.
     """
     n = sample.shape[0]
     n_coarse = max(1, min(n_coarse, n_clusters))
@@ -120,7 +124,7 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
     sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=n_coarse))
-    alloc = allocate(np.diff(offsets), n_clusters, sse)
+    alloc = allocate(np.diff(offsets), n_clusters, sse if method == "kmeans++" else None)
     pieces, counts = [], []
     for j in np.flatnonzero(alloc):
         rows = sample[order[int(offsets[j]):int(offsets[j + 1])]]
@@ -130,7 +134,13 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
         centres, cell_counts = lloyd(xp, rows, init_centres(xp, pool, k, method, rng), iters)
         pieces.append(centres)
         counts.append(cell_counts)
-    return xp.concatenate(pieces).astype(xp.float32), xp.concatenate(counts), coarse.astype(xp.float32)
+    centres, counts = xp.concatenate(pieces).astype(xp.float32), xp.concatenate(counts)
+    coarse = coarse.astype(xp.float32)
+    empty = xp.nonzero(counts == 0)[0]
+    if empty.size:
+        _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1)
+        centres[empty] = sample[d2_sample(xp, found, int(empty.size), rng)]
+    return centres, counts, coarse
 
 
 def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int) -> tuple[Any, Any]:

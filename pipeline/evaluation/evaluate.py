@@ -4,6 +4,8 @@ What RVC's inference does with an index (``../shared/docs/rvc-contract.md``), me
 exact search: recall@k, the retrieval blend (``(1/score)^2`` weights over k=8) against the same
 blend over exact neighbours among the original frames, coverage, single-thread search latency,
 index size, and ``-1`` labels. Queries are frames of held-out utterances (``rvc_index.evaluation.holdout``).
+The measures are ``rvc_index.evaluation.metrics``; what a build can afford, ``rvc_index.evaluation.sizing``;
+the typed result and its JSON, ``rvc_index.evaluation.result``.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from rvc_index.evaluation.measure import (
     search_latency,
     search_params,
     short_search_share,
+    stored_rows,
 )
 from rvc_index.evaluation.metrics import (
     blend_errors,
     coverage,
     exact_knn,
-    gather_rows,
     missing_label_share,
     neighbour_rows,
     recall_at_k,
@@ -106,7 +108,9 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
     elif reference is None and plan.reference:
         reference = exact_reference(backend, holdout, originals, client, k)
     wanted = [found_i] if reference is None or "blended" in reference else [found_i, reference["ids"]]
-    unique, rows = gather_rows(reconstruct_blocks(index), np.concatenate([w.ravel() for w in wanted]))
+    unique = np.unique(np.concatenate([w.ravel() for w in wanted]))
+    unique = unique[unique >= 0]
+    rows = stored_rows(index, unique)  # by id: no second pass over the stored vectors
     blended = rvc_blend(neighbour_rows(unique, rows, found_i), rvc_weights(found_d, found_i))
     if reference is not None and "blended" not in reference:
         reference = {**reference, "blended": rvc_blend(neighbour_rows(unique, rows, reference["ids"]),

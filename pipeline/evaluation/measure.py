@@ -26,6 +26,37 @@ def reconstruct_blocks(index: faiss.Index, block_rows: int = 65536) -> Iterator[
         yield index.reconstruct_n(start, min(block_rows, index.ntotal - start))
 
 
+def stored_rows(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """[len(ids), d] float32: stored vectors ``ids`` (unique, >= 0) as ``reconstruct_n`` returns them, found
+    without a pass over the index: flat codes by id, IVF lists through their ids (no direct map needed)."""
+    ids = np.asarray(ids, np.int64)
+    typed = faiss.downcast_index(index)
+    if isinstance(typed, faiss.IndexRefine):
+        return stored_rows(typed.refine_index, ids)
+    out = np.zeros((len(ids), index.d), np.float32)
+    if not len(ids):
+        return out
+    if not isinstance(typed, faiss.IndexIVF):  # flat codes, or any other index: by id, as faiss can
+        return typed.reconstruct_batch(ids)
+    order = np.argsort(ids)
+    wanted, found = ids[order], 0
+    invlists = typed.invlists
+    for list_no in range(typed.nlist):
+        size = invlists.list_size(list_no)
+        if not size:
+            continue
+        pointer = invlists.get_ids(list_no)
+        list_ids = faiss.rev_swig_ptr(pointer, size).copy()
+        invlists.release_ids(list_no, pointer)
+        for offset in np.nonzero(np.isin(list_ids, wanted))[0].tolist():
+            row = int(order[np.searchsorted(wanted, list_ids[offset])])
+            typed.reconstruct_from_offset(list_no, offset, faiss.swig_ptr(out[row]))
+            found += 1
+    if found != len(ids):
+        raise IndexError(f"{len(ids) - found} of {len(ids)} ids are not stored in the index")
+    return out
+
+
 def ivf_or_none(index: faiss.Index) -> Any:
     try:
         return faiss.extract_index_ivf(index)

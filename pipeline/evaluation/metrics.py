@@ -38,7 +38,7 @@ def exact_knn(backend: Backend, queries: np.ndarray, blocks: Iterable[np.ndarray
             xp.maximum(dist, 0.0, out=dist)
             if keep is not None:
                 kept = backend.asarray(keep[offset + start:offset + start + tile.shape[0]], dtype=bool)
-                dist[:, ~kept] = xp.inf
+                dist = xp.where(kept[None, :], dist, xp.inf)
             ids = xp.broadcast_to(xp.arange(offset + start, offset + start + tile.shape[0]), dist.shape)
             if tile.shape[0] > k:  # keep each query's k best of the tile before merging
                 part = xp.argpartition(dist, k - 1, axis=1)[:, :k]

@@ -39,7 +39,7 @@ from rvc_index.compute.minibatch import (
     new_state,
     pass_stats,
 )
-from rvc_index.compute.two_level import build_tree, two_level_init
+from rvc_index.compute.two_level import build_tree, refine, two_level_init
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
@@ -195,6 +195,10 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
     if plan.n_coarse > 1:
         centres, counts, coarse = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
                                                  rng, config.init_iters)
+        import os
+        ri = int(os.environ.get("K_REFINE", "0"))
+        if ri:
+            centres, counts = refine(xp, rows, centres, coarse, ri, int(os.environ.get("K_RNP", "2")))
         return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed)
     return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed)
 
