@@ -58,6 +58,7 @@ from rvc_index.stages.indexing import (
     check_rows,
     describe_index,
     list_sizes,
+    save_index,
     nprobe_for_k,
     set_search_params,
     train_index,
@@ -236,7 +237,7 @@ class Build:
                 tmps[0].write_text(dump_config(self.config), encoding="utf-8")
                 if total_fea:
                     write_total_fea(tmps[1], prepared.vectors, prepared.n_vectors, dim, self.client)
-                faiss.write_index(index, str(tmps[-1]))
+                save_index(index, tmps[-1])
 
     def record(self, features: FeatureSet, manifest: Manifest, plan: BuildPlan, prepared: IndexVectors,
                index: faiss.Index, index_name: str, evaluation: dict[str, Any], guard: MemoryGuard,

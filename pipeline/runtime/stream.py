@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import as_completed as as_completed_local
 from typing import Any
 
 import dask
@@ -63,6 +64,26 @@ def compute_each(tasks: Sequence[Any], client: Any | None = None) -> list[Any]:
     if client is not None:
         return client.gather(client.compute(list(tasks)))
     return list(dask.compute(*tasks, scheduler=dask.threaded.get))  # a callable: dask skips importing distributed
+
+
+def each_result(tasks: Sequence[Any], client: Any | None = None) -> Iterator[tuple[int, Any]]:
+    """(index, result) of every delayed task as it completes, on the cluster or on local threads."""
+    if not tasks:
+        return
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(list(tasks))
+        index = {future.key: i for i, future in enumerate(futures)}
+        for future in as_completed(futures):
+            result = future.result()
+            future.release()
+            yield index[future.key], result
+        return
+    with ThreadPoolExecutor(max_workers=local_threads(os.cpu_count() or 1)) as pool:
+        pending = {pool.submit(task.compute, scheduler=dask.local.get_sync): i for i, task in enumerate(tasks)}
+        for future in as_completed_local(pending):
+            yield pending.pop(future), future.result()
 
 
 def iter_blocks(array: da.Array | np.ndarray, client: Any | None = None, prefetch: int = 1,

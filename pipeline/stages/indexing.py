@@ -223,8 +223,16 @@ def set_search_params(index: faiss.Index, nprobe: int, k_factor: int) -> None:
 
 
 def write_index(index: faiss.Index, path: Path) -> Path:
-    """``faiss.write_index`` to a temporary name, then rename into place."""
-    return write_atomic(Path(path), lambda tmp: faiss.write_index(index, str(tmp)))
+    """``save_index`` to a temporary name, then rename into place."""
+    return write_atomic(Path(path), lambda tmp: save_index(index, tmp))
+
+
+def save_index(index: faiss.Index, path: Path) -> None:
+    """``index`` serialised to ``path`` through a Python file object: faiss's own file API takes only
+    UTF-8 strings, so a folder named in another encoding (or, on Windows, outside the ANSI code page)
+    could not be written."""
+    with open(path, "wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
 
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:
