@@ -145,7 +145,7 @@ def test_batch_on_existing_scheduler_resumes_and_rebuilds_what_changed(tmp_path,
     assert "3 experiments: 3 built, 0 skipped, 0 failed" in table
     for record in report["experiments"]:
         assert Path(record["index"]).parent == out / record["experiment"] and record["rows"] == 3000
-        assert record["worker"] in client.scheduler_info()["workers"] and 0 < record["recall_at_8"] <= 1
+        assert record["worker"] in client.scheduler_info()["workers"] and 0 < record["recall_at_k"] <= 1
         assert Path(record["index"]).name in table
     assert not list(root.glob("*/*.index"))  # --out: nothing written beside the features
     # on the workers or in this process, one build after another: the same bytes

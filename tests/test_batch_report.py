@@ -45,10 +45,10 @@ def copy(bank: Path, root: Path, *names: str) -> Path:
 
 
 def test_record_json_keeps_the_field_names_and_the_table_is_narrow():
-    record = BatchRecord("spk0", "built", "whole", "tcp://w:1", rows=3000, recall_at_8=0.97, seconds=2.5,
+    record = BatchRecord("spk0", "built", "whole", "tcp://w:1", rows=3000, recall_at_k=0.97, seconds=2.5,
                          index=f"{LONG}/added_IVF219_Flat_rvc-classic_nprobe_2_spk0_v1.index")
     data = record.to_json()
-    assert set(data) == {"experiment", "status", "mode", "worker", "rows", "recall_at_8", "seconds", "index"}
+    assert set(data) == {"experiment", "status", "mode", "worker", "rows", "recall_at_k", "seconds", "index"}
     assert BatchRecord.from_json({**data, "unknown": 1}) == record
     error = (f"SourceError: 2 bad feature file(s) in {LONG}:\n  {LONG}/00017.npy: truncated: 100 bytes on disk, "
              f"header promises 262,272\n  {LONG}/00018.npy: not a valid .npy file")

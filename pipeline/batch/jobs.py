@@ -216,7 +216,7 @@ def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False
             record.retryable = not isinstance(exc, RvcIndexError)  # bad input fails the same way again
         else:
             built = result.record
-            record.status, record.rows, record.recall_at_8 = result.status, built.rows, built.recall_at_k
+            record.status, record.rows, record.recall_at_k = result.status, built.rows, built.recall_at_k
             record.index, record.report = printable(str(result.index_path)), printable(str(result.report_path))
             record.build_seconds = built.seconds
             log.info("%s: %s (%s)", job.name, result.status, result.index_path)

@@ -44,7 +44,7 @@ class BatchRecord:
     rows: int | None = None
     index: str | None = None
     report: str | None = None
-    recall_at_8: float | None = None
+    recall_at_k: float | None = None
     build_seconds: float | None = None
     error: str | None = None  # "Type: message"
     traceback: str | None = None
@@ -109,7 +109,7 @@ class BatchReport:
         width = width or min(TABLE_WIDTH, shutil.get_terminal_size((TABLE_WIDTH, 24)).columns)
         rows = []
         for r in self.records:
-            recall = f"{r.recall_at_8:.3f}" if r.recall_at_8 is not None else "-"
+            recall = f"{r.recall_at_k:.3f}" if r.recall_at_k is not None else "-"
             seconds = f"{r.seconds:.1f}" if r.seconds is not None else "-"
             rows.append([_cut(r.experiment, 24), r.status, f"{r.rows:,}" if r.rows is not None else "-", seconds,
                          recall, r.error or (Path(r.index).name if r.index else "")])
@@ -155,7 +155,7 @@ def progress_line(records: Sequence[BatchRecord], total: int, elapsed: float) ->
         line += f": {short_error(record.error, 100)}"
     else:
         line += f" in {record.seconds or 0.0:.1f} s ({record.rows or 0:,} rows"
-        line += f", recall@8 {record.recall_at_8:.3f})" if record.recall_at_8 is not None else ")"
+        line += f", recall@8 {record.recall_at_k:.3f})" if record.recall_at_k is not None else ")"
     counts = {status: sum(r.status == status for r in records) for status in ("built", "skipped", "failed")}
     eta = elapsed / done * (total - done)
     return line + "; " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; ETA {eta:.0f} s"

@@ -65,7 +65,8 @@ class RowSample:
         return rows
 
 
-def check_and_sample(paths: Sequence[str], dim: int, n_sample: int, seed: Sequence[int]) -> tuple[list[int | str], np.ndarray]:
+def check_and_sample(paths: Sequence[str], dim: int, n_sample: int,
+                     seed: Sequence[int]) -> tuple[list[int | str], np.ndarray]:
     """Per file: finite rows, or a problem string for a file that cannot be used; and ``n_sample``
     finite rows of the good files [<= n_sample, dim] drawn uniformly (seeded): one read of each file."""
     results: list[int | str] = []

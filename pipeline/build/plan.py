@@ -1,0 +1,119 @@
+"""The plan of one build, made once from the manifest, the config and the backend: every stage's
+decisions (chunks, compression and its k-means, expansion, index layout, evaluation queries) and each
+stage's own memory estimate. The guard reads the estimates, the runner executes the plan, ``tune``
+and ``batch --dry-run`` reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rvc_index.compute.backend import Backend
+from rvc_index.config.schema import Config
+from rvc_index.data.feature_set import check_estimate, stream_bytes
+from rvc_index.data.sources import Manifest
+from rvc_index.evaluation.evaluate import evaluate_estimate
+from rvc_index.runtime.memory import StageEstimate
+from rvc_index.stages.compress import CompressPlan, KMeansPlan, compress_estimate, plan_compression, plan_kmeans
+from rvc_index.stages.expand import ExpandPlan, expand_estimate, plan_expansion
+from rvc_index.stages.indexing import IndexPlan, add_estimate, plan_index, train_estimate
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one build will do, and what each stage will hold in memory (bytes)."""
+
+    n_rows: int  # rows to index before compression (declared by the headers until the value check)
+    dim: int
+    backend: str
+    chunk_mb: float
+    compression: CompressPlan
+    kmeans: KMeansPlan | None  # the minibatch k-means, when compression applies with that method
+    expansion: ExpandPlan | None
+    index: IndexPlan
+    eval_queries: int
+    stages: tuple[StageEstimate, ...]
+
+    @property
+    def n_vectors(self) -> int:
+        """Vectors stored in the index: the centroids when compressed, else every row."""
+        return self.compression.n_centroids if self.compression.apply else self.n_rows
+
+    def estimate(self, stage: str) -> StageEstimate | None:
+        return next((s for s in self.stages if s.stage == stage), None)
+
+    def held_before(self, stage: str) -> int:
+        """Bytes the stages before ``stage`` leave held."""
+        held = 0
+        for estimate in self.stages:
+            if estimate.stage == stage:
+                break
+            held += estimate.retained
+        return held
+
+    def peak(self) -> tuple[int, StageEstimate, list[StageEstimate]]:
+        """The largest (bytes held by earlier stages + this stage's need), the stage reaching it, and the
+        earlier stages whose retained bytes are held then."""
+        held: list[StageEstimate] = []
+        best: tuple[int, StageEstimate, list[StageEstimate]] = (0, self.stages[0], [])
+        for estimate in self.stages:
+            total = sum(s.retained for s in held) + estimate.need
+            if total > best[0]:
+                best = (total, estimate, list(held))
+            if estimate.retained:
+                held.append(estimate)
+        return best
+
+    def describe(self) -> list[str]:
+        """One line per decision, for the log and ``batch --dry-run``."""
+        lines = [f"{self.n_rows:,} rows x {self.dim}, backend {self.backend}, chunks of {self.chunk_mb:g} MB",
+                 f"compression: {self.compression.reason}"]
+        if self.kmeans is not None:
+            lines.append(f"k-means: {self.kmeans.describe()}")
+        if self.expansion is not None:
+            lines.append(f"expansion: {self.expansion.neighbours} neighbours, {self.expansion.method} "
+                         f"({self.expansion.reason}), {'spilled to disk' if self.expansion.spill else 'in memory'}")
+        lines.append(f"index: {self.index.factory}, nprobe {self.index.nprobe}, train on {self.index.train_rows:,} rows")
+        lines.append(f"evaluation: up to {self.eval_queries:,} held-out query frames, sized to the build" if self.eval_queries else
+                     "evaluation: off")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``plan`` entry of a build report."""
+        return {"rows": self.n_rows, "vectors": self.n_vectors, "backend": self.backend, "chunk_mb": self.chunk_mb,
+                "decisions": self.describe(),
+                "stages_mb": {s.stage: round(s.need / 2**20, 1) for s in self.stages}}
+
+
+def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool, chunk_mb: float | None = None,
+              n_rows: int | None = None) -> BuildPlan:
+    """Decide every stage of a build of ``manifest`` (``n_rows``: the rows left after the value check,
+    else the headers' count). ``local``: chunks load on this process's threads (no Dask client)."""
+    chunk_mb = config.source.chunk_mb if chunk_mb is None else chunk_mb
+    n = manifest.rows if n_rows is None else n_rows
+    dim = manifest.dim
+    threads = os.cpu_count() or 1
+    stream = stream_bytes(manifest, chunk_mb, local)
+    stages = [check_estimate(manifest, chunk_mb, local, threads)]
+
+    compression = plan_compression(n, config.compress)
+    kmeans = None
+    vectors = n
+    if compression.apply:
+        if config.compress.method == "minibatch":
+            kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
+        stages.append(compress_estimate(n, dim, compression, kmeans, stream, backend.is_gpu))
+        vectors = compression.n_centroids
+    expansion = None
+    if config.expand.enabled:
+        expansion = plan_expansion(vectors, dim, config.expand, backend)
+        stages.append(expand_estimate(expansion, threads, stream))
+    index = plan_index(vectors, dim, config.index)
+    stages += [train_estimate(index, stream), add_estimate(index, config.index.add_batch_rows, stream)]
+    queries = min(config.evaluate.recall_queries, n)
+    if queries:
+        stages.append(evaluate_estimate(queries, vectors, dim, index.n_list, config.index.search_k, stream))
+    stages.append(StageEstimate("write", stream if config.output.write_total_fea else 0, 0, "streamed"))
+    return BuildPlan(n, dim, backend.name, chunk_mb, compression, kmeans, expansion, index, queries, tuple(stages))
