@@ -17,13 +17,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from rvc_index.batch.summary import BatchReport
 from rvc_index.build.record import BuildResult
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import Config
 from rvc_index.errors import RvcIndexError
+from rvc_index.evaluation.result import Evaluation
 from rvc_index.runtime.progress import ProgressEvent, progress_listener
 
 DEFAULT_PRESET = "tips-plain"
@@ -92,7 +93,7 @@ def build_batch(root: str | Path, out: str | Path | None = None, *, preset: str 
                 overrides: Sequence[str] = (), cluster: str = "local", workers: int | None = None,
                 only: Sequence[str] = (), backend: str = "auto", force: bool = False,
                 report: str | Path | None = None,
-                progress: Callable[[ProgressEvent], None] | None = None) -> Any:
+                progress: Callable[[ProgressEvent], None] | None = None) -> BatchReport:
     """Build every experiment under ``root`` (RVC's ``logs/``) on a Dask cluster (``local``, ``cuda``,
     ``slurm``, a scheduler address or file); one failing experiment never stops the others. Returns the
     batch report (``.records``, ``.exit_code``)."""
@@ -107,7 +108,7 @@ def build_batch(root: str | Path, out: str | Path | None = None, *, preset: str 
 
 def evaluate_index(index_path: str | Path, features: str | Path, *, holdout: float = 0.05,
                    queries: str | Path | None = None, max_queries: int = 1000, seed: int = 0,
-                   backend: str = "auto", sweep: bool = True) -> Any:
+                   backend: str = "auto", sweep: bool = True) -> Evaluation:
     """Recall@8, RVC's blend error, ``-1`` share and latency of an index file on held-out utterances of its
     speaker (``features``: ``logs/<exp>`` or its feature folder), or on never-indexed ``queries``."""
     from rvc_index.compute.backend import select_backend

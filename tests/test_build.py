@@ -32,7 +32,7 @@ def held_out(n, dim, seed=99):
 @pytest.mark.parametrize("preset, dim", [("rvc-classic", 768), ("tips", 768), ("tips", 256), ("tips-plain", 768)])
 def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, rvc_check):
     exp = make_experiment("alice", 6000, dim)
-    config = load_config(CONFIGS / f"{preset}.yaml")
+    config = load_config(CONFIGS / f"{preset}.yaml", ["index.min_pq_rows=1000"] if preset == "tips" else [])
     result = build_experiment(exp, config, client=client)
     assert result.status == "built"
     version = "v2" if dim == 768 else "v1"
