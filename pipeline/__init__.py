@@ -19,6 +19,8 @@ _EXPORTS = {
     "evaluate_index": "rvc_index.api",
     "BuildResult": "rvc_index.build.record",
     "BuildRecord": "rvc_index.build.record",
+    "BatchReport": "rvc_index.batch.summary",
+    "Evaluation": "rvc_index.evaluation.result",
     "ProgressEvent": "rvc_index.runtime.progress",
     "RvcIndexError": "rvc_index.errors",
 }

@@ -20,7 +20,8 @@ FAST = ["evaluate.plot=false"]
 
 def test_the_package_exports_exactly_the_api():
     assert set(rvc_index.__all__) == {"__version__", "build_index", "build_batch", "load_preset", "evaluate_index",
-                                      "BuildResult", "BuildRecord", "ProgressEvent", "RvcIndexError"}
+                                      "BuildResult", "BuildRecord", "BatchReport", "Evaluation", "ProgressEvent",
+                                      "RvcIndexError"}
     with pytest.raises(AttributeError):
         rvc_index.build_experiment  # noqa: B018 - internal, not exported
 
@@ -86,3 +87,17 @@ def test_a_wheel_installs_alone_and_builds_with_a_shipped_preset(make_experiment
                          capture_output=True, text=True, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert list((tmp_path / "cli").glob("*.index"))
+
+
+def test_build_batch_over_a_root_isolates_a_bad_experiment(make_experiment, client, tmp_path):
+    root = tmp_path / "logs"
+    make_experiment("one", 2500, 256, root=root)
+    make_experiment("two", 2500, 256, root=root)
+    bad = root / "bad" / "3_feature256"
+    bad.mkdir(parents=True)
+    (bad / "000.npy").write_bytes(b"not an array")
+    report = rvc_index.build_batch(root, tmp_path / "out", overrides=FAST, cluster=client.scheduler.address,
+                                   backend="cpu")
+    statuses = {r.experiment: r.status for r in report.records}
+    assert statuses == {"one": "built", "two": "built", "bad": "failed"} and report.exit_code == 1
+    assert len(list((tmp_path / "out").glob("*/*.index"))) == 2

@@ -152,8 +152,9 @@ class Build:
             check_rows(manifest.rows, config.index, str(self.experiment.feature_dir))  # before any value is read
             guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, self.backend, self.client is None,
                                                           chunk_mb), config.source.chunk_mb, config.safety, name)
+            kplan = guard.plan.kmeans  # the value check also draws the k-means init sample (no read of its own)
             features = open_feature_set(self.experiment, manifest, guard.plan.chunk_mb, config.source.on_bad_file,
-                                        self.client)
+                                        self.client, kplan.check_sample_rows if kplan else 0, config.seed)
             check_rows(features.n_rows, config.index, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
         guard.plan = make_plan(features.manifest, config, self.backend, self.client is None, guard.plan.chunk_mb,
                                features.n_rows)  # the plan for the rows that passed the value check

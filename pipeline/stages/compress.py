@@ -22,10 +22,12 @@ import math
 import os
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+import dask.local
 import numpy as np
 from rvc_index.compute.backend import Backend
 from rvc_index.compute.device_kmeans import fit_device
@@ -45,9 +47,10 @@ from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.runtime.stream import block_tasks, iter_blocks, sample_row_ids, take_rows
+from rvc_index.runtime.stream import block_tasks, iter_blocks, local_threads, sample_row_ids, take_rows
 
 N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
+MINIBATCH_MAX_ROWS = 4_000_000  # above, no mini-batch epoch: the sample's k-means and one Lloyd pass (2 reads)
 
 
 class CompressError(RvcIndexError, ValueError):
@@ -92,6 +95,11 @@ class KMeansPlan:
     route: str = "minibatch"  # minibatch | device (full-batch Lloyd, rows resident or streamed: compute.device_kmeans)
     route_reason: str = ""
 
+    @property
+    def check_sample_rows(self) -> int:
+        """Rows the value check should draw for this plan's init (0: the route draws its own)."""
+        return self.sample_rows if self.route == "minibatch" else 0
+
     def describe(self) -> str:
         if self.route == "device":
             return f"k={self.n_centroids:,}, route device ({self.route_reason})"
@@ -104,7 +112,9 @@ class KMeansPlan:
 def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: Backend) -> KMeansPlan:
     """Resolve the automatic settings: k1 = round(sqrt(K)) (flat below 256 centres), the sample
     (16 rows per centre, at least 65,536, at most max(N / 4, 65,536): the passes over all rows refine it),
-    and two-level assignment on the CPU, exact on a GPU."""
+    two-level assignment on the CPU, exact on a GPU, and ``epochs`` mini-batch passes up to
+    ``MINIBATCH_MAX_ROWS`` rows (above, the reads dominate: the value check draws the sample and one
+    Lloyd pass follows the init)."""
     n_coarse = config.coarse_centres or (round(math.sqrt(n_centroids)) if n_centroids >= 256 else 1)
     n_coarse = max(1, min(n_coarse, n_centroids))
     if config.assign == "auto":
@@ -114,7 +124,7 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     sample_rows = config.sample_rows or min(max(16 * n_centroids, 65_536), max(n_rows // 4, 65_536))
     sample_rows = min(n_rows, max(sample_rows, n_centroids))
     batch_rows = min(config.batch_rows, n_rows)
-    steps = int(config.epochs * n_rows) // batch_rows
+    steps = int(config.epochs * n_rows) // batch_rows if n_rows <= MINIBATCH_MAX_ROWS else 0
     route, reason = kmeans_route(config, backend)
     return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, 0 if route == "device" else steps,
                       route, reason)
@@ -195,10 +205,8 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
     if plan.n_coarse > 1:
         centres, counts, coarse = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
                                                  rng, config.init_iters)
-        import os
-        ri = int(os.environ.get("K_REFINE", "0"))
-        if ri:
-            centres, counts = refine(xp, rows, centres, coarse, ri, int(os.environ.get("K_RNP", "2")))
+        if plan.two_level and config.init_iters:  # every sample row against its nprobe nearest cells
+            centres, counts = refine(xp, rows, centres, coarse, config.init_iters, max(2, config.nprobe))
         return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed)
     return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed)
 
@@ -241,11 +249,30 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         client.cancel(shared)
         return total
     tree = state.current_tree(xp)
-    for block in iter_blocks(features.array, client):
-        part = pass_stats(xp, state.centres, tree, backend.asarray(block), nprobe, N_FAR)
-        total = merge_stats(xp, total, part)
-        if progress is not None:
-            progress.advance(part.rows)
+    if backend.is_gpu or client is not None or local_threads() == 1:
+        for block in iter_blocks(features.array, client):
+            part = pass_stats(xp, state.centres, tree, backend.asarray(block), nprobe, N_FAR)
+            total = merge_stats(xp, total, part)
+            if progress is not None:
+                progress.advance(part.rows)
+        return total
+    from threadpoolctl import threadpool_limits
+
+    def one_chunk(task: Any) -> PassStats:
+        return pass_stats(np, state.centres, tree, np.asarray(task.compute(scheduler=dask.local.get_sync)), nprobe,
+                          N_FAR)
+
+    threads = local_threads()
+    with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:  # one chunk per core, one BLAS thread each
+        pending: deque[Any] = deque()
+        for task in block_tasks(features.array) + [None] * threads:
+            if task is not None:
+                pending.append(pool.submit(one_chunk, task))
+            if len(pending) >= threads or (task is None and pending):
+                part = pending.popleft().result()  # merged in chunk order: the same sums on any machine
+                total = merge_stats(np, total, part)
+                if progress is not None:
+                    progress.advance(part.rows)
     return total
 
 
@@ -286,7 +313,9 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
         fitted = fit_device(features, n_centroids, config, backend, rng, client)
         return new_state(xp, fitted.centres, fitted.counts, seed=int(rng.integers(2**31)))
 
-    sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
+    sample = features.sample.take(kplan.sample_rows, rng)  # drawn during the value check: no read of its own
+    if sample is None:
+        sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
     state = initial_state(sample, kplan, config, backend, rng)
     del sample  # the phases below hold a batch or chunks, never the sample
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell)", config.init, config.init_iters)
