@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.tools import speechlike
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 from benchmarks.bench_rvc import run_measured
@@ -43,15 +44,23 @@ INTRO = ("`compress.method=minibatch` (ours, `pipeline/compress.py`) against skl
          "after the process (wall times depend on the load: compare within one run).")
 
 
-def dataset(data_dir: Path, rows: int, dim: int, seed: int = 0) -> Path:
-    """The feature folder of a ``rows`` x ``dim`` synthetic speaker, written once and reused."""
-    folder = data_dir / f"n{rows}-d{dim}-s{seed}" / "bench" / f"3_feature{dim}"
+def dataset(data_dir: Path, rows: int, dim: int, seed: int = 0, collection: str = "synth") -> Path:
+    """The feature folder of a ``rows`` x ``dim`` collection (``synth``, or a ``tools.speechlike`` kind),
+    written once and reused."""
+    tag = "" if collection == "synth" else f"{collection}-"
+    folder = data_dir / f"{tag}n{rows}-d{dim}-s{seed}" / "bench" / f"3_feature{dim}"
     done = folder.parent / ".complete"
     if not done.is_file():
         started = time.perf_counter()
-        write_speaker(folder.parent.parent, SpeakerSpec("bench", rows, dim), seed)
-        done.write_text(json.dumps({"rows": rows, "dim": dim, "seed": seed}))
-        print(f"wrote {rows:,} x {dim} to {folder} in {time.perf_counter() - started:.0f} s", flush=True)
+        if collection == "synth":
+            write_speaker(folder.parent.parent, SpeakerSpec("bench", rows, dim), seed)
+        else:
+            reason = speechlike.unavailable(collection)
+            if reason:
+                raise SystemExit(f"--collection {collection}: {reason}")
+            speechlike.write_collection(folder.parent.parent, collection, "bench", rows, dim, seed)
+        done.write_text(json.dumps({"rows": rows, "dim": dim, "seed": seed, "collection": collection}))
+        print(f"wrote {collection} {rows:,} x {dim} to {folder} in {time.perf_counter() - started:.0f} s", flush=True)
     return folder
 
 
@@ -205,7 +214,8 @@ def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, s
 def render(result: dict[str, Any]) -> str:
     """A markdown subsection: command, table, and notes for one run."""
     n, d, k = result["rows"], result["dim"], result["k"]
-    lines = [f"### {n:,} x {d}, K = {k:,} ({result['backend']})", "", "```", result["command"], "```", "",
+    collection = result.get("collection", "synth")
+    lines = [f"### {n:,} x {d}, K = {k:,}, {collection} ({result['backend']})", "", "```", result["command"], "```", "",
              "| method | k-means s | speed-up | CPU s | CPU speed-up | inertia | inertia / sklearn | peak RSS MB "
              "| load avg |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -262,9 +272,10 @@ def update_docs(path: Path, subsection: str) -> None:
 
 def run_bench(args: argparse.Namespace, command: str) -> dict[str, Any]:
     backend = select_backend(args.backend)  # type: ignore[arg-type]
-    feature_dir = dataset(args.data_dir, args.rows, args.dim, args.seed)
-    work = args.data_dir / f"run-n{args.rows}-d{args.dim}-k{args.k}"
+    feature_dir = dataset(args.data_dir, args.rows, args.dim, args.seed, args.collection)
+    work = args.data_dir / f"run-{args.collection}-n{args.rows}-d{args.dim}-k{args.k}"
     result: dict[str, Any] = {"rows": args.rows, "dim": args.dim, "k": args.k, "command": command,
+                              "collection": args.collection,
                               "backend": backend.describe(), "methods": {}}
     methods = ([] if args.no_sklearn else ["sklearn"]) + ["ours"]
     for method in methods:
@@ -277,7 +288,8 @@ def run_bench(args: argparse.Namespace, command: str) -> dict[str, Any]:
         result["assignment"] = assignment_quality(feature_dir, work / "ours", result["methods"]["ours"]["nprobe"],
                                                   args.quality_rows, args.seed)
     for rows in args.rss_rows:
-        big = run_child("ours", dataset(args.data_dir, rows, args.dim, args.seed), args, work / f"ours-{rows}")
+        big = run_child("ours", dataset(args.data_dir, rows, args.dim, args.seed, args.collection), args,
+                        work / f"ours-{rows}")
         big.update(rows=rows, rss_ratio=big["peak_rss_mb"] / result["methods"]["ours"]["peak_rss_mb"])
         result.setdefault("rss_runs", []).append(big)
     text = render(result)
@@ -294,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--k", type=int, default=10_000)
+    parser.add_argument("--collection", choices=("synth", *speechlike.KINDS), default="synth",
+                        help="tools.synth, or a tools.speechlike kind (speech needs espeak-ng)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=["cpu", "gpu", "auto"], default="cpu")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/rvc-index-kmeans"),

@@ -21,7 +21,7 @@ def test_rvc_classic_is_rvcs_recipe():
     assert config.index.recipe == "ivf-flat"
     assert (config.index.sqrt_factor, config.index.min_rows_per_list, config.index.nprobe) == (16.0, 39, 1)
     assert (config.compress.row_threshold, config.compress.n_centroids) == (200_000, 10_000)
-    assert config.compress.init == "random"
+    assert config.compress.init == "kmeans++"  # per coarse cell; RVC's own random call is method=sklearn
     assert config.index.add_batch_rows == 8192
 
 

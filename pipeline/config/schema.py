@@ -52,7 +52,7 @@ class CompressConfig:
     # minibatch method (pipeline/compress.py): init on a sample, mini-batch epochs, final Lloyd pass
     assign: Literal["auto", "two-level", "exact"] = "auto"  # auto: two-level on the CPU, exact on a GPU
     coarse_centres: int = 0  # k1 of the two-level init/assignment; 0 = round(sqrt(K)) (1 below K=256); 1 = flat
-    nprobe: int = 1  # coarse cells searched per row in two-level assignment
+    nprobe: int = 2  # coarse cells searched per row in two-level assignment (1 loses ~5 % MSD on low-dim data)
     sample_rows: int = 0  # init sample; 0 = max(16 K, 65536) rows, at most max(N/4, 65536) (memory grows with K, not N)
     init_iters: int = 3  # Lloyd iterations per coarse cell on the init sample
     decay: float = 1.0  # centre weights *= decay per step: 1 = Sculley's running means, < 1 = EMA

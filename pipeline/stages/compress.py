@@ -318,7 +318,12 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
         sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
     state = initial_state(sample, kplan, config, backend, rng)
     del sample  # the phases below hold a batch or chunks, never the sample
-    log.info("compress: init done (%s, %d Lloyd iterations per coarse cell)", config.init, config.init_iters)
+    log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
+             f", then {config.init_iters} over the sample with nprobe {max(2, config.nprobe)}"
+             if kplan.two_level and config.init_iters else "")
+    if not kplan.steps and config.epochs and features.n_rows > MINIBATCH_MAX_ROWS:
+        log.info("compress: no mini-batch epoch above %s rows: one Lloyd pass follows the init (2 reads in all)",
+                 f"{MINIBATCH_MAX_ROWS:,}")
 
     if kplan.steps:
         minibatch_epochs(features, state, kplan, config, backend, rng, client)

@@ -1,0 +1,76 @@
+"""Few reads of a big collection (data/feature_set.py, runtime/stream.py, stages/compress.py): the
+value check draws the init sample in its own read, a large collection gets one Lloyd pass after it,
+the final pass runs on local threads in chunk order, and the dead-centre rule does not churn."""
+
+import numpy as np
+from rvc_index.compute.backend import select_backend
+from rvc_index.compute.minibatch import fit_minibatch, new_state, pass_stats
+from rvc_index.config.loading import load_config
+from rvc_index.config.schema import CompressConfig
+from rvc_index.data.feature_set import open_feature_set
+from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.runtime.stream import ROWS_READ, iter_blocks
+from rvc_index.stages.compress import final_pass_stats, fit_centroids, plan_kmeans
+from rvc_index.tools import speechlike
+
+CPU = select_backend("cpu")
+
+
+def open_set(path, sample_rows=0, chunk_mb=0.25):
+    experiment = resolve_experiment(sorted(path.glob("3_feature*"))[0])
+    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb, sample_rows=sample_rows, seed=1)
+
+
+def test_value_check_draws_the_sample_from_every_chunk_in_its_one_read(make_experiment):
+    path = make_experiment("check", 6000, 64)
+    before = ROWS_READ.rows
+    features = open_set(path, sample_rows=600)
+    assert ROWS_READ.rows - before == 6000  # the check read every row once, the sample came with it
+    assert len(features.chunks) >= 4 and len(features.sample) == 600
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    sample = features.sample.take(600, np.random.default_rng(0))
+    found = {r.tobytes() for r in rows}
+    assert all(r.tobytes() in found for r in sample)  # real rows of the collection
+    starts = np.cumsum((0,) + features.chunk_rows)
+    owner = [np.searchsorted(starts, np.flatnonzero((rows == r).all(1))[0], side="right") - 1 for r in sample]
+    assert len(set(owner)) == len(features.chunks)  # stratified: every chunk contributes
+    assert features.sample.take(600, np.random.default_rng(0)) is None  # handed over once, then released
+    again = open_set(path, sample_rows=600).sample.take(600, np.random.default_rng(0))
+    np.testing.assert_array_equal(again, sample)  # seeded
+
+
+def test_compress_without_minibatch_epochs_reads_the_collection_twice(make_experiment):
+    path = make_experiment("reads", 8000, 64)
+    config = load_config(None, ["compress.row_threshold=100", "compress.n_centroids=300", "compress.epochs=0"]).compress
+    kplan = plan_kmeans(8000, 300, config, CPU)
+    before = ROWS_READ.rows
+    features = open_set(path, sample_rows=kplan.check_sample_rows)
+    state = fit_centroids(features, 300, config, CPU, seed=0)
+    assert (ROWS_READ.rows - before) / features.n_rows == 2.0  # value check + sample, then the final pass
+    assert np.isfinite(state.centres).all() and state.coarse is not None
+    assert plan_kmeans(10_000_000, 10_000, CompressConfig(), CPU).steps == 0  # large: no epoch of its own
+
+
+def test_local_threaded_final_pass_equals_one_pass_in_memory(make_experiment):
+    features = open_set(make_experiment("threads", 5000, 64))
+    assert len(features.chunks) >= 4
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    state = new_state(np, rows[:: 50].copy(), coarse=rows[:: 500].copy())
+    streamed = final_pass_stats(features, state, CPU, 2, None)
+    whole = pass_stats(np, state.centres, state.current_tree(np), rows, 2)
+    np.testing.assert_array_equal(streamed.counts, whole.counts)
+    np.testing.assert_allclose(streamed.sums, whole.sums, rtol=1e-4, atol=1e-3)
+    assert streamed.rows == 5000
+    again = final_pass_stats(features, state, CPU, 2, None)
+    np.testing.assert_array_equal(again.sums, streamed.sums)  # merged in chunk order: bit-identical
+
+
+def test_dead_centre_rule_reseeds_a_small_fraction_on_unbalanced_data():
+    """Zipf-sized clusters and 20 % duplicate silence: the old usage-EMA rule re-seeded several times
+    K here; now a centre is re-seeded only when it wins nothing, at most once."""
+    x = speechlike.sample_frames("zipf", 30_000, 32, seed=4)
+    x = x[np.random.default_rng(0).permutation(len(x))]
+    k = 500
+    state = new_state(np, x[np.random.default_rng(1).choice(len(x), k, replace=False)].copy())
+    fit_minibatch(CPU, (x[i:i + 1024] for _ in range(3) for i in range(0, len(x) - 1023, 1024)), state)
+    assert 0 < state.reseeded <= 0.2 * k
