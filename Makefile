@@ -4,7 +4,7 @@ VENV := .venv
 COMPAT := .venv-compat
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv compat clean slurm
+.PHONY: demo test lint venv compat clean system
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -21,19 +21,21 @@ $(COMPAT)/.installed:
 	touch $@
 
 demo: venv
-	$(BIN)/rvc-index demo --config configs/tips.yaml
+	$(BIN)/rvc-index demo
 
-# tests/test_slurm.py runs jobs/ against a real single-node SLURM (jobs/testing/slurm_up.sh): Debian's
-# slurm-wlm and munge, installed here as root with apt; elsewhere those tests skip and say why.
-slurm:
-	@if command -v slurmctld >/dev/null 2>&1 || [ -x /usr/sbin/slurmctld ]; then :; \
+# Debian packages some tests use, installed here as root with apt; elsewhere those tests skip and say why:
+# slurm-wlm + munge for tests/test_slurm.py (a real single-node SLURM, jobs/testing/slurm_up.sh) and
+# espeak-ng for the k-means collection computed from real synthesized speech (tools/speechlike.py).
+SYSTEM_PACKAGES := slurm-wlm munge espeak-ng
+system:
+	@if { command -v slurmctld || [ -x /usr/sbin/slurmctld ]; } >/dev/null 2>&1 && command -v espeak-ng >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) || \
-		echo "make slurm: apt-get could not install slurm-wlm munge: the SLURM tests will skip"; \
-	else echo "make slurm: not root or no apt-get: the SLURM tests will skip"; fi
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) || \
+		echo "make system: apt-get could not install $(SYSTEM_PACKAGES): the SLURM and speech tests will skip"; \
+	else echo "make system: not root or no apt-get: the SLURM and speech tests will skip"; fi
 
-test: venv compat slurm
+test: venv compat system
 	RVC_INDEX_COMPAT_PYTHON=$(abspath $(COMPAT))/bin/python $(BIN)/python -m pytest -q
 
 lint: venv

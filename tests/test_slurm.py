@@ -1,6 +1,6 @@
 """jobs/ and ``batch --cluster slurm`` against a real SLURM: slurmctld + slurmd + munged on this machine.
 
-``jobs/testing/slurm_up.sh`` starts a single-node SLURM in a temporary folder (``make slurm``
+``jobs/testing/slurm_up.sh`` starts a single-node SLURM in a temporary folder (``make system``
 installs Debian's slurm-wlm and munge); every daemon is stopped by its PID afterwards. Skipped,
 with the reason, where that cannot run (not root, packages missing).
 """
@@ -51,7 +51,7 @@ def slurm(tmp_path_factory):
     missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch") if not any(
         (Path(d) / t).exists() for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin"])]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: `make slurm` (apt-get install slurm-wlm munge)")
+        pytest.skip(f"{', '.join(missing)} not installed: `make system` (apt-get install slurm-wlm munge)")
     state = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
     up = subprocess.run([str(JOBS / "testing" / "slurm_up.sh"), str(state)], env=env, capture_output=True,

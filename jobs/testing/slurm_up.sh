@@ -8,7 +8,7 @@
 #   jobs/testing/slurm_down.sh STATE_DIR    # stops the daemons by their PIDs
 #
 # Partitions: "debug" (default) and "gpu", both on this one node (no GRES: nothing here is a GPU).
-# Needs root and Debian's slurm-wlm and munge packages (`make slurm` installs them).
+# Needs root and Debian's slurm-wlm and munge packages (`make system` installs them).
 # Exit 2: cannot run here (the reason on stderr); 1: did not come up (its logs are in STATE_DIR/log).
 set -euo pipefail
 
@@ -17,7 +17,7 @@ timeout_s=${RVC_INDEX_SLURM_TIMEOUT:-60}
 unavailable() { echo "slurm_up: $*" >&2; exit 2; }
 ((EUID == 0)) || unavailable "needs root (slurmd runs jobs as their user; the daemons here run as root)"
 for tool in munged slurmctld slurmd sbatch scontrol sinfo; do
-    command -v "$tool" >/dev/null 2>&1 || unavailable "$tool not found: apt-get install slurm-wlm munge (make slurm)"
+    command -v "$tool" >/dev/null 2>&1 || unavailable "$tool not found: apt-get install slurm-wlm munge (make system)"
 done
 
 mkdir -p "$state"
