@@ -288,6 +288,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tune(features, config, target, select_backend(args.backend), layout_list=grid,
                   holdout_fraction=args.holdout, max_queries=args.max_queries, name=args.name)
     print(format_table([vars(t) | {"meets": t.meets(target)} for t in result.per_layout]))
+    if not result.trials:
+        raise TuneError(f"no layout could be measured on {result.vectors:,} vectors (PQ layouts need "
+                        "index.min_pq_rows of them); drop --quick to try IVF-Flat too")
     if result.chosen is None:
         closest = max(result.trials, key=lambda t: t.recall_at_k)
         raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "

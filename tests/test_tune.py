@@ -118,4 +118,4 @@ def test_tuned_pq_size_is_written_per_dimension_so_it_fits_v1_and_v2():
     flat = tuned_config(base, Trial(IVF_FLAT, 16.0, 5000, 0, 9, 1, 0.95, 0.0, 0.01, 90.0, 300.0), 768, "t")
     assert flat.index.recipe == IVF_FLAT and flat.index.nprobe == 9 and flat.index.sqrt_factor == 16.0
     with pytest.raises(IndexBuildError, match="index.pq_dims=3 must divide the feature width 64"):
-        plan_index(10_000, 64, load_config("configs/tips.yaml", ["index.pq_dims=3"]).index)
+        plan_index(200_000, 64, load_config("configs/tips.yaml", ["index.pq_dims=3"]).index)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-
 from rvc_index.build.plan import BuildPlan
 from rvc_index.config.schema import SafetyConfig
 from rvc_index.errors import RvcIndexError

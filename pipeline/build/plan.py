@@ -75,9 +75,10 @@ class BuildPlan:
         if self.expansion is not None:
             lines.append(f"expansion: {self.expansion.neighbours} neighbours, {self.expansion.method} "
                          f"({self.expansion.reason}), {'spilled to disk' if self.expansion.spill else 'in memory'}")
-        lines.append(f"index: {self.index.factory}, nprobe {self.index.nprobe}, train on {self.index.train_rows:,} rows")
-        lines.append(f"evaluation: up to {self.eval_queries:,} held-out query frames, sized to the build" if self.eval_queries else
-                     "evaluation: off")
+        lines.append(f"index: {self.index.factory}, nprobe {self.index.nprobe}, "
+                     f"train on {self.index.train_rows:,} rows")
+        lines.append(f"evaluation: up to {self.eval_queries:,} held-out query frames, sized to the build"
+                     if self.eval_queries else "evaluation: off")
         return lines
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import faiss
 import numpy as np
-
 from rvc_index.build.guard import MemoryGuard, guard_plan
 from rvc_index.build.locks import output_lock
 from rvc_index.build.naming import (
@@ -58,8 +57,8 @@ from rvc_index.stages.indexing import (
     check_rows,
     describe_index,
     list_sizes,
-    save_index,
     nprobe_for_k,
+    save_index,
     set_search_params,
     train_index,
 )
@@ -231,7 +230,8 @@ class Build:
             raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
         fea = self.out / "total_fea.npy"  # RVC's own (old RVC pairs it with its index): never replaced unasked
         if self.config.output.write_total_fea and fea.exists() and not ours and not self.force:
-            raise OutputError(f"{fea}: exists and was not written by this preset (RVC's own?); use --force to replace it")
+            raise OutputError(f"{fea}: exists and was not written by this preset (RVC's own?); "
+                              "use --force to replace it")
         with self.stage("write", guard):
             total_fea = [self.out / "total_fea.npy"] if self.config.output.write_total_fea else []
             with atomic_paths(files.config, *total_fea, index_path) as tmps:

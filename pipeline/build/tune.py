@@ -22,11 +22,13 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import yaml
-
-from rvc_index.errors import RvcIndexError
+from rvc_index.build.plan import make_plan
+from rvc_index.build.vectors import prepare_vectors
 from rvc_index.compute.backend import Backend
-from rvc_index.config.schema import Config
 from rvc_index.config.loading import config_from_dict, config_to_dict
+from rvc_index.config.schema import Config, IndexConfig
+from rvc_index.data.feature_set import FeatureSet
+from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.evaluate import (
     blend_errors,
     exact_knn,
@@ -36,8 +38,11 @@ from rvc_index.evaluation.evaluate import (
     rvc_blend,
     rvc_weights,
 )
-from rvc_index.data.feature_set import FeatureSet
 from rvc_index.evaluation.holdout import holdout_from_features
+from rvc_index.evaluation.measure import RVC_K, index_ram_bytes, search_latency, search_params
+from rvc_index.runtime.outputs import write_text_atomic
+from rvc_index.runtime.progress import Progress, get_logger
+from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
     IVF_FLAT,
     IVF_PQ_RFLAT,
@@ -47,17 +52,12 @@ from rvc_index.stages.indexing import (
     plan_index,
     train_index,
 )
-from rvc_index.evaluation.measure import RVC_K, index_ram_bytes, search_latency, search_params
-from rvc_index.runtime.outputs import write_text_atomic
-from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.build.plan import make_plan
-from rvc_index.build.vectors import prepare_vectors
-from rvc_index.runtime.stream import iter_batches, iter_blocks
 
 SQRT_FACTORS = (1.0, 2.0, 4.0)  # n_list = sqrt_factor * sqrt(N) (capped at N / 39)
 PQ_DIVISORS = (1, 2)  # pq_m = D / divisor 4-bit sub-quantizers (D/4 and below rank too poorly to re-rank)
 FLAT_SQRT_FACTORS = (4.0, 16.0)  # IVF-Flat: the smallest RAM; 16 is RVC's rule
 K_FACTORS = (1, 2, 4, 8, 16, 32)
+PQ_MIN_ROWS = IndexConfig().min_pq_rows  # PQ layouts are measured above the schema's floor, whatever the preset prefers
 
 
 class TuneError(RvcIndexError, RuntimeError):
@@ -209,7 +209,7 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
         trials: list[Trial] = []
         per_layout: list[Trial] = []
         for layout in layout_list or layouts(features.dim):
-            if layout.recipe == IVF_PQ_RFLAT and vectors.shape[0] < base.index.min_pq_rows:
+            if layout.recipe == IVF_PQ_RFLAT and vectors.shape[0] < PQ_MIN_ROWS:
                 continue
             index = build_layout(vectors, layout, base, backend, compressed=not aligned)
             found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k_factors, k)
@@ -236,6 +236,8 @@ def tuned_config(base: Config, trial: Trial, dim: int, name: str) -> Config:
     data["name"] = name
     data["index"].update(recipe=trial.recipe, sqrt_factor=trial.sqrt_factor, n_list=0, nprobe=trial.nprobe,
                          k_factor=trial.k_factor)
+    if trial.recipe == IVF_PQ_RFLAT:  # measured and chosen at this size: keep it from the base's flat floor
+        data["index"]["min_pq_rows"] = min(data["index"]["min_pq_rows"], PQ_MIN_ROWS)
     if trial.pq_m:  # as dims per sub-quantizer where it divides, so the preset fits v1 and v2 alike
         divides = dim % trial.pq_m == 0
         data["index"].update(pq_m=0 if divides else trial.pq_m,

@@ -22,7 +22,7 @@ class OutputWriteError(RvcIndexError, OSError):
 
 def _write_failure(final: Path, tmp: Path, exc: BaseException) -> OutputWriteError | None:
     """``exc`` as an OutputWriteError naming ``final`` when it is a failure to write the file."""
-    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and exc.filename in (None, str(tmp)):
         reason, code = exc.strerror or str(exc), exc.errno
     elif isinstance(exc, RuntimeError) and str(tmp) in str(exc):  # faiss's writer: "... (No space left on device)"
         text = str(exc)

@@ -231,8 +231,11 @@ def save_index(index: faiss.Index, path: Path) -> None:
     """``index`` serialised to ``path`` through a Python file object: faiss's own file API takes only
     UTF-8 strings, so a folder named in another encoding (or, on Windows, outside the ANSI code page)
     could not be written."""
-    with open(path, "wb") as handle:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+    try:
+        with open(path, "wb") as handle:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+    except OSError as exc:  # name the file: a full disk is this file's failure, not another's being written
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:
