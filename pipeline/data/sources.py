@@ -210,20 +210,6 @@ def finite_row_mask(array: np.ndarray) -> np.ndarray:
     return np.isfinite(array).all(axis=1)
 
 
-def count_finite_rows(paths: Sequence[str], dim: int) -> list[int | str]:
-    """Per file: the number of finite rows, or a problem string for a file that cannot be used."""
-    results: list[int | str] = []
-    for path in paths:
-        try:
-            array = load_features(path, dim)
-        except FeatureFileError as exc:
-            results.append(exc.problem)
-            continue
-        finite = int(finite_row_mask(array).sum())
-        results.append(finite if finite else f"all {array.shape[0]} rows are NaN or Inf")
-    return results
-
-
 def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int]) -> np.ndarray:
     """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped.
 
