@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/rvc-index demo
 
 # Debian packages some tests use, installed here as root with apt; elsewhere those tests skip and say why:
-# slurm-wlm + munge for tests/test_slurm.py (a real single-node SLURM, jobs/testing/slurm_up.sh) and
+# slurm-wlm + munge for tests/batch/test_slurm.py (a real single-node SLURM, jobs/testing/slurm_up.sh) and
 # espeak-ng for the k-means collection computed from real synthesized speech (tools/speechlike.py).
 SYSTEM_PACKAGES := slurm-wlm munge espeak-ng
 system:

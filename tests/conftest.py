@@ -87,3 +87,18 @@ def rvc_check(tmp_path):
 
     return check
 
+
+def open_features(path: Path, chunk_mb: float = 0.5, client=None):
+    """The FeatureSet of an experiment folder (its one ``3_feature<D>`` folder) or feature folder."""
+    from rvc_index.data.feature_set import open_feature_set
+    from rvc_index.data.sources import resolve_experiment, scan_manifest
+
+    folders = sorted(path.glob("3_feature*"))
+    experiment = resolve_experiment(folders[0] if folders else path)
+    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb, client=client)
+
+
+@pytest.fixture
+def feature_set():
+    """``feature_set(path, chunk_mb=0.5, client=None)``: the FeatureSet of an experiment or feature folder."""
+    return open_features

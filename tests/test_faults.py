@@ -571,18 +571,18 @@ def test_memory_guard_shrinks_chunks_to_fit(tmp_path):
 # --- the matrix ---------------------------------------------------------------------------------------------
 
 REFERENCES = {  # cases (or parts of them) proved in full by tests elsewhere
-    1: ["tests/test_sources.py::test_bad_file_is_named_with_its_problem"],
-    8: ["tests/test_sources.py::test_float16_is_upcast_and_nan_rows_dropped"],
-    9: ["tests/test_sources.py::test_all_nan_file_is_an_error",
-        "tests/test_sources.py::test_load_group_drops_nonfinite_rows"],
-    11: ["tests/test_indexing.py::test_plan_lowers_what_the_data_cannot_support",
-         "tests/test_batch.py::test_failing_experiments_are_isolated_and_reported"],
-    12: ["tests/test_sources.py::test_missing_and_empty_folders"],
-    15: ["tests/test_build.py::test_rerun_skips_and_changes_rebuild"],
-    17: ["tests/test_build.py::test_trained_in_output_path_is_refused"],
-    19: ["tests/test_batch.py::test_sigkill_partway_then_rerun_resumes_with_identical_bytes"],
-    20: ["tests/test_batch.py::test_batch_survives_a_killed_worker",
-         "tests/test_batch.py::test_a_build_whose_worker_dies_fails_alone_and_a_rerun_builds_it"],
+    1: ["tests/data/test_sources.py::test_bad_file_is_named_with_its_problem"],
+    8: ["tests/data/test_sources.py::test_float16_is_upcast_and_nan_rows_dropped"],
+    9: ["tests/data/test_sources.py::test_all_nan_file_is_an_error",
+        "tests/data/test_sources.py::test_load_group_drops_nonfinite_rows"],
+    11: ["tests/stages/test_indexing.py::test_plan_lowers_what_the_data_cannot_support",
+         "tests/batch/test_batch.py::test_failing_experiments_are_isolated_and_reported"],
+    12: ["tests/data/test_sources.py::test_missing_and_empty_folders"],
+    15: ["tests/build/test_build.py::test_rerun_skips_and_changes_rebuild"],
+    17: ["tests/build/test_build.py::test_trained_in_output_path_is_refused"],
+    19: ["tests/batch/test_batch.py::test_sigkill_partway_then_rerun_resumes_with_identical_bytes"],
+    20: ["tests/batch/test_batch.py::test_batch_survives_a_killed_worker",
+         "tests/batch/test_batch.py::test_a_build_whose_worker_dies_fails_alone_and_a_rerun_builds_it"],
 }
 
 
@@ -598,7 +598,7 @@ def test_matrix_is_complete():
     for line in rows:
         assert "test_" in line, line
     cited |= {f"{path}::{name}" if path else name
-              for path, name in re.findall(r"`(?:(tests/\w+\.py)::)?(test_\w+)(?:\[[^\]`]*\])?`", doc)}
+              for path, name in re.findall(r"`(?:(tests/[\w/]+\.py)::)?(test_\w+)(?:\[[^\]`]*\])?`", doc)}
     for ref in sorted(cited):
         path, _, name = ref.rpartition("::")
         name = name.split("[")[0]

@@ -20,7 +20,7 @@ import pytest
 from rvc_index.cli import main
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 BIN = Path(sys.executable).with_name("rvc-index")
 FAST = ["--set", "evaluate.recall_queries=100", "--set", "cluster.dashboard_address="]

@@ -17,7 +17,7 @@ from rvc_index.data.sources import SourceError
 from rvc_index.stages.expand import expand
 from rvc_index.tools.synth import utterances
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def features_of(exp_dir: Path) -> np.ndarray:

@@ -15,7 +15,6 @@ from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig, ConfigError
 from rvc_index.runtime.stream import iter_blocks
 from rvc_index.stages.compress import fit_centroids, kmeans_route, plan_kmeans
-from test_compress import feature_set
 
 CPU = select_backend("cpu")
 
@@ -76,7 +75,7 @@ def test_route_choice_follows_device_and_budget():
         load_config(None, ["compress.lloyd_passes=0"])
 
 
-def test_device_route_beats_ten_lloyd_passes_from_random_init(make_experiment, caplog):
+def test_device_route_beats_ten_lloyd_passes_from_random_init(make_experiment, caplog, feature_set):
     features = feature_set(make_experiment("dev", 12000, 64))
     rows = np.concatenate(list(iter_blocks(features.array)))
     config = load_config(None, ["compress.row_threshold=100", "compress.route=device", "compress.init=kmeans++"])
@@ -88,7 +87,7 @@ def test_device_route_beats_ten_lloyd_passes_from_random_init(make_experiment, c
     assert inertia(CPU, [rows], ours) <= inertia(CPU, [rows], plain)
 
 
-def test_streamed_route_under_a_small_budget_passes_over_every_row(make_experiment, caplog):
+def test_streamed_route_under_a_small_budget_passes_over_every_row(make_experiment, caplog, feature_set):
     features = feature_set(make_experiment("big", 12000, 64), chunk_mb=0.25)
     rows = np.concatenate(list(iter_blocks(features.array)))
     config = load_config(None, ["compress.row_threshold=100", "compress.route=device",
@@ -102,7 +101,7 @@ def test_streamed_route_under_a_small_budget_passes_over_every_row(make_experime
 
 
 @pytest.mark.gpu
-def test_gpu_device_route_matches_numpy_quality(make_experiment):
+def test_gpu_device_route_matches_numpy_quality(make_experiment, feature_set):
     features = feature_set(make_experiment("gpu", 12000, 64))
     rows = np.concatenate(list(iter_blocks(features.array)))
     config = CompressConfig(row_threshold=100, route="device", init="kmeans++")

@@ -2,7 +2,7 @@
 
 ``CountingXp`` stands in for CuPy: it counts array-module calls and ufunc launches (operators, ``@``,
 reductions) and device-to-host transfers (``float``/``int``/``bool`` of an array, ``item``, ``tolist``,
-``get``), and refuses any name or keyword CuPy does not provide (``tests/data/cupy_names.json``: ``dir(cupy)``
+``get``), and refuses any name or keyword CuPy does not provide (``tests/compute/cupy_names.json``: ``dir(cupy)``
 and the signatures CuPy exposes, from cupy-cuda12x). A numpy function applied to one of its arrays is
 refused too, as CuPy refuses implicit conversion. The budget: calls and transfers per k-means pass and
 per expansion tile stay constant as K and the row count grow.
@@ -19,7 +19,7 @@ from rvc_index.compute.lloyd import lloyd_passes, resident_tiles
 from rvc_index.config.schema import ExpandConfig
 from rvc_index.stages.expand import expand, expand_rows
 
-CUPY = json.loads((Path(__file__).parent / "data" / "cupy_names.json").read_text())
+CUPY = json.loads((Path(__file__).parent / "cupy_names.json").read_text())
 
 
 class Counts:

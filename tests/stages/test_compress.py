@@ -10,8 +10,6 @@ from rvc_index.compute.minibatch import inertia, new_state, pass_stats
 from rvc_index.compute.two_level import build_tree
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig, ConfigError
-from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import resolve_experiment, scan_manifest
 from rvc_index.runtime.stream import iter_blocks
 from rvc_index.stages.compress import (
     CompressError,
@@ -24,13 +22,6 @@ from rvc_index.stages.compress import (
 from sklearn.cluster import MiniBatchKMeans
 
 CPU = select_backend("cpu")
-
-
-def feature_set(path, chunk_mb=0.5, client=None):
-    """The FeatureSet of an experiment folder (its one ``3_feature<D>`` folder) or feature folder."""
-    folders = sorted(path.glob("3_feature*"))
-    experiment = resolve_experiment(folders[0] if folders else path)
-    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb, client=client)
 
 
 def all_rows(features):
@@ -74,7 +65,7 @@ def test_config_rejects_bad_compress_settings():
     assert load_config(None, ["compress.epochs=0"]).compress.epochs == 0.0
 
 
-def test_shuffled_batches_draw_every_chunk_in_a_seeded_order(make_experiment):
+def test_shuffled_batches_draw_every_chunk_in_a_seeded_order(make_experiment, feature_set):
     features = feature_set(make_experiment("mix", 6000, 64), chunk_mb=0.05)
     assert len(features.chunks) >= 6
     rows = all_rows(features)
@@ -95,7 +86,7 @@ def test_shuffled_batches_draw_every_chunk_in_a_seeded_order(make_experiment):
     assert len(chunk_of_first_rows) >= 4  # batches begin in many chunks, not in file order
 
 
-def test_minibatch_compress_beats_rvcs_sklearn_call(make_experiment):
+def test_minibatch_compress_beats_rvcs_sklearn_call(make_experiment, feature_set):
     features = feature_set(make_experiment("q", 8000, 64))
     rows = all_rows(features)
     config = compress_config(n_centroids=256)
@@ -106,7 +97,7 @@ def test_minibatch_compress_beats_rvcs_sklearn_call(make_experiment):
     assert inertia(CPU, [rows], ours) <= inertia(CPU, [rows], theirs)
 
 
-def test_sklearn_mode_runs_rvcs_call(make_experiment):
+def test_sklearn_mode_runs_rvcs_call(make_experiment, feature_set):
     from rvc_index.stages.compress import compress
 
     features = feature_set(make_experiment("sk", 3000, 64))
@@ -119,7 +110,7 @@ def test_sklearn_mode_runs_rvcs_call(make_experiment):
     np.testing.assert_allclose(centres, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_streaming_on_a_local_cluster_equals_the_in_process_run(make_experiment, client):
+def test_streaming_on_a_local_cluster_equals_the_in_process_run(make_experiment, client, feature_set):
     path = make_experiment("dist", 8000, 64)
     config = compress_config(n_centroids=400, batch_rows=1000, epochs=1.0)
     local = fit_centroids(feature_set(path), 400, config, CPU, seed=3)
@@ -130,7 +121,7 @@ def test_streaming_on_a_local_cluster_equals_the_in_process_run(make_experiment,
 
 
 @pytest.mark.parametrize("two_level", [True, False])
-def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experiment, client):
+def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experiment, client, feature_set):
     features = feature_set(make_experiment("sums", 6000, 64), client=client)
     assert len(features.chunks) > 2
     rows = all_rows(features)
@@ -146,7 +137,7 @@ def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experi
     assert on_workers.rows == len(rows) and on_workers.sse == pytest.approx(in_memory.sse, rel=1e-5)
 
 
-def test_k_equal_to_rows_keeps_every_row(make_experiment):
+def test_k_equal_to_rows_keeps_every_row(make_experiment, feature_set):
     features = feature_set(make_experiment("few", 300, 64))
     plan = plan_compression(features.n_rows, compress_config(n_centroids=1000))
     assert plan.n_centroids == 300
@@ -155,7 +146,7 @@ def test_k_equal_to_rows_keeps_every_row(make_experiment):
     assert inertia(CPU, [all_rows(features)], state.centres) == pytest.approx(0.0, abs=1e-4)
 
 
-def test_constant_collection_gives_finite_centres(tmp_path):
+def test_constant_collection_gives_finite_centres(tmp_path, feature_set):
     folder = tmp_path / "flat" / "3_feature256"
     folder.mkdir(parents=True)
     for i in range(4):

@@ -13,7 +13,7 @@ from rvc_index.config.schema import ConfigError, ExpandConfig
 from rvc_index.stages.expand import ExpandError, expand
 from rvc_index.tools.synth import utterances
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CPU = Backend("cpu", np)
 
 

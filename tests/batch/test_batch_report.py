@@ -21,7 +21,7 @@ from rvc_index.cli import main
 from rvc_index.config.loading import load_config
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST = ["--set", "evaluate.recall_queries=100", "--set", "cluster.dashboard_address="]
 LONG = "/very/long/path/to/the/lab/share/logs/a-speaker-with-a-long-name/3_feature256"
 

@@ -24,7 +24,7 @@ from rvc_index.config.loading import load_config
 from rvc_index.data.sources import SourceError
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REPO = CONFIGS.parent
 FAST = ["--set", "evaluate.recall_queries=100", "--set", "cluster.dashboard_address="]
 CLASSIC = "rvc-classic"

@@ -4,7 +4,7 @@ import pytest
 from rvc_index.config.loading import config_from_dict, dump_config, load_config, parse_override
 from rvc_index.config.schema import Config, ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))

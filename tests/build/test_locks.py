@@ -15,7 +15,7 @@ from rvc_index.build.locks import HOLDER_NAME, LOCK_NAME, LockError, OutputBusy,
 from rvc_index.cli import main
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="flock and SIGKILL: POSIX")
 
 # A process on a filesystem without flock: every flock call fails with ENOSYS, as on Lustre or some NFS.

@@ -11,7 +11,7 @@ import faiss
 from rvc_index.evaluation.verdict import verdict_lines
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--backend", "cpu", "--set", "evaluate.recall_queries=200", "--set", "evaluate.plot=false"]
 
 

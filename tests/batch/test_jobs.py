@@ -19,7 +19,7 @@ import psutil
 import pytest
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
-JOBS = Path(__file__).resolve().parent.parent / "jobs"
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
 SCRIPTS = sorted(p for p in JOBS.rglob("*") if p.is_file())
 FAST = ["--set", "evaluate.recall_queries=100", "--set", "cluster.dashboard_address="]
 NAMES = [f"spk{i}" for i in range(6)]

@@ -27,7 +27,7 @@ from rvc_index.config.schema import ClusterConfig
 from rvc_index.runtime.progress import get_logger
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HAS_JOBQUEUE = importlib.util.find_spec("dask_jobqueue") is not None
 HAS_DASK_CUDA = importlib.util.find_spec("dask_cuda") is not None
 HAS_BOKEH = importlib.util.find_spec("bokeh") is not None
