@@ -140,7 +140,7 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
     centres = backend.to_host(state.centres).astype(np.float32)
     seconds = time.perf_counter() - started
     kplan = plan_kmeans(features.n_rows, k, config, backend)
-    passes = kplan.steps * kplan.batch_rows / features.n_rows + (1 if config.final_pass else 0)
+    passes = kplan.steps * kplan.batch_rows / features.n_rows + config.final_passes
     if kplan.route == "device":  # full-batch passes (over a device sample, then streamed, above the budget)
         passes = config.lloyd_passes + config.stream_passes if config.device_budget_mb else config.lloyd_passes
     result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "steps": state.step,

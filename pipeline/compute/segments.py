@@ -35,5 +35,7 @@ def one_hot_sums(labels: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray,
 
     n = labels.shape[0]
     one_hot = scipy.sparse.csr_matrix((np.ones(n, dtype=x.dtype), (labels, np.arange(n))), shape=(k, n))
+    # float32 accumulation straight over each segment (no prefix differences to cancel): relative error
+    # about sqrt(rows) * 6e-8; float64 would copy x (8 n d bytes) and take 8x the time
     sums = np.asarray(one_hot @ x, dtype=np.float64)
     return sums, np.bincount(labels, minlength=k).astype(np.int64)

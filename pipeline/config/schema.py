@@ -45,9 +45,9 @@ class CompressConfig:
     row_threshold: int = 200_000  # compress when the collection has more rows than this
     n_centroids: int = 10_000
     method: Literal["minibatch", "sklearn"] = "minibatch"  # sklearn = RVC's exact call
-    init: Literal["kmeans++", "random"] = "random"  # per coarse cell when coarse_centres > 1
+    init: Literal["kmeans++", "random"] = "kmeans++"  # per coarse cell when coarse_centres > 1 (random: by rows)
     batch_rows: int = 32768  # rows per mini-batch step (100 MB at D=768)
-    epochs: float = 1.0  # mini-batch passes over the collection; 0 = none (init and final pass only)
+    epochs: float = 0.0  # mini-batch passes over the collection; 0 = none (init and Lloyd passes only)
     on_too_few_rows: Literal["error", "clamp"] = "clamp"  # n_centroids > rows
     # minibatch method (pipeline/compress.py): init on a sample, mini-batch epochs, final Lloyd pass
     assign: Literal["auto", "two-level", "exact"] = "auto"  # auto: two-level on the CPU, exact on a GPU
@@ -57,7 +57,7 @@ class CompressConfig:
     init_iters: int = 3  # Lloyd iterations per coarse cell on the init sample
     decay: float = 1.0  # centre weights *= decay per step: 1 = Sculley's running means, < 1 = EMA
     dead_threshold: float = 1.0  # re-seed centres hit fewer times (EMA) than this in 20 expected rows; 0 = never
-    final_pass: bool = True  # end with one Lloyd step over every row (partial sums on the Dask workers)
+    final_passes: int = 2  # end with Lloyd steps over every row (partial sums on every core or Dask worker); 0 = none
     route: Literal["auto", "minibatch", "device"] = "auto"  # auto: device (full-batch Lloyd) on a GPU, else minibatch
     device_budget_mb: float = 0.0  # device route: memory its rows and tiles may take; 0 = half the free memory
     lloyd_passes: int = 10  # device route: exact full-batch passes over the device rows (all, or a sample)
@@ -160,7 +160,7 @@ POSITIVE_KEYS = (
     "cluster.job_threads", "cluster.jobs", "cluster.cores", "cluster.walltime_minutes",
 )
 NON_NEGATIVE_KEYS = (
-    "compress.epochs", "compress.coarse_centres", "compress.sample_rows", "compress.init_iters",
+    "compress.epochs", "compress.final_passes", "compress.coarse_centres", "compress.sample_rows", "compress.init_iters",
     "compress.dead_threshold", "compress.device_budget_mb", "compress.stream_passes",
     "expand.exact_max_rows", "expand.n_list", "expand.nprobe", "expand.recall_queries",
     "expand.spill_mb", "index.n_list", "index.pq_m", "index.min_pq_rows", "evaluate.recall_queries",

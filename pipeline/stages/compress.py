@@ -50,7 +50,7 @@ from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import block_tasks, iter_blocks, local_threads, sample_row_ids, take_rows
 
 N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
-MINIBATCH_MAX_ROWS = 4_000_000  # above, no mini-batch epoch: the sample's k-means and one Lloyd pass (2 reads)
+MINIBATCH_MAX_ROWS = 4_000_000  # above, no mini-batch epoch and one Lloyd pass: the sample's k-means, then 2 reads
 
 
 class CompressError(RvcIndexError, ValueError):
@@ -92,6 +92,7 @@ class KMeansPlan:
     sample_rows: int
     batch_rows: int
     steps: int  # mini-batch steps over the collection
+    lloyd_passes: int = 1  # Lloyd passes over every row after the epochs
     route: str = "minibatch"  # minibatch | device (full-batch Lloyd, rows resident or streamed: compute.device_kmeans)
     route_reason: str = ""
 
@@ -105,7 +106,8 @@ class KMeansPlan:
             return f"k={self.n_centroids:,}, route device ({self.route_reason})"
         assign = f"two-level ({self.n_coarse} coarse cells)" if self.two_level else "exact"
         return (f"k={self.n_centroids:,}, init sample {self.sample_rows:,} rows, coarse {self.n_coarse}, "
-                f"assignment {assign}, {self.steps} mini-batch steps of {self.batch_rows:,} rows"
+                f"assignment {assign}, {self.steps} mini-batch steps of {self.batch_rows:,} rows, "
+                f"{self.lloyd_passes} Lloyd passes over every row"
                 + (f", route minibatch ({self.route_reason})" if self.route_reason else ""))
 
 
@@ -125,9 +127,10 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     sample_rows = min(n_rows, max(sample_rows, n_centroids))
     batch_rows = min(config.batch_rows, n_rows)
     steps = int(config.epochs * n_rows) // batch_rows if n_rows <= MINIBATCH_MAX_ROWS else 0
+    passes = config.final_passes if n_rows <= MINIBATCH_MAX_ROWS else min(config.final_passes, 1)
     route, reason = kmeans_route(config, backend)
     return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, 0 if route == "device" else steps,
-                      route, reason)
+                      passes, route, reason)
 
 
 def kmeans_route(config: CompressConfig, backend: Backend) -> tuple[str, str]:
@@ -230,7 +233,8 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
     if client is not None and not backend.is_gpu:
         centres = backend.to_host(state.centres)
         coarse = None if state.coarse is None else backend.to_host(state.coarse)
-        shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True)
+        shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True,
+                                hash=False)  # own keys: the last pass's, being cancelled, may hold the same data
         coarse_f = shared[1] if len(shared) > 1 else None
         tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe)
                  for block in block_tasks(features.array)]
@@ -321,19 +325,19 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
              f", then {config.init_iters} over the sample with nprobe {max(2, config.nprobe)}"
              if kplan.two_level and config.init_iters else "")
-    if not kplan.steps and config.epochs and features.n_rows > MINIBATCH_MAX_ROWS:
-        log.info("compress: no mini-batch epoch above %s rows: one Lloyd pass follows the init (2 reads in all)",
+    if features.n_rows > MINIBATCH_MAX_ROWS and (config.epochs or config.final_passes > 1):
+        log.info("compress: no mini-batch epoch and one Lloyd pass above %s rows (2 reads in all)",
                  f"{MINIBATCH_MAX_ROWS:,}")
 
     if kplan.steps:
         minibatch_epochs(features, state, kplan, config, backend, rng, client)
         log.info("compress: %d mini-batch steps, %d dead centres re-seeded", state.step, state.reseeded)
 
-    if config.final_pass:
-        progress = Progress("compress: final pass", features.n_rows)
+    for number in range(1, kplan.lloyd_passes + 1):
+        progress = Progress(f"compress: Lloyd pass {number}/{kplan.lloyd_passes}", features.n_rows)
         stats = final_pass_stats(features, state, backend, config.nprobe, client, progress)
         reseeded = apply_pass(xp, state, stats)
-        log.info("compress: final pass over %s rows, mean squared distance %.4g (%s assignment), "
-                 "%d empty centres re-seeded", f"{stats.rows:,}", stats.sse / max(stats.rows, 1),
-                 "two-level" if state.coarse is not None else "exact", reseeded)
+        log.info("compress: Lloyd pass %d/%d over %s rows, mean squared distance %.4g (%s assignment), "
+                 "%d empty centres re-seeded", number, kplan.lloyd_passes, f"{stats.rows:,}",
+                 stats.sse / max(stats.rows, 1), "two-level" if state.coarse is not None else "exact", reseeded)
     return state

@@ -41,14 +41,16 @@ def test_value_check_draws_the_sample_from_every_chunk_in_its_one_read(make_expe
 
 def test_compress_without_minibatch_epochs_reads_the_collection_twice(make_experiment):
     path = make_experiment("reads", 8000, 64)
-    config = load_config(None, ["compress.row_threshold=100", "compress.n_centroids=300", "compress.epochs=0"]).compress
+    config = load_config(None, ["compress.row_threshold=100", "compress.n_centroids=300", "compress.epochs=0",
+                                 "compress.final_passes=1"]).compress
     kplan = plan_kmeans(8000, 300, config, CPU)
     before = ROWS_READ.rows
     features = open_set(path, sample_rows=kplan.check_sample_rows)
     state = fit_centroids(features, 300, config, CPU, seed=0)
     assert (ROWS_READ.rows - before) / features.n_rows == 2.0  # value check + sample, then the final pass
     assert np.isfinite(state.centres).all() and state.coarse is not None
-    assert plan_kmeans(10_000_000, 10_000, CompressConfig(), CPU).steps == 0  # large: no epoch of its own
+    large = plan_kmeans(10_000_000, 10_000, CompressConfig(epochs=1.0), CPU)
+    assert large.steps == 0 and large.lloyd_passes == 1  # large: no epoch of its own, one Lloyd pass: 2 reads
 
 
 def test_local_threaded_final_pass_equals_one_pass_in_memory(make_experiment):
