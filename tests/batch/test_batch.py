@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask
@@ -250,14 +252,21 @@ def test_batch_survives_a_killed_worker(tmp_path, bank, reference):
     assert not temp_files(tmp_path / "out")
 
 
+@contextmanager
+def fragile_cluster() -> Iterator[tuple[LocalCluster, Client]]:
+    """Two single-thread worker processes; a task whose worker dies is not retried by Dask."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as dask_client:
+        yield cluster, dask_client
+
+
 def test_a_build_whose_worker_dies_fails_alone_and_a_rerun_builds_it(tmp_path, bank, reference):
     root = tmp_path / "logs"
     names = copy_speakers(bank, root, 4)
     config = fast_config()
     jobs = plan_jobs(root, config)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as dask_client:
+    with fragile_cluster() as (cluster, dask_client):
         result = {}
         runner = threading.Thread(target=lambda: result.update(report=run_batch(jobs, config, dask_client)))
         runner.start()
@@ -310,9 +319,7 @@ def test_retries_rerun_a_build_whose_worker_died(tmp_path, bank, reference):
     names = copy_speakers(bank, root, 3)
     config = fast_config()
     jobs = plan_jobs(root, config)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as dask_client:
+    with fragile_cluster() as (cluster, dask_client):
         result = {}
         runner = threading.Thread(target=lambda: result.update(report=run_batch(jobs, config, dask_client, retries=1)))
         runner.start()

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 from rvc_index.build.runner import build_experiment
-from rvc_index.compute.backend import select_backend
+from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
@@ -192,12 +192,8 @@ def test_search_latency_restores_threads_and_counts_full_batches():
 def test_index_ram_matches_the_serialised_size(factory):
     data = frames(3000)
     index = faiss.index_factory(64, factory)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # 4-bit PQ training: tiny parallel regions crawl on a loaded machine
-    try:
+    with faiss_threads(1):  # 4-bit PQ training: tiny parallel regions crawl on a loaded machine
         index.train(data)
-    finally:
-        faiss.omp_set_num_threads(threads)
     index.add(data)
     serialised = faiss.serialize_index(index).size
     assert abs(index_ram_bytes(index) - serialised) / serialised < 0.02

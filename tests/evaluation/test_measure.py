@@ -3,6 +3,7 @@
 import faiss
 import numpy as np
 import pytest
+from rvc_index.compute.backend import faiss_threads
 from rvc_index.evaluation.measure import short_search_share, stored_rows
 from rvc_index.tools.synth import utterances
 
@@ -25,12 +26,8 @@ def test_short_search_share_is_what_the_search_returns():
 def test_stored_rows_are_what_reconstruct_n_returns(factory):
     data = np.concatenate(list(utterances(3000, 64, [2, 64])))
     index = faiss.index_factory(64, factory)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # 4-bit PQ training: tiny parallel regions crawl on a loaded machine
-    try:
+    with faiss_threads(1):  # 4-bit PQ training: tiny parallel regions crawl on a loaded machine
         index.train(data)
-    finally:
-        faiss.omp_set_num_threads(threads)
     index.add(data)
     ids = np.array([2999, 0, 5, 1500, 77])  # any order
     np.testing.assert_array_equal(stored_rows(index, ids), index.reconstruct_n(0, index.ntotal)[ids])
