@@ -36,7 +36,7 @@ from benchmarks.bench_rvc import run_measured
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## K-means (compress stage)"
-INTRO = ("`compress.method=minibatch` (ours, `pipeline/compress.py`) against sklearn `MiniBatchKMeans` as RVC "
+INTRO = ("`compress.method=minibatch` (ours, `pipeline/stages/compress.py`) against sklearn `MiniBatchKMeans` as RVC "
          "runs it, in one run of `benchmarks/bench_kmeans.py` on the same synthetic collection. Each runs in "
          "its own process (peak RSS from `wait4`). Time: sklearn's `fit` alone; ours all of `compress()`, "
          "reading the files included. Inertia: exact mean squared distance of every row to its nearest "
