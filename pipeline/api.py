@@ -58,8 +58,9 @@ def build_index(source: str | Path | np.ndarray, out: str | Path | None = None, 
 
     ``source``: ``logs/<exp>``, its ``3_feature256|768`` (or Applio ``extracted``) folder, any folder of
     ``.npy`` files, or an in-memory float [N, D] array (then ``out`` and ``name`` are required; it is
-    rebuilt every call, having no files to fingerprint). ``out``: the output folder (default: the
-    experiment folder, where RVC looks). Returns the result with the index path and the typed record.
+    rebuilt every call: its temporary files are new each time, so the input fingerprint never matches).
+    ``out``: the output folder (default: the experiment folder, where RVC looks). Returns the result with
+    the index path and the typed record.
     """
     from rvc_index.build.runner import build_experiment
     from rvc_index.compute.backend import select_backend
@@ -70,8 +71,7 @@ def build_index(source: str | Path | np.ndarray, out: str | Path | None = None, 
         if isinstance(source, np.ndarray):
             if out is None or not name:
                 raise RvcIndexError("build_index from an array needs out= (the output folder) and name= (the voice)")
-            source = _array_folder(stack, source, name)
-            force = True
+            source = _array_folder(stack, source, name)  # new files each call: the fingerprint always differs
         return build_experiment(source, config, out, select_backend(backend), force=force, name=name,
                                 index_path=index_path)
 

@@ -188,7 +188,7 @@ def _worker_address() -> str | None:
 def run_job(job: Job, config: Config, backend: str = "auto", force: bool = False) -> BatchRecord:
     """Build one experiment (the Dask task); never raises: a failure is returned as a record.
 
-    Its log lines also go to ``rvc-index-<preset>.log`` in its output folder.
+    Its log lines also go to ``rvc-index-<exp>-<preset>.log`` in its output folder.
     """
     log = get_logger()
     started = time.perf_counter()

@@ -21,7 +21,6 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped before the end (signal); a rerun resum
 REPORT_NAME = "batch_report.json"
 HISTORY_KEEP = 50  # previous runs kept in a report's history
 TABLE_WIDTH = 120
-STATUSES = ("built", "skipped", "failed", "stopped", "pending")
 
 
 def printable(name: str) -> str:

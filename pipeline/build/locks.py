@@ -33,7 +33,6 @@ LOCK_NAME = ".rvc-index.lock"
 HOLDER_NAME = ".rvc-index.lock.holder"
 POLL_S = 0.1
 REPORT_EVERY_S = 30.0
-LOCK_MODES = ("wait", "refuse", "none")
 
 
 class OutputBusy(RvcIndexError, RuntimeError):

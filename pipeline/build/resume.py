@@ -6,6 +6,7 @@ report whose index file is intact skips the work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from rvc_index import __version__
 from rvc_index.build.naming import BuildFiles, is_plain_name
+from rvc_index.build.record import BuildRecord
 from rvc_index.config.loading import dump_config, load_config
 from rvc_index.config.schema import ClusterConfig, Config, ConfigError, SafetyConfig
 from rvc_index.data.sources import Manifest
@@ -20,7 +22,8 @@ from rvc_index.runtime.outputs import read_json
 
 # The layers whose code decides what a build writes (vectors, index, file names): whole folders,
 # so a module added to one of them is covered without a list to keep. Editing the CLI, batch
-# orchestration, evaluation, reports, locks or the memory guard leaves finished outputs valid.
+# orchestration, evaluation, reports, locks or the memory guard leaves finished outputs valid
+# (runtime/ is hashed whole: the compute and stage modules import its progress and memory helpers).
 OUTPUT_LAYERS = ("compute", "config", "data", "runtime", "stages", "build/plan.py", "build/naming.py",
                  "build/runner.py", "build/vectors.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -35,6 +38,7 @@ def output_sources() -> list[Path]:
     return files
 
 
+@functools.cache  # the sources do not change within a process: hashed once
 def code_fingerprint() -> str:
     """Package version plus a hash of the layers that decide the output: changing them invalidates
     finished outputs."""
@@ -81,4 +85,4 @@ def finished_build(report: dict[str, Any] | None, files: BuildFiles, fingerprint
     index_file = files.index(report["index_file"])
     if not index_file.is_file() or index_file.stat().st_size != report.get("index_bytes"):
         return None
-    return report
+    return report if BuildRecord.from_dict(report) is not None else None  # an older or foreign report: rebuild

@@ -49,7 +49,7 @@ from rvc_index.evaluation.plots import write_report_png
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
 from rvc_index.evaluation.verdict import judge, replaced_index
 from rvc_index.runtime.memory import peak_rss_mb
-from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic
+from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic, writing
 from rvc_index.runtime.progress import DETAIL, Progress, get_logger, stage
 from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
@@ -143,7 +143,7 @@ class Build:
             if done is not None:
                 log.info("%s: up to date (%s), skipped", name, done["index_file"])
                 settle_competitors(self.out, name, files.index(done["index_file"]), [], config.output.retire_old)
-                record = BuildRecord.from_dict(done) or BuildRecord.from_dict({**done, "index_bytes": 0})
+                record = BuildRecord.from_dict(done)  # finished_build checked that it is one
                 return BuildResult(name, "skipped", files.index(done["index_file"]), files.report, record)
             if not self.force and previous is not None and previous.get("config_fingerprint") != config_fp:
                 raise OutputError(f"{files.report}: an index built with other settings is already there; "
@@ -235,7 +235,8 @@ class Build:
         with self.stage("write", guard):
             total_fea = [self.out / "total_fea.npy"] if self.config.output.write_total_fea else []
             with atomic_paths(files.config, *total_fea, index_path) as tmps:
-                tmps[0].write_text(dump_config(self.config), encoding="utf-8")
+                with writing(tmps[0]):
+                    tmps[0].write_text(dump_config(self.config), encoding="utf-8")
                 if total_fea:
                     write_total_fea(tmps[1], prepared.vectors, prepared.n_vectors, dim, self.client)
                 save_index(index, tmps[-1])
@@ -279,7 +280,7 @@ class Build:
 
 def write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
     """RVC's ``total_fea.npy`` [n_rows, dim] float32, streamed block by block."""
-    with open(path, "wb") as handle:
+    with writing(path), open(path, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
         for block in iter_blocks(vectors, client):
             handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())

@@ -43,10 +43,12 @@ def prepare_vectors(features: FeatureSet, plan: BuildPlan, config: Config, backe
     vectors: Any = features.array
     if plan.compression.apply:
         with stage("compress"):
-            vectors = compress(features, plan.compression, config.compress, backend, config.seed, client)
+            vectors = compress(features, plan.compression, config.compress, backend, config.seed, client,
+                               plan.kmeans)
     expansion = None
     if plan.expansion is not None:  # the vectors to index become their alpha-QE expansions (memory or memmap)
         with stage("expand"):
-            expansion = expand(vectors, config.expand, backend, client, spill_dir, config.seed, label)
+            expansion = expand(vectors, config.expand, backend, client, spill_dir, config.seed, label,
+                               plan.expansion)
         vectors = expansion.vectors
     return IndexVectors(vectors, not plan.compression.apply, expansion)

@@ -30,7 +30,7 @@ def shown(value: Any) -> str:
 
 INT_LIMIT = 2**31 - 1  # faiss and numpy take most settings as 32-bit ints
 WIDE_INT_KEYS = {"compress.row_threshold": 2**62}  # row counts: "never compress" may be written as a huge number
-MAX_NAME_CHARS = 64  # the config's name is in output file names (rvc-index-<name>.config.yaml)
+MAX_NAME_CHARS = 64  # the config's name is in output file names (rvc-index-<exp>-<name>.config.yaml)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class CompressConfig:
     batch_rows: int = 32768  # rows per mini-batch step (100 MB at D=768)
     epochs: float = 0.0  # mini-batch passes over the collection; 0 = none (init and Lloyd passes only)
     on_too_few_rows: Literal["error", "clamp"] = "clamp"  # n_centroids > rows
-    # minibatch method (pipeline/compress.py): init on a sample, mini-batch epochs, final Lloyd pass
+    # minibatch method (stages/compress.py): init on a sample, mini-batch epochs, Lloyd passes over every row
     assign: Literal["auto", "two-level", "exact"] = "auto"  # auto: two-level on the CPU, exact on a GPU
     coarse_centres: int = 0  # k1 of the two-level init/assignment; 0 = round(sqrt(K)) (1 below K=256); 1 = flat
     nprobe: int = 2  # coarse cells searched per row in two-level assignment (1 loses ~5 % MSD on low-dim data)
@@ -66,7 +66,7 @@ class CompressConfig:
 
 @dataclass(frozen=True)
 class ExpandConfig:
-    """Alpha query expansion of the stored vectors (after compression), see pipeline/expand.py."""
+    """Alpha query expansion of the stored vectors (after compression), see stages/expand.py."""
 
     enabled: bool = False
     num_expand: int = 8  # neighbours mixed into each vector, itself included
@@ -111,7 +111,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """The build's evaluation on held-out utterances (pipeline/evaluate.py, pipeline/holdout.py)."""
+    """The build's evaluation on held-out utterances (evaluation/evaluate.py, evaluation/holdout.py)."""
 
     recall_queries: int = 500  # most query frames from held-out utterances after a build; 0 = skip evaluation
     holdout_fraction: float = 0.05  # share of the rows held out, as whole files, to query with

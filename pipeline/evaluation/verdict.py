@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend
 from rvc_index.config.schema import Config, EvaluateConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.evaluation.evaluate import exact_knn, missing_label_share, recall_at_k
 from rvc_index.evaluation.holdout import HoldoutError, holdout_from_features
+from rvc_index.evaluation.index_file import IndexFileError, read_index_file
 from rvc_index.evaluation.measure import RVC_K, reconstruct_blocks
 
 GRADES = ("good", "fair", "poor")
@@ -84,10 +84,10 @@ def measure_replaced(path: Path, features: FeatureSet, config: EvaluateConfig, b
     ``path``, on the held-out frames the build's evaluation used; ``{"file", "skipped"}`` when it cannot
     be measured (unreadable, other width, too small)."""
     result: dict[str, Any] = {"file": Path(path).name}
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as exc:  # faiss's reader: not an index, truncated
-        return {**result, "skipped": f"unreadable by faiss: {str(exc).splitlines()[0][:200]}"}
+    try:  # a foreign file: checked first (an IndexIDMap aborts reconstruct_n, a corrupt ntotal loops forever)
+        index = read_index_file(path)
+    except (IndexFileError, RuntimeError, MemoryError) as exc:
+        return {**result, "skipped": f"cannot be used: {str(exc).splitlines()[0][:200]}"}
     if index.d != features.dim or index.ntotal < k:
         return {**result, "skipped": f"holds {index.ntotal} vectors of width {index.d}, the features are "
                                      f"{features.dim}-d"}

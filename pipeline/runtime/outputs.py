@@ -22,7 +22,7 @@ class OutputWriteError(RvcIndexError, OSError):
 
 def _write_failure(final: Path, tmp: Path, exc: BaseException) -> OutputWriteError | None:
     """``exc`` as an OutputWriteError naming ``final`` when it is a failure to write the file."""
-    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and exc.filename in (None, str(tmp)):
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and exc.filename in (None, str(tmp)):  # see writing()
         reason, code = exc.strerror or str(exc), exc.errno
     elif isinstance(exc, RuntimeError) and str(tmp) in str(exc):  # faiss's writer: "... (No space left on device)"
         text = str(exc)
@@ -33,6 +33,18 @@ def _write_failure(final: Path, tmp: Path, exc: BaseException) -> OutputWriteErr
                              "no partial file left")
     error.errno = code
     return error
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Attribute an ``OSError`` raised inside the block to ``path``: a file object's write error names no
+    file, and among several temporary files written together (``atomic_paths``) the full disk is this one's."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def temp_name(final: Path) -> Path:

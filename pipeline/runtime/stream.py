@@ -57,15 +57,6 @@ def block_tasks(array: da.Array) -> list[Any]:
     return list(array.to_delayed().ravel())
 
 
-def compute_each(tasks: Sequence[Any], client: Any | None = None) -> list[Any]:
-    """Compute delayed ``tasks`` (small results each) on the cluster, or on local threads."""
-    if not tasks:
-        return []
-    if client is not None:
-        return client.gather(client.compute(list(tasks)))
-    return list(dask.compute(*tasks, scheduler=dask.threaded.get))  # a callable: dask skips importing distributed
-
-
 def each_result(tasks: Sequence[Any], client: Any | None = None) -> Iterator[tuple[int, Any]]:
     """(index, result) of every delayed task as it completes, on the cluster or on local threads."""
     if not tasks:

@@ -281,13 +281,13 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
 
 
 def compress(features: FeatureSet, plan: CompressPlan, config: CompressConfig, backend: Backend,
-             seed: int, client: Any | None = None) -> np.ndarray:
+             seed: int, client: Any | None = None, kplan: KMeansPlan | None = None) -> np.ndarray:
     """Centroids [n_centroids, D] float32 summarising the collection."""
     log = get_logger()
     if config.method == "sklearn":
         log.info("compress: sklearn MiniBatchKMeans (RVC parity mode) on %s rows", f"{features.n_rows:,}")
         return sklearn_centroids(features, plan.n_centroids, seed, client)
-    state = fit_centroids(features, plan.n_centroids, config, backend, seed, client)
+    state = fit_centroids(features, plan.n_centroids, config, backend, seed, client, kplan)
     return backend.to_host(state.centres).astype(np.float32)
 
 
@@ -306,12 +306,13 @@ def minibatch_epochs(features: FeatureSet, state: KMeansState, kplan: KMeansPlan
 
 
 def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,
-                  seed: int, client: Any | None = None) -> KMeansState:
+                  seed: int, client: Any | None = None,
+                  kplan: KMeansPlan | None = None) -> KMeansState:
     """Run the three phases of ``method=minibatch``; returns the final state (centres on device)."""
     log = get_logger()
     xp = backend.xp
     rng = np.random.default_rng(seed)
-    kplan = plan_kmeans(features.n_rows, n_centroids, config, backend)
+    kplan = kplan or plan_kmeans(features.n_rows, n_centroids, config, backend)  # a build passes its plan's
     log.info("compress: %s", kplan.describe())
     if kplan.route == "device":
         fitted = fit_device(features, n_centroids, config, backend, rng, client)

@@ -188,7 +188,8 @@ def row_buffer(n: int, dim: int, spill_dir: Path | None, spill: bool, name: str)
 
 
 def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | None = None,
-           spill_dir: str | Path | None = None, seed: int = 0, label: str = "") -> Expansion:
+           spill_dir: str | Path | None = None, seed: int = 0, label: str = "",
+           plan: ExpandPlan | None = None) -> Expansion:
     """Alpha-query-expand ``vectors`` [N, D] (numpy, memmap or dask; streamed once) on ``backend``.
 
     CPU work runs on ``faiss.omp_get_max_threads()`` threads (the build's thread budget).
@@ -199,7 +200,7 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
     if n == 0:
         raise ExpandError("expand: there are no vectors to expand")
-    plan = plan_expansion(n, dim, config, backend)
+    plan = plan or plan_expansion(n, dim, config, backend)  # a build passes the plan its guard checked
     k, tile_bytes, spill = plan.neighbours, plan.tile_bytes, plan.spill
     workers = 1 if backend.is_gpu else max(1, faiss.omp_get_max_threads())
     timings: dict[str, float] = {}

@@ -20,7 +20,7 @@ from rvc_index.compute.backend import Backend, faiss_threads
 from rvc_index.config.schema import IndexConfig
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate
-from rvc_index.runtime.outputs import write_atomic
+from rvc_index.runtime.outputs import write_atomic, writing
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.stream import sample_row_ids, take_rows
 
@@ -231,11 +231,8 @@ def save_index(index: faiss.Index, path: Path) -> None:
     """``index`` serialised to ``path`` through a Python file object: faiss's own file API takes only
     UTF-8 strings, so a folder named in another encoding (or, on Windows, outside the ANSI code page)
     could not be written."""
-    try:
-        with open(path, "wb") as handle:
-            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
-    except OSError as exc:  # name the file: a full disk is this file's failure, not another's being written
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    with writing(path), open(path, "wb") as handle:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
 
 
 def describe_index(index: faiss.Index) -> dict[str, Any]:

@@ -25,10 +25,13 @@ def test_code_fingerprint_follows_the_output_layers_not_the_cli():
 def test_finished_build_needs_the_fingerprint_and_an_intact_plain_named_index(tmp_path):
     files = BuildFiles(tmp_path, "spk", "rvc-classic")
     (tmp_path / "a.index").write_bytes(b"12345")
-    report = {"fingerprint": "f", "index_file": "a.index", "index_bytes": 5}
+    report = {"experiment": "spk", "feature_dir": "/f", "version": "v2", "dim": 8, "files": 1, "rows_declared": 9,
+              "rows": 9, "fingerprint": "f", "index_file": "a.index", "index_bytes": 5, "config_fingerprint": "c",
+              "code_version": "v", "faiss_version": "1.15"}
     assert resume.finished_build(report, files, "f") == report
     assert resume.finished_build(report, files, "g") is None
     assert resume.finished_build({**report, "index_bytes": 4}, files, "f") is None
     assert resume.finished_build({**report, "index_file": "../a.index"}, files, "f") is None
     assert resume.finished_build({**report, "index_file": None}, files, "f") is None
     assert resume.finished_build(None, files, "f") is None
+    assert resume.finished_build({"fingerprint": "f", "index_file": "a.index", "index_bytes": 5}, files, "f") is None

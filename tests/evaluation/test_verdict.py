@@ -59,3 +59,21 @@ def test_default_log_is_a_few_lines_ending_with_the_verdict_and_the_replaced_ind
     loud = _build("-v", "build", str(exp), "--config", "rvc-classic", "--force", *FAST)
     assert loud.returncode == 0 and "[train] start" in loud.stderr and "add: 3,000/3,000 vectors" in loud.stderr
     assert len(loud.stderr.strip().splitlines()) > len(lines) + 5
+
+
+def test_a_foreign_index_that_would_abort_faiss_is_skipped_not_measured(make_experiment, feature_set, tmp_path):
+    """An ``IndexIDMap`` beside the voice: faiss aborts the process in ``reconstruct_n`` of one, so the
+    index a build replaces is checked before it is measured."""
+    import numpy as np
+    from rvc_index.compute.backend import select_backend
+    from rvc_index.config.loading import load_config
+    from rvc_index.evaluation.verdict import measure_replaced
+
+    features = feature_set(make_experiment("idmap", 3000, 256))
+    ids = faiss.IndexIDMap(faiss.IndexFlatL2(256))
+    frames = sample_frames(3000, 256)[:3000]
+    ids.add_with_ids(frames, np.arange(3000, dtype=np.int64))
+    path = tmp_path / "added_old_idmap_v1.index"
+    faiss.write_index(ids, str(path))
+    result = measure_replaced(path, features, load_config("tips-plain").evaluate, select_backend("cpu"))
+    assert result["file"] == path.name and "skipped" in result and "recall_at_k" not in result
