@@ -55,7 +55,8 @@ def find_shard_reports(folder: Path, job: str | None = None) -> list[ShardReport
 
 def missing_records(shards: list[ShardReport], missing: list[int], status: str, error: str | None) -> list[BatchRecord]:
     """Records for the experiments of shards that never reported, planned again from a reporting
-    shard's settings (root, out, config, overrides, --only); none when that cannot be done."""
+    shard's settings (root, out, config, overrides, --only); one record per shard when that cannot be
+    done, so a final report never counts a lost shard as success."""
     meta = shards[0].data
     try:
         config = load_config(Path(meta["config_file"]), meta.get("overrides") or [])
@@ -66,7 +67,7 @@ def missing_records(shards: list[ShardReport], missing: list[int], status: str, 
                 records.append(BatchRecord(printable(job.name), status, job.mode, error=error and error.format(index)))
         return records
     except (KeyError, TypeError, RvcIndexError, OSError):
-        return []
+        return [BatchRecord(f"<shard {index}>", status, "", error=error and error.format(index)) for index in missing]
 
 
 def merge_shards(folder: str | Path, job: str | None = None, final: bool = False) -> tuple[BatchReport, list[str]]:

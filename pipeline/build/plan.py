@@ -97,14 +97,13 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     dim = manifest.dim
     threads = os.cpu_count() or 1
     stream = stream_bytes(manifest, chunk_mb, local)
-    stages = [check_estimate(manifest, chunk_mb, local, threads)]
-
     compression = plan_compression(n, config.compress)
     kmeans = None
+    if compression.apply and config.compress.method == "minibatch":
+        kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
+    stages = [check_estimate(manifest, chunk_mb, local, threads, kmeans.check_sample_rows if kmeans else 0)]
     vectors = n
     if compression.apply:
-        if config.compress.method == "minibatch":
-            kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
         stages.append(compress_estimate(n, dim, compression, kmeans, stream, backend.is_gpu))
         vectors = compression.n_centroids
     expansion = None

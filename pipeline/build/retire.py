@@ -96,11 +96,14 @@ def unretire(folder: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def settle_competitors(folder: Path, model: str, keep: Path, ours: list[Path], retire_old: bool) -> list[str]:
+def settle_competitors(folder: Path, model: str, keep: Path, ours: list[Path], retire_old: bool,
+                       found: list[Path] | None = None) -> list[str]:
     """After writing ``keep``: retire the other indexes RVC's or Applio's lookup could pick (``retire_old``)
-    or say how to; ``ours`` (this build's superseded files) are left alone. Returns the retired names."""
+    or say how to; ``ours`` (this build's superseded files) are left alone. ``found``: the competitors
+    already listed by ``competing_indexes`` (else the folder is walked). Returns the retired names."""
     log = get_logger()
-    others = [p for p in competing_indexes(folder, model) if p != Path(keep) and p not in ours]
+    candidates = competing_indexes(folder, model) if found is None else found
+    others = [p for p in candidates if p != Path(keep) and p not in ours]
     if not others:
         return []
     names = ", ".join(str(p.relative_to(folder)) for p in others)

@@ -171,11 +171,12 @@ class Build:
         prior = (previous or {}).get("index_file")
         previous_index = prior if is_plain_name(prior) and prior.endswith(".index") else None  # never a path elsewhere
         superseded = [files.index(previous_index)] if previous_index else []
-        replaced = replaced_index(files.index(index_name), superseded[0] if superseded else None,
-                                  competing_indexes(self.out, name, files.index(index_name)))
+        competitors = competing_indexes(self.out, name, files.index(index_name))  # one walk of the folder
+        replaced = replaced_index(files.index(index_name), superseded[0] if superseded else None, competitors)
         verdict = judge(evaluation, replaced, features, config, self.backend, self.client)
         self.write(index, index_name, previous_index, config_fp, files, prepared, features.dim, guard)
-        retired = settle_competitors(self.out, name, files.index(index_name), superseded, config.output.retire_old)
+        retired = settle_competitors(self.out, name, files.index(index_name), superseded, config.output.retire_old,
+                                     competitors)
         record = self.record(features, manifest, plan, prepared, index, index_name, evaluation, guard, files,
                              fingerprint, config_fp)
         record.retired = retired

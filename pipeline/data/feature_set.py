@@ -209,10 +209,17 @@ def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:
     return chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))
 
 
-def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int) -> StageEstimate:
+def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int,
+                   sample_rows: int = 0) -> StageEstimate:
     """The value check: on local threads, up to ``threads`` files read at once (file, float32 copy, finite
-    mask); with a client it runs on the workers."""
+    mask); with ``sample_rows`` (it draws the k-means sample in the same read) each also keeps its chunk's
+    finite rows until the chunk's share is drawn. With a client it runs on the workers. The sample itself
+    is the compress stage's (it holds it until its init)."""
     chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
     biggest = max(f.bytes + f.rows * manifest.dim * F32 * 5 // 4 for f in manifest.files)
+    chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * manifest.dim * F32
     at_once = min(threads, len(chunks)) if local else 0
-    return StageEstimate("check", at_once * biggest, 0, f"{at_once} files of up to {mb(biggest)} checked at once")
+    kept = at_once * chunk if sample_rows else 0
+    return StageEstimate("check", at_once * biggest + kept, 0,
+                         f"{at_once} files of up to {mb(biggest)} checked at once"
+                         + (f", {at_once} chunks kept while the sample is drawn" if kept else ""))

@@ -13,6 +13,7 @@ import math
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rvc_index.errors import RvcIndexError
@@ -74,20 +75,26 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_header(path: Path | str) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) from an ``.npy`` header, checking the file is complete."""
-    shape, dtype, offset, _ = read_header_and_stat(path)
-    return shape, dtype, offset
-
-
 def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, int, os.stat_result]:
-    """``read_header`` plus the file's ``stat``, from one open. Opened without blocking and checked to be
-    a regular file first: a FIFO or a device named ``.npy`` is a bad file, never read."""
+    """(shape, dtype, data offset, ``stat``) of an ``.npy`` file, checking it is complete, from one open."""
+    return _read_checked(path, load=False)[:4]
+
+
+def load_checked(path: Path | str) -> np.ndarray:
+    """The array of a regular, complete ``.npy`` file, read through the same open that checked its header
+    (a FIFO or a device named ``.npy`` is never read; raises FeatureFileError)."""
+    return _read_checked(path, load=True)[4]
+
+
+def _read_checked(path: Path | str, load: bool) -> tuple[tuple[int, ...], np.dtype, int, os.stat_result, Any]:
+    """Opened without blocking and checked to be a regular file first; then the header, then (``load``)
+    the data from the same handle."""
     label = shown_name(str(path))  # messages name a non-UTF-8 file with \x escapes
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise FeatureFileError(label, f"cannot read: {exc.strerror or exc}") from exc
+    array = None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -101,6 +108,10 @@ def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, i
             else:
                 raise FeatureFileError(label, f"not a valid .npy file (unknown format version {version})")
             offset = handle.tell()
+            _check_header(label, shape, dtype, offset, info)
+            if load:
+                handle.seek(0)
+                array = np.load(handle, allow_pickle=False)
     except FeatureFileError:
         raise
     except OSError as exc:
@@ -109,6 +120,10 @@ def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, i
         raise FeatureFileError(label, f"not a valid .npy file ({str(exc)[:200]})") from exc
     finally:
         os.close(fd)
+    return tuple(int(s) for s in shape), dtype, offset, info, array
+
+
+def _check_header(label: str, shape: tuple[int, ...], dtype: np.dtype, offset: int, info: os.stat_result) -> None:
     if dtype.hasobject:
         raise FeatureFileError(label, "holds Python objects, not numbers")
     if any(s < 0 for s in shape):
@@ -116,7 +131,6 @@ def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, i
     expected = offset + math.prod(shape) * dtype.itemsize  # Python ints: a lying header cannot overflow
     if info.st_size < expected:
         raise FeatureFileError(label, f"truncated: {info.st_size} bytes on disk, header promises {expected}")
-    return tuple(int(s) for s in shape), dtype, offset, info
 
 
 def _not_features(name: str) -> str | None:

@@ -20,7 +20,7 @@ from rvc_index.data.files import (
     broken_link,
     check_array_meta,
     list_feature_files,
-    read_header,
+    load_checked,
     read_header_and_stat,
     shown_name,
 )
@@ -194,13 +194,7 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
 
 def load_features(path: Path | str, dim: int) -> np.ndarray:
     """One file as float32 [T, dim] (float16/float64 converted); raises FeatureFileError."""
-    try:
-        read_header(Path(path))  # a regular, complete .npy: np.load never opens a FIFO or a device
-        array = np.load(path, allow_pickle=False)
-    except OSError as exc:
-        raise FeatureFileError(shown_name(str(path)), f"cannot read: {exc.strerror or exc}") from exc
-    except (ValueError, EOFError) as exc:
-        raise FeatureFileError(shown_name(str(path)), f"not a valid .npy file ({exc})") from exc
+    array = load_checked(path)  # one open: header checked (regular, complete), then the data
     check_array_meta(shown_name(str(path)), array.shape, array.dtype, dim)
     return np.ascontiguousarray(array, dtype=np.float32)
 

@@ -108,6 +108,15 @@ def test_status_merges_the_shards_of_one_array_job(tmp_path, bank, capsys):
     assert "no shard reports" in capsys.readouterr().err
 
 
+def test_a_lost_shard_that_cannot_be_planned_again_still_fails_the_final_report(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shard_report(out, 0, 2, "99", [BatchRecord("spk0", "built", rows=2000)], True, tmp_path / "gone")  # root deleted
+    report, notes = merge_shards(out, final=True)
+    assert [(r.experiment, r.status) for r in report.records] == [("<shard 1>", "failed"), ("spk0", "built")]
+    assert report.exit_code == 1 and "never reported" in report.records[0].error
+
+
 def test_dry_run_reads_every_header_and_says_build_skip_or_fail(tmp_path, bank, capsys):
     root = copy(bank, tmp_path / "logs", "spk0", "spk1", "spk2")
     build_experiment(root / "spk1", fast_config())
