@@ -104,7 +104,7 @@ def distance_step_gflops(backend: Backend, state: Any, batch: np.ndarray, nprobe
         flops = 2.0 * rows.shape[0] * d * k
     else:
         k1 = state.coarse.shape[0]
-        flops = 2.0 * rows.shape[0] * d * (k1 + nprobe * k / k1)
+        flops = 2.0 * rows.shape[0] * d * (k1 + nprobe * state.spread * k / k1)
     return flops / seconds / 1e9
 
 
@@ -146,7 +146,7 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
     result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "steps": state.step,
                               "reseeded": state.reseeded, "plan": kplan.describe(), "backend": backend.describe(),
                               "data_passes": round(passes, 2), "two_level": state.coarse is not None,
-                              "nprobe": config.nprobe}
+                              "nprobe": config.nprobe, "spread": config.spread}
     if backend.is_gpu:
         batch = np.load(feature_dir / sorted(os.listdir(feature_dir))[0])
         rows = np.concatenate([batch] * (kplan.batch_rows // max(len(batch), 1) + 1))[:kplan.batch_rows]
@@ -194,7 +194,8 @@ def exact_inertias(feature_dir: Path, centre_sets: dict[str, np.ndarray], backen
     return {name: total / rows for name, total in totals.items()}
 
 
-def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, seed: int) -> dict[str, float]:
+def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, seed: int,
+                       spread: int = 1) -> dict[str, float]:
     """Our two-level assignment against the exact one, on ``sample`` rows and our final centres."""
     from rvc_index.compute.kmeans import nearest_centres
     from rvc_index.compute.two_level import assign_two_level, build_tree
@@ -206,7 +207,8 @@ def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, s
     rows = take_rows(features.array, sample_row_ids(features.n_rows, sample, np.random.default_rng(seed)))
     centres = np.load(out / "centres.npy")
     exact_labels, exact = nearest_centres(np, rows, centres)
-    labels, approx = assign_two_level(np, build_tree(np, centres, np.load(out / "coarse.npy")), rows, nprobe)
+    labels, approx = assign_two_level(np, build_tree(np, centres, np.load(out / "coarse.npy"), spread), rows,
+                                      nprobe)
     return {"rows": len(rows), "same_centre": float((labels == exact_labels).mean()),
             "approx_over_exact": float(approx.astype(np.float64).mean() / exact.astype(np.float64).mean())}
 
@@ -236,7 +238,8 @@ def render(result: dict[str, Any]) -> str:
                      f"{ours['reseeded']} dead centres re-seeded.")
     quality = result.get("assignment")
     if quality:
-        notes.append(f"Two-level assignment (nprobe {ours['nprobe']}) on {quality['rows']:,} sampled rows and "
+        notes.append(f"Two-level assignment (nprobe {ours['nprobe']}, spread {ours.get('spread', 1)})"
+                     f" on {quality['rows']:,} sampled rows and "
                      f"our final centres: same centre as exact for {100 * quality['same_centre']:.1f} %, mean "
                      f"squared distance {quality['approx_over_exact']:.4f} x exact.")
     if "matmul_gflops" in ours:
@@ -285,8 +288,9 @@ def run_bench(args: argparse.Namespace, command: str) -> dict[str, Any]:
         centre_sets = {m: np.load(work / m / "centres.npy") for m in methods}
         for name, value in exact_inertias(feature_dir, centre_sets, backend).items():
             result["methods"][name]["inertia"] = value
-        result["assignment"] = assignment_quality(feature_dir, work / "ours", result["methods"]["ours"]["nprobe"],
-                                                  args.quality_rows, args.seed)
+        ours = result["methods"]["ours"]
+        result["assignment"] = assignment_quality(feature_dir, work / "ours", ours["nprobe"], args.quality_rows,
+                                                  args.seed, ours.get("spread", 1))
     for rows in args.rss_rows:
         big = run_child("ours", dataset(args.data_dir, rows, args.dim, args.seed, args.collection), args,
                         work / f"ours-{rows}")

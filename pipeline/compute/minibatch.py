@@ -29,13 +29,14 @@ class KMeansState:
     tree: CentreTree | None = None  # cell membership, rebuilt every ``4 k`` rows and after re-seeding
     rows_since_tree: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))  # re-seeding draws
+    spread: int = 1  # coarse cells each centre is listed in (two_level.build_tree)
 
     def current_tree(self, xp: Any) -> CentreTree | None:
         """The two-level grouping with the centres' current positions (None when exact)."""
         if self.coarse is None:
             return None
         if self.tree is None or self.rows_since_tree >= 4 * self.centres.shape[0]:
-            self.tree, self.rows_since_tree = build_tree(xp, self.centres, self.coarse), 0
+            self.tree, self.rows_since_tree = build_tree(xp, self.centres, self.coarse, self.spread), 0
         else:
             self.tree.centres = self.centres[self.tree.ids]
             self.tree.norms = squared_norms(xp, self.tree.centres)
@@ -92,12 +93,12 @@ def minibatch_step(xp: Any, state: KMeansState, batch: Any, decay: float = 1.0, 
 
 
 def new_state(xp: Any, centres: Any, counts: Any | None = None, coarse: Any | None = None,
-              seed: int = 0) -> KMeansState:
+              seed: int = 0, spread: int = 1) -> KMeansState:
     """A state starting at ``centres`` with ``counts`` rows behind them (zeros if None)."""
     k = centres.shape[0]
     counts = xp.zeros(k, dtype=xp.float64) if counts is None else counts.astype(xp.float64)
     return KMeansState(centres.astype(xp.float32), counts, xp.zeros(k, dtype=xp.float64), coarse,
-                       rng=np.random.default_rng(seed))
+                       rng=np.random.default_rng(seed), spread=spread)
 
 
 def fit_minibatch(backend: Backend, batches: Iterable[Any], state: KMeansState, decay: float = 1.0,
@@ -122,12 +123,13 @@ class PassStats:
 
 
 def pass_stats(xp: Any, centres: Any, tree: CentreTree | None, batch: Any, nprobe: int = 1,
-               n_far: int = 64) -> PassStats:
-    """Assign ``batch`` [b, d] (two-level with ``tree``, else exactly) and sum it per centre."""
+               n_far: int = 64, cells: Any = None) -> PassStats:
+    """Assign ``batch`` [b, d] (two-level with ``tree``, searching ``cells`` when given; else exactly)
+    and sum it per centre."""
     if tree is None:
         labels, dists = nearest_centres(xp, batch, centres)
     else:
-        labels, dists = assign_two_level(xp, tree, batch, nprobe)
+        labels, dists = assign_two_level(xp, tree, batch, nprobe, cells)
     sums, counts = segment_sums(xp, labels, batch, centres.shape[0])
     far = farthest(xp, dists, min(n_far, batch.shape[0]))
     return PassStats(sums, counts, float(dists.astype(xp.float64).sum()), int(batch.shape[0]),
@@ -135,14 +137,15 @@ def pass_stats(xp: Any, centres: Any, tree: CentreTree | None, batch: Any, nprob
 
 
 def merge_stats(xp: Any, a: PassStats | None, b: PassStats) -> PassStats:
-    """The stats of two disjoint parts of a pass together (``a`` may be None)."""
+    """The stats of two disjoint parts of a pass together (``a`` may be None; its sums are added to)."""
     if a is None:
         return b
     far_rows = xp.concatenate([a.far_rows, b.far_rows])
     far_dists = xp.concatenate([a.far_dists, b.far_dists])
     keep = farthest(xp, far_dists, max(a.far_rows.shape[0], b.far_rows.shape[0]))
-    return PassStats(a.sums + b.sums, a.counts + b.counts, a.sse + b.sse, a.rows + b.rows,
-                     far_rows[keep], far_dists[keep])
+    a.sums += b.sums  # in place: a pass's running total is its own array
+    a.counts += b.counts
+    return PassStats(a.sums, a.counts, a.sse + b.sse, a.rows + b.rows, far_rows[keep], far_dists[keep])
 
 
 def apply_pass(xp: Any, state: KMeansState, stats: PassStats) -> int:

@@ -8,10 +8,11 @@ nprobe 1). The same grouping gives a hierarchical init: coarse k-means, then cen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from rvc_index.compute.backend import to_host
+from rvc_index.compute.backend import thread_map, to_host
+from rvc_index.compute.init import d2_init
 from rvc_index.compute.kmeans import (
     d2_sample,
     farthest,
@@ -22,6 +23,9 @@ from rvc_index.compute.kmeans import (
     segment_sums,
     squared_norms,
 )
+from rvc_index.runtime.stream import local_threads
+
+COARSE_ROWS = 64  # sample rows per coarse centre for the coarse k-means (a coarse cell only routes rows)
 
 
 def allocate(sizes: np.ndarray, total: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -51,63 +55,133 @@ class CentreTree:
     """Centres grouped by their nearest coarse centre, for two-level assignment.
 
     ``centres[offsets[j]:offsets[j + 1]]`` are cell j's centres; ``ids`` maps them back to the
-    caller's order. Cells without centres get an infinite coarse norm so no row probes them.
+    caller's order (a centre listed in several cells appears once per cell). Cells without centres get
+    an infinite coarse norm so no row probes them.
     """
 
     coarse: Any  # [k1, d]
     coarse_norms: Any  # [k1]
-    centres: Any  # [k, d], sorted by cell
-    norms: Any  # [k]
-    ids: Any  # [k] int64
+    centres: Any  # [entries, d], sorted by cell
+    norms: Any  # [entries]
+    ids: Any  # [entries] int64
     offsets: np.ndarray  # host [k1 + 1]
 
 
-def build_tree(xp: Any, centres: Any, coarse: Any) -> CentreTree:
-    """Group ``centres`` [k, d] under their nearest of ``coarse`` [k1, d] (k * k1 distances)."""
+def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTree:
+    """Group ``centres`` [k, d] under their ``spread`` nearest of ``coarse`` [k1, d] (k * k1 distances).
+
+    With ``spread`` > 1 a centre is listed in each of its nearest cells, so a row that searches only its
+    own cell still meets the centres just across the border: one gathered copy of each row instead of
+    one per probed cell.
+    """
     k, k1 = centres.shape[0], coarse.shape[0]
-    cell, _ = nearest_centres(xp, centres, coarse)
-    ids = xp.argsort(cell * k + xp.arange(k))  # by cell, then by id: deterministic on any device
-    offsets = to_host(xp.searchsorted(cell[ids], xp.arange(k1 + 1)))
+    spread = max(1, min(spread, k1))
     coarse_norms = squared_norms(xp, coarse)
+    scores = centres @ coarse.T
+    scores *= -2.0
+    scores += coarse_norms[None, :]
+    cell = nearest_cells(xp, scores, spread).ravel()  # entry e lists centre e // spread
+    del scores
+    entries = xp.argsort(cell * (k * spread) + xp.arange(k * spread))  # by cell, then by centre
+    offsets = to_host(xp.searchsorted(cell[entries], xp.arange(k1 + 1)))
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if empty.size:
         coarse_norms[xp.asarray(empty)] = xp.inf
+    ids = entries // spread
     grouped = centres[ids]
     return CentreTree(coarse, coarse_norms, grouped, squared_norms(xp, grouped), ids, offsets)
 
 
-def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1) -> tuple[Any, Any]:
-    """(labels int64 [n] in the caller's order, squared distances float32 [n]): the nearest
-    centre among those of each row's ``nprobe`` nearest coarse cells."""
-    n, k1 = x.shape[0], tree.coarse.shape[0]
-    probes = max(1, min(nprobe, int((np.diff(tree.offsets) > 0).sum())))
-    coarse_scores = tree.coarse_norms[None, :] - 2.0 * (x @ tree.coarse.T)
+def nearest_cells(xp: Any, scores: Any, probes: int) -> Any:
+    """[n, probes] column indices of the ``probes`` smallest entries of each row of ``scores`` [n, k1]
+    (any order); ``scores`` is overwritten. Up to 4 probes by repeated ``argmin``: a row of 100 cells
+    is 5x faster to scan a few times than to partition."""
     if probes == 1:
-        cells = xp.argmin(coarse_scores, axis=1)
-    else:
-        cells = xp.argpartition(coarse_scores, probes - 1, axis=1)[:, :probes].ravel()
-    order = xp.argsort(cells * (n * probes) + xp.arange(n * probes))  # (row, probe) pairs by cell
-    bounds = to_host(xp.searchsorted(cells[order], xp.arange(k1 + 1)))
+        return xp.argmin(scores, axis=1)[:, None]
+    if probes > 4:
+        return xp.argpartition(scores, probes - 1, axis=1)[:, :probes]
+    every = xp.arange(scores.shape[0])
+    picks = []
+    for p in range(probes):
+        picks.append(xp.argmin(scores, axis=1))
+        if p < probes - 1:
+            scores[every, picks[-1]] = xp.inf
+    return xp.stack(picks, axis=1)
+
+
+def coarse_cells(xp: Any, tree: CentreTree, x: Any, nprobe: int) -> Any:
+    """int16 [n, probes]: the ``nprobe`` nearest coarse cells holding centres of each row of ``x`` [n, d].
+
+    The coarse centres stay fixed once the init has made them, so a caller that sees the same rows
+    again (the next Lloyd pass) can keep these and skip the coarse product."""
+    probes = max(1, min(nprobe, int((np.diff(tree.offsets) > 0).sum())))
+    scores = x @ tree.coarse.T
+    scores *= -2.0
+    scores += tree.coarse_norms[None, :]
+    return nearest_cells(xp, scores, probes).astype(xp.int16)
+
+
+def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: Any = None) -> tuple[Any, Any]:
+    """(labels int64 [n] in the caller's order, squared distances float32 [n]): the nearest
+    centre among those of each row's ``nprobe`` nearest coarse cells (``cells`` [n, probes]: those
+    cells, as :func:`coarse_cells` found them earlier).
+
+    The (row, probe) pairs are grouped by cell and each cell's rows are gathered just before its
+    matrix product: one gathered copy of every row would be ``nprobe`` times the chunk, allocated
+    afresh (its page faults cost more than the arithmetic on a CPU).
+    """
+    n, k1 = x.shape[0], tree.coarse.shape[0]
+    if cells is None:
+        cells = coarse_cells(xp, tree, x, nprobe)
+    probes = cells.shape[1]
+    flat = cells.ravel().astype(xp.int64)
+    order = xp.argsort(flat * (n * probes) + xp.arange(n * probes))  # (row, probe) pairs by cell
+    bounds = to_host(xp.searchsorted(flat[order], xp.arange(k1 + 1)))
     rows = order // probes
-    found_d = xp.empty(n * probes, dtype=xp.float32)
-    found_l = xp.empty(n * probes, dtype=xp.int64)
-    for j in np.flatnonzero(np.diff(bounds)):
+    found_d = xp.full(n * probes, xp.inf, dtype=xp.float32)  # a cell that has lost its centres finds nothing
+    found_l = xp.zeros(n * probes, dtype=xp.int64)
+    for j in np.flatnonzero(np.diff(bounds) * (np.diff(tree.offsets) > 0)):
         a, b = int(bounds[j]), int(bounds[j + 1])
         lo, hi = int(tree.offsets[j]), int(tree.offsets[j + 1])
-        labels, dists = nearest_centres(xp, x[rows[a:b]], tree.centres[lo:hi], tree.norms[lo:hi])
-        found_d[order[a:b]] = dists
-        found_l[order[a:b]] = labels + lo
+        scores = x[rows[a:b]] @ tree.centres[lo:hi].T
+        scores *= -2.0
+        scores += tree.norms[None, lo:hi]  # |c|^2 - 2 x.c
+        best = xp.argmin(scores, axis=1)
+        found_d[order[a:b]] = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+        found_l[order[a:b]] = best + lo
     found_d, found_l = found_d.reshape(n, probes), found_l.reshape(n, probes)
     pick = xp.argmin(found_d, axis=1)[:, None]
-    best = xp.take_along_axis(found_l, pick, axis=1)[:, 0]
-    return tree.ids[best], xp.take_along_axis(found_d, pick, axis=1)[:, 0]
+    best_d = xp.take_along_axis(found_d, pick, axis=1)[:, 0]
+    labels = tree.ids[xp.take_along_axis(found_l, pick, axis=1)[:, 0]]
+    lost = xp.nonzero(xp.isinf(best_d))[0]  # only with stale ``cells``: search those rows afresh
+    if lost.size:
+        labels[lost], best_d[lost] = assign_two_level(xp, tree, x[lost], probes)
+        best_d[lost] -= squared_norms(xp, x[lost])
+    dists = xp.maximum(best_d + squared_norms(xp, x), 0.0)
+    return labels, dists.astype(xp.float32)
+
+
+def assign_parallel(xp: Any, tree: CentreTree, x: Any, nprobe: int, cells: Any) -> tuple[Any, Any]:
+    """:func:`assign_two_level` of ``x`` [n, d] in one slice of rows per core (numpy; whole on a GPU)."""
+    parts = local_threads() if xp is np else 1
+    bounds = np.linspace(0, x.shape[0], parts + 1).astype(np.int64)
+    found = thread_map(xp, lambda i: assign_two_level(xp, tree, x[bounds[i]:bounds[i + 1]], nprobe,
+                                                      cells[bounds[i]:bounds[i + 1]]), range(parts))
+    return xp.concatenate([labels for labels, _ in found]), xp.concatenate([dists for _, dists in found])
+
+
+class HierarchicalInit(NamedTuple):
+    centres: Any  # [k, d] float32
+    counts: Any  # [k] sample rows per centre
+    coarse: Any  # [k1, d] float32
+    cells: Any  # int16 [n, 1]: each sample row's nearest coarse cell (``coarse_cells`` with one probe)
 
 
 def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method: str,
-                   rng: np.random.Generator, iters: int, coarse_iters: int = 10) -> tuple[Any, Any, Any]:
-    """Hierarchical k-means on ``sample`` [n >= k, d]: (centres [k, d], counts [k], coarse [k1, d]).
+                   rng: np.random.Generator, iters: int, coarse_iters: int = 10) -> HierarchicalInit:
+    """Hierarchical k-means on ``sample`` [n >= k, d].
 
-    Coarse k-means (on at most 256 rows per coarse centre), then each coarse cell gets centres,
+    Coarse k-means (on ``COARSE_ROWS`` rows per coarse centre), then each coarse cell gets centres,
     initialised there (``random``, or k-means++ on at most 8 rows per centre) and refined by ``iters``
     Lloyd iterations on the cell's rows (n * k / k1 distances per iteration, not n * k). ``random``
     shares the centres in proportion to the cells' rows; ``kmeans++`` in proportion to their squared
@@ -118,38 +192,51 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     """
     n = sample.shape[0]
     n_coarse = max(1, min(n_coarse, n_clusters))
-    sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, 256 * n_coarse)]))]
+    sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, COARSE_ROWS * n_coarse)]))]
     coarse, _ = lloyd(xp, sub, init_centres(xp, sub, n_coarse, "random", rng), coarse_iters)
     cell, dists = nearest_centres(xp, sample, coarse)
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
     sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=n_coarse))
     alloc = allocate(np.diff(offsets), n_clusters, sse if method == "kmeans++" else None)
-    pieces, counts = [], []
-    for j in np.flatnonzero(alloc):
+    cells = np.flatnonzero(alloc)
+    seeds = rng.integers(2**63, size=cells.size)  # one generator per cell: the same centres on any thread count
+
+    def fit_cell(i: int) -> tuple[Any, Any]:
+        j, cell_rng = cells[i], np.random.default_rng(seeds[i])
         rows = sample[order[int(offsets[j]):int(offsets[j + 1])]]
         k, pool = int(alloc[j]), rows
         if method == "kmeans++" and rows.shape[0] > 8 * k:  # k-means++ is k sequential passes: seed on 8k rows
-            pool = rows[xp.asarray(np.sort(rng.permutation(rows.shape[0])[:8 * k]))]
-        centres, cell_counts = lloyd(xp, rows, init_centres(xp, pool, k, method, rng), iters)
-        pieces.append(centres)
-        counts.append(cell_counts)
-    centres, counts = xp.concatenate(pieces).astype(xp.float32), xp.concatenate(counts)
+            pool = rows[xp.asarray(np.sort(cell_rng.permutation(rows.shape[0])[:8 * k]))]
+        start = d2_init(xp, pool, k, cell_rng) if method == "kmeans++" else init_centres(xp, pool, k, method, cell_rng)
+        return lloyd(xp, rows, start, iters)
+
+    fitted = thread_map(xp, fit_cell, range(cells.size))
+    centres = xp.concatenate([c for c, _ in fitted]).astype(xp.float32)
+    counts = xp.concatenate([n for _, n in fitted])
     coarse = coarse.astype(xp.float32)
     empty = xp.nonzero(counts == 0)[0]
     if empty.size:
         _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1)
         centres[empty] = sample[d2_sample(xp, found, int(empty.size), rng)]
-    return centres, counts, coarse
+    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16))
 
 
-def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int) -> tuple[Any, Any]:
+def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int,
+           spread: int = 1, cells: Any = None) -> tuple[Any, Any]:
     """``iters`` Lloyd iterations of ``centres`` [k, d] on all of ``sample`` [n, d] with two-level
-    assignment (``nprobe`` cells): centres near a cell's border see the rows across it, which the
-    per-cell iterations of :func:`two_level_init` cannot. Returns (centres, counts of the last one)."""
+    assignment (``nprobe`` cells, centres listed in ``spread``): centres near a cell's border see the rows
+    across it, which the per-cell iterations of :func:`two_level_init` cannot. ``cells``: the sample's
+    nearest coarse cells when known (``HierarchicalInit.cells``, for ``nprobe`` 1).
+    Returns (centres, counts of the last one)."""
     counts = xp.zeros(centres.shape[0], dtype=xp.float64)
+    if cells is not None and cells.shape[1] != nprobe:
+        cells = None
     for _ in range(iters):
-        labels, dists = assign_two_level(xp, build_tree(xp, centres, coarse), sample, nprobe)
+        tree = build_tree(xp, centres, coarse, spread)
+        if cells is None:
+            cells = coarse_cells(xp, tree, sample, nprobe)
+        labels, dists = assign_parallel(xp, tree, sample, nprobe, cells)
         sums, counts = segment_sums(xp, labels, sample, centres.shape[0])
         spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
         centres, _ = means_or_reseed(xp, centres, sums, counts, spares)

@@ -51,10 +51,11 @@ class CompressConfig:
     on_too_few_rows: Literal["error", "clamp"] = "clamp"  # n_centroids > rows
     # minibatch method (stages/compress.py): init on a sample, mini-batch epochs, Lloyd passes over every row
     assign: Literal["auto", "two-level", "exact"] = "auto"  # auto: two-level on the CPU, exact on a GPU
-    coarse_centres: int = 0  # k1 of the two-level init/assignment; 0 = round(sqrt(K)) (1 below K=256); 1 = flat
-    nprobe: int = 2  # coarse cells searched per row in two-level assignment (1 loses ~5 % MSD on low-dim data)
-    sample_rows: int = 0  # init sample; 0 = max(16 K, 65536) rows, at most max(N/4, 65536) (memory grows with K, not N)
-    init_iters: int = 3  # Lloyd iterations per coarse cell on the init sample
+    coarse_centres: int = 0  # k1 of the two-level init/assignment; 0 = round(2 sqrt(K)) (1 below K=256); 1 = flat
+    nprobe: int = 1  # coarse cells each row searches in two-level assignment
+    spread: int = 4  # coarse cells each centre is listed in: rows near a border meet the centres across it
+    sample_rows: int = 0  # init sample; 0 = max(16 K, 65536) rows, at most max(N/2, 65536) (memory grows with K, not N)
+    init_iters: int = 2  # Lloyd iterations per coarse cell on the init sample, then over the whole sample
     decay: float = 1.0  # centre weights *= decay per step: 1 = Sculley's running means, < 1 = EMA
     dead_threshold: float = 1.0  # re-seed centres hit fewer times (EMA) than this in 20 expected rows; 0 = never
     final_passes: int = 2  # end with Lloyd steps over every row (partial sums on every core or Dask worker); 0 = none
@@ -153,7 +154,7 @@ class SafetyConfig:
 
 POSITIVE_KEYS = (
     "source.chunk_mb", "compress.row_threshold", "compress.n_centroids", "compress.batch_rows", "compress.nprobe",
-    "compress.lloyd_passes",
+    "compress.spread", "compress.lloyd_passes",
     "expand.num_expand", "expand.max_nprobe", "expand.train_iterations", "expand.tile_mb",
     "index.sqrt_factor", "index.min_rows_per_list", "index.nprobe", "index.k_factor", "index.pq_dims",
     "index.search_k", "index.train_iterations", "index.max_train_rows_per_list", "index.add_batch_rows",

@@ -80,13 +80,17 @@ def read_header_and_stat(path: Path | str) -> tuple[tuple[int, ...], np.dtype, i
     return _read_checked(path, load=False)[:4]
 
 
-def load_checked(path: Path | str) -> np.ndarray:
+def load_checked(path: Path | str, into: np.ndarray | None = None) -> np.ndarray:
     """The array of a regular, complete ``.npy`` file, read through the same open that checked its header
-    (a FIFO or a device named ``.npy`` is never read; raises FeatureFileError)."""
-    return _read_checked(path, load=True)[4]
+    (a FIFO or a device named ``.npy`` is never read; raises FeatureFileError).
+
+    ``into``: a C-ordered float32 [rows, dim] buffer. A little-endian float32 [T <= rows, dim] file is
+    read straight into its first T rows and that view returned (no array of its own, no copy)."""
+    return _read_checked(path, load=True, into=into)[4]
 
 
-def _read_checked(path: Path | str, load: bool) -> tuple[tuple[int, ...], np.dtype, int, os.stat_result, Any]:
+def _read_checked(path: Path | str, load: bool,
+                  into: np.ndarray | None = None) -> tuple[tuple[int, ...], np.dtype, int, os.stat_result, Any]:
     """Opened without blocking and checked to be a regular file first; then the header, then (``load``)
     the data from the same handle."""
     label = shown_name(str(path))  # messages name a non-UTF-8 file with \x escapes
@@ -109,7 +113,11 @@ def _read_checked(path: Path | str, load: bool) -> tuple[tuple[int, ...], np.dty
                 raise FeatureFileError(label, f"not a valid .npy file (unknown format version {version})")
             offset = handle.tell()
             _check_header(label, shape, dtype, offset, info)
-            if load:
+            if load and _fits(shape, fortran, dtype, into):
+                array = into[:shape[0]]
+                if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
+                    raise FeatureFileError(label, "truncated while being read")
+            elif load:
                 handle.seek(0)
                 array = np.load(handle, allow_pickle=False)
     except FeatureFileError:
@@ -121,6 +129,12 @@ def _read_checked(path: Path | str, load: bool) -> tuple[tuple[int, ...], np.dty
     finally:
         os.close(fd)
     return tuple(int(s) for s in shape), dtype, offset, info, array
+
+
+def _fits(shape: tuple[int, ...], fortran: bool, dtype: np.dtype, into: np.ndarray | None) -> bool:
+    return (into is not None and len(shape) == 2 and not fortran and dtype == np.dtype("<f4")
+            and into.dtype == np.dtype("<f4") and into.flags.c_contiguous and shape[1] == into.shape[1]
+            and shape[0] <= into.shape[0])
 
 
 def _check_header(label: str, shape: tuple[int, ...], dtype: np.dtype, offset: int, info: os.stat_result) -> None:

@@ -192,9 +192,10 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
                     tuple(sorted(empty)))
 
 
-def load_features(path: Path | str, dim: int) -> np.ndarray:
-    """One file as float32 [T, dim] (float16/float64 converted); raises FeatureFileError."""
-    array = load_checked(path)  # one open: header checked (regular, complete), then the data
+def load_features(path: Path | str, dim: int, into: np.ndarray | None = None) -> np.ndarray:
+    """One file as float32 [T, dim] (float16/float64 converted); raises FeatureFileError. ``into``: a
+    float32 buffer the rows of a float32 file are read straight into (``files.load_checked``)."""
+    array = load_checked(path, into)  # one open: header checked (regular, complete), then the data
     check_array_meta(shown_name(str(path)), array.shape, array.dtype, dim)
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -216,7 +217,7 @@ def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int]) -> np.n
     out = np.empty((sum(file_rows), dim), np.float32) if len(paths) > 1 else None
     filled = 0
     for path, expected in zip(paths, file_rows):
-        array = load_features(path, dim)
+        array = load_features(path, dim, None if out is None else out[filled:])  # float32: read in place
         if array.shape[0] != expected:
             raise FeatureFileError(shown_name(str(path)), f"changed during the build: {expected} rows when the "
                                    f"build started, {array.shape[0]} now (rerun the build once it stays put)")
@@ -224,6 +225,7 @@ def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int]) -> np.n
         rows = array if mask.all() else array[mask]
         if out is None:
             return rows
-        out[filled:filled + rows.shape[0]] = rows
+        if rows is not array or not np.shares_memory(array, out):
+            out[filled:filled + rows.shape[0]] = rows
         filled += rows.shape[0]
     return out[:filled]

@@ -41,7 +41,7 @@ from rvc_index.compute.minibatch import (
     new_state,
     pass_stats,
 )
-from rvc_index.compute.two_level import build_tree, refine, two_level_init
+from rvc_index.compute.two_level import build_tree, coarse_cells, refine, two_level_init
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
@@ -112,18 +112,18 @@ class KMeansPlan:
 
 
 def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: Backend) -> KMeansPlan:
-    """Resolve the automatic settings: k1 = round(sqrt(K)) (flat below 256 centres), the sample
-    (16 rows per centre, at least 65,536, at most max(N / 4, 65,536): the passes over all rows refine it),
+    """Resolve the automatic settings: k1 = round(2 sqrt(K)) (flat below 256 centres), the sample
+    (16 rows per centre, at least 65,536, at most max(N / 2, 65,536): the passes over all rows refine it),
     two-level assignment on the CPU, exact on a GPU, and ``epochs`` mini-batch passes up to
     ``MINIBATCH_MAX_ROWS`` rows (above, the reads dominate: the value check draws the sample and one
     Lloyd pass follows the init)."""
-    n_coarse = config.coarse_centres or (round(math.sqrt(n_centroids)) if n_centroids >= 256 else 1)
+    n_coarse = config.coarse_centres or (round(2 * math.sqrt(n_centroids)) if n_centroids >= 256 else 1)
     n_coarse = max(1, min(n_coarse, n_centroids))
     if config.assign == "auto":
         two_level = n_coarse > 1 and not backend.is_gpu
     else:
         two_level = config.assign == "two-level" and n_coarse > 1
-    sample_rows = config.sample_rows or min(max(16 * n_centroids, 65_536), max(n_rows // 4, 65_536))
+    sample_rows = config.sample_rows or min(max(16 * n_centroids, 65_536), max(n_rows // 2, 65_536))
     sample_rows = min(n_rows, max(sample_rows, n_centroids))
     batch_rows = min(config.batch_rows, n_rows)
     steps = int(config.epochs * n_rows) // batch_rows if n_rows <= MINIBATCH_MAX_ROWS else 0
@@ -206,27 +206,31 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
     rows = backend.asarray(sample)
     reseed = int(rng.integers(2**31))
     if plan.n_coarse > 1:
-        centres, counts, coarse = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
-                                                 rng, config.init_iters)
+        centres, counts, coarse, cells = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
+                                                        rng, config.init_iters)
         if plan.two_level and config.init_iters:  # every sample row against its nprobe nearest cells
-            centres, counts = refine(xp, rows, centres, coarse, config.init_iters, max(2, config.nprobe))
-        return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed)
+            centres, counts = refine(xp, rows, centres, coarse, config.init_iters, config.nprobe, config.spread,
+                                     cells)
+        return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=config.spread)
     return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed)
 
 
-def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int) -> PassStats:
+def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int,
+                spread: int = 1) -> PassStats:
     """One chunk's per-centre sums against ``centres`` (numpy): what a Dask worker computes."""
-    tree = build_tree(np, centres, coarse) if coarse is not None else None
+    tree = build_tree(np, centres, coarse, spread) if coarse is not None else None
     return pass_stats(np, centres, tree, np.ascontiguousarray(block, dtype=np.float32), nprobe, N_FAR)
 
 
 def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend, nprobe: int,
-                     client: Any | None, progress: Progress | None = None) -> PassStats:
+                     client: Any | None, progress: Progress | None = None,
+                     cell_cache: dict[int, Any] | None = None) -> PassStats:
     """Per-centre sums of the whole collection, merged in chunk order (deterministic).
 
     With a Dask client and the CPU backend the sums are computed on the workers that hold the
     chunks (the centres are broadcast once, at most two chunks per worker in flight); otherwise
-    chunks stream to this process and its device.
+    chunks stream to this process and its device, and ``cell_cache`` (chunk index -> int16 [rows,
+    nprobe]) keeps each row's nearest coarse cells for the next pass (the coarse centres never move).
     """
     xp = backend.xp
     total: PassStats | None = None
@@ -236,7 +240,7 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True,
                                 hash=False)  # own keys: the last pass's, being cancelled, may hold the same data
         coarse_f = shared[1] if len(shared) > 1 else None
-        tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe)
+        tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe, state.spread)
                  for block in block_tasks(features.array)]
         window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
         pending: deque[Any] = deque()
@@ -253,25 +257,33 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         client.cancel(shared)
         return total
     tree = state.current_tree(xp)
+
+    def chunk_part(index: int, block: Any) -> PassStats:
+        cells = None
+        if tree is not None and cell_cache is not None:
+            cells = cell_cache.get(index)
+            if cells is None:
+                cells = cell_cache[index] = coarse_cells(xp, tree, block, nprobe)
+        return pass_stats(xp, state.centres, tree, block, nprobe, N_FAR, cells)
+
     if backend.is_gpu or client is not None or local_threads() == 1:
-        for block in iter_blocks(features.array, client):
-            part = pass_stats(xp, state.centres, tree, backend.asarray(block), nprobe, N_FAR)
+        for index, block in enumerate(iter_blocks(features.array, client)):
+            part = chunk_part(index, backend.asarray(block))
             total = merge_stats(xp, total, part)
             if progress is not None:
                 progress.advance(part.rows)
         return total
     from threadpoolctl import threadpool_limits
 
-    def one_chunk(task: Any) -> PassStats:
-        return pass_stats(np, state.centres, tree, np.asarray(task.compute(scheduler=dask.local.get_sync)), nprobe,
-                          N_FAR)
+    def one_chunk(index: int, task: Any) -> PassStats:
+        return chunk_part(index, np.asarray(task.compute(scheduler=dask.local.get_sync)))
 
     threads = local_threads()
     with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:  # one chunk per core, one BLAS thread each
         pending: deque[Any] = deque()
-        for task in block_tasks(features.array) + [None] * threads:
+        for index, task in enumerate(block_tasks(features.array) + [None] * threads):
             if task is not None:
-                pending.append(pool.submit(one_chunk, task))
+                pending.append(pool.submit(one_chunk, index, task))
             if len(pending) >= threads or (task is None and pending):
                 part = pending.popleft().result()  # merged in chunk order: the same sums on any machine
                 total = merge_stats(np, total, part)
@@ -334,9 +346,10 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
         minibatch_epochs(features, state, kplan, config, backend, rng, client)
         log.info("compress: %d mini-batch steps, %d dead centres re-seeded", state.step, state.reseeded)
 
+    cell_cache: dict[int, Any] | None = {} if kplan.lloyd_passes > 1 else None  # int16 [rows, nprobe] per chunk
     for number in range(1, kplan.lloyd_passes + 1):
         progress = Progress(f"compress: Lloyd pass {number}/{kplan.lloyd_passes}", features.n_rows)
-        stats = final_pass_stats(features, state, backend, config.nprobe, client, progress)
+        stats = final_pass_stats(features, state, backend, config.nprobe, client, progress, cell_cache)
         reseeded = apply_pass(xp, state, stats)
         log.info("compress: Lloyd pass %d/%d over %s rows, mean squared distance %.4g (%s assignment), "
                  "%d empty centres re-seeded", number, kplan.lloyd_passes, f"{stats.rows:,}",

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from rvc_index.compute.backend import (
@@ -6,6 +8,7 @@ from rvc_index.compute.backend import (
     cuda_mismatch,
     loaded_cuda_majors,
     select_backend,
+    thread_map,
 )
 
 
@@ -66,3 +69,19 @@ def test_pinned_staging_round_trip_and_faiss_status():
     sums = [float(block.sum()) for block in backend.stage(blocks)]  # double-buffered: each valid until the next
     np.testing.assert_allclose(sums, [float(b.astype(np.float64).sum()) for b in blocks], rtol=1e-4, atol=1e-2)
     assert backend.faiss_gpus or backend.faiss_note  # faiss on the GPU, or a stated reason why not
+
+
+def test_thread_map_keeps_order_and_runs_numpy_work_on_every_core():
+    import threading
+
+    seen = set()
+
+    def work(i):
+        seen.add(threading.get_ident())
+        x = np.full((200, 200), float(i), np.float32)
+        return float((x @ x)[0, 0])
+
+    assert thread_map(np, work, range(12)) == [200.0 * i * i for i in range(12)]
+    assert thread_map(np, work, []) == []
+    cores = os.cpu_count() or 1
+    assert (threading.main_thread().ident not in seen) == (cores > 1)  # a pool of one thread per core

@@ -14,7 +14,15 @@ from rvc_index.compute.minibatch import (
     new_state,
     pass_stats,
 )
-from rvc_index.compute.two_level import allocate, assign_two_level, build_tree, two_level_init
+from rvc_index.compute.two_level import (
+    allocate,
+    assign_two_level,
+    build_tree,
+    coarse_cells,
+    nearest_cells,
+    refine,
+    two_level_init,
+)
 
 CPU = select_backend("cpu")
 
@@ -75,6 +83,66 @@ def test_two_level_assignment_is_exact_when_probing_every_cell_and_close_with_on
     assert exact_dists.mean() <= dists3.mean() < 1.01 * exact_dists.mean() < dists1.mean()
 
 
+def test_spread_lists_each_centre_in_its_nearest_cells_and_closes_the_gap_to_exact():
+    x = blobs(40, true_blobs(60, 16, seed=8, scale=2.0), 1.0, seed=8)  # overlapping blobs: many border rows
+    centres = x[np.random.default_rng(8).permutation(len(x))[:300]].copy()
+    coarse, _ = lloyd(np, centres, centres[:12].copy(), 5)
+    exact_labels, exact = nearest_centres(np, x, centres)
+    tree4 = build_tree(np, centres, coarse, spread=4)
+    assert tree4.ids.shape == (1200,) and (np.bincount(tree4.ids, minlength=300) == 4).all()
+    for j in range(12):  # each cell lists distinct centres, each among that centre's 4 nearest coarse cells
+        listed = tree4.ids[tree4.offsets[j]:tree4.offsets[j + 1]]
+        assert len(set(listed.tolist())) == len(listed)
+        ranks = np.argsort(np.argsort(((centres[listed, None] - coarse[None]) ** 2).sum(-1), axis=1), axis=1)
+        assert (ranks[:, j] < 4).all()
+    np.testing.assert_allclose(tree4.centres, centres[tree4.ids])
+    _, one = assign_two_level(np, build_tree(np, centres, coarse), x, 1)
+    labels4, four = assign_two_level(np, tree4, x, 1)
+    np.testing.assert_allclose(four, ((x - centres[labels4]) ** 2).sum(1), rtol=1e-3, atol=1e-3)
+    assert exact.mean() <= four.mean() < one.mean()
+    assert (labels4 == exact_labels).mean() > 0.97
+    every, exact_again = assign_two_level(np, build_tree(np, centres, coarse, spread=12), x, 1)
+    np.testing.assert_array_equal(every, exact_labels)  # every centre in every cell: exact
+
+
+def test_nearest_cells_are_the_smallest_scores_for_any_probe_count():
+    scores = np.random.default_rng(3).standard_normal((500, 40)).astype(np.float32)
+    for probes in (1, 2, 3, 4, 5, 9):
+        found = nearest_cells(np, scores.copy(), probes)
+        assert found.shape == (500, probes)
+        want = np.sort(np.argsort(scores, axis=1)[:, :probes], axis=1)
+        np.testing.assert_array_equal(np.sort(found, axis=1), want)
+
+
+def test_kept_coarse_cells_give_the_same_assignment_and_stale_ones_still_find_a_centre():
+    x = blobs(30, true_blobs(40, 12, seed=9), 1.0, seed=9)
+    centres = x[::6].copy()
+    coarse, _ = lloyd(np, centres, centres[:8].copy(), 5)
+    tree = build_tree(np, centres, coarse, spread=2)
+    cells = coarse_cells(np, tree, x, 2)
+    assert cells.dtype == np.int16 and cells.shape == (len(x), 2)
+    fresh = assign_two_level(np, tree, x, 2)
+    kept = assign_two_level(np, tree, x, 2, cells)
+    np.testing.assert_array_equal(kept[0], fresh[0])
+    np.testing.assert_array_equal(kept[1], fresh[1])
+    empty_coarse = np.concatenate([coarse, np.full((1, 12), 1e4, np.float32)])  # cell 8 owns no centre
+    far_tree = build_tree(np, centres, empty_coarse)
+    assert np.diff(far_tree.offsets)[8] == 0
+    labels, dists = assign_two_level(np, far_tree, x, 1, np.full((len(x), 1), 8, np.int16))  # all stale
+    np.testing.assert_array_equal(labels, assign_two_level(np, far_tree, x, 1)[0])
+    assert np.isfinite(dists).all()
+
+
+def test_refine_with_the_inits_cells_equals_refine_without():
+    x = blobs(50, true_blobs(30, 16, seed=10), 1.0, seed=10)
+    init = two_level_init(np, x, 120, 6, "kmeans++", np.random.default_rng(0), iters=2)
+    assert init.cells.shape == (len(x), 1)
+    np.testing.assert_array_equal(init.cells[:, 0], nearest_centres(np, x, init.coarse)[0])
+    with_cells = refine(np, x, init.centres, init.coarse, 2, 1, 3, init.cells)
+    without = refine(np, x, init.centres, init.coarse, 2, 1, 3)
+    np.testing.assert_allclose(with_cells[0], without[0], rtol=1e-5, atol=1e-5)
+
+
 def test_empty_coarse_cells_are_never_probed():
     x = np.random.default_rng(5).standard_normal((300, 8)).astype(np.float32)
     centres = x[:20].copy()
@@ -100,7 +168,7 @@ def test_minibatch_finds_well_separated_blobs(two_level):
     k = true.shape[0] * (2 if two_level else 1)  # two-level shares centres by D^2 mass, not one per blob
     if two_level:
         rng = np.random.default_rng(0)
-        centres, counts, coarse = two_level_init(np, x[:4000], k, 4, "kmeans++", rng, iters=3)
+        centres, counts, coarse, _ = two_level_init(np, x[:4000], k, 4, "kmeans++", rng, iters=3)
         state = new_state(np, centres, counts, coarse)
     else:
         state = new_state(np, init_centres(np, x[:500], k, "kmeans++", np.random.default_rng(0)))
@@ -113,13 +181,13 @@ def test_minibatch_finds_well_separated_blobs(two_level):
 def test_two_level_init_reaches_the_true_centres_and_beats_random_rows():
     true = true_blobs(64, 16, seed=6)
     x = blobs(100, true, 0.5, seed=6)
-    centres, counts, coarse = two_level_init(np, x, 128, 8, "kmeans++", np.random.default_rng(0), iters=5)
+    centres, counts, coarse, _ = two_level_init(np, x, 128, 8, "kmeans++", np.random.default_rng(0), iters=5)
     assert centres.shape == (128, 16) and coarse.shape == (8, 16)
     assert counts.sum() == len(x)
     misses = np.sqrt(((centres[:, None] - true[None]) ** 2).sum(-1)).min(axis=0)
     assert (misses < 1.0).mean() >= 0.95  # within half a blob's radius (2.0): k-means may still merge two
     random_rows = init_centres(np, x, 128, "random", np.random.default_rng(0))
-    from_random, _, _ = two_level_init(np, x, 128, 8, "random", np.random.default_rng(0), iters=5)
+    from_random, _, _, _ = two_level_init(np, x, 128, 8, "random", np.random.default_rng(0), iters=5)
     assert inertia(CPU, [x], centres) < inertia(CPU, [x], from_random) < inertia(CPU, [x], random_rows)
 
 
@@ -130,7 +198,7 @@ def test_kmeanspp_cells_share_centres_by_squared_distance_not_rows():
     rng = np.random.default_rng(3)
     spread = (rng.standard_normal((2000, 8)) * 3.0 + 40.0).astype(np.float32)
     x = np.concatenate([np.zeros((2000, 8), np.float32), spread])
-    centres, counts, _ = two_level_init(np, x, 100, 2, "kmeans++", np.random.default_rng(0), iters=3)
+    centres, counts, _, _ = two_level_init(np, x, 100, 2, "kmeans++", np.random.default_rng(0), iters=3)
     on_silence = int((np.abs(centres).max(axis=1) < 1e-3).sum())
     assert on_silence == 1
     assert (counts > 0).all()
@@ -157,7 +225,7 @@ def test_two_level_runs_with_one_seed_are_identical():
     x = blobs(50, true_blobs(40, 12, seed=9, scale=2.0), 1.0, seed=9)
     results = []
     for _ in range(2):
-        centres, counts, coarse = two_level_init(np, x[:1500], 100, 10, "kmeans++", np.random.default_rng(7), 3)
+        centres, counts, coarse, _ = two_level_init(np, x[:1500], 100, 10, "kmeans++", np.random.default_rng(7), 3)
         state = new_state(np, centres, counts, coarse)
         fit_minibatch(CPU, (x[i:i + 500] for i in range(0, len(x), 500)), state, nprobe=2)
         results.append(state.centres)
@@ -181,7 +249,7 @@ def test_decay_forgets_old_rows_and_sculley_does_not():
 
 def test_constant_data_never_gives_nan():
     x = np.full((500, 6), 3.0, np.float32)
-    centres, counts, coarse = two_level_init(np, x, 20, 4, "kmeans++", np.random.default_rng(0), iters=3)
+    centres, counts, coarse, _ = two_level_init(np, x, 20, 4, "kmeans++", np.random.default_rng(0), iters=3)
     state = new_state(np, centres, counts, coarse)
     for i in range(0, 500, 100):
         assert minibatch_step(np, state, x[i:i + 100]) == 0.0
@@ -240,7 +308,7 @@ def test_cpu_and_gpu_agree(two_level):
         xp = backend.xp
         rows = backend.asarray(x)
         if two_level:
-            centres, counts, coarse = two_level_init(xp, rows[:3000], 120, 8, "random", np.random.default_rng(1), 3)
+            centres, counts, coarse, _ = two_level_init(xp, rows[:3000], 120, 8, "random", np.random.default_rng(1), 3)
             state = new_state(xp, centres, counts, coarse)
         else:
             state = new_state(xp, init_centres(xp, rows, 120, "random", np.random.default_rng(1)))

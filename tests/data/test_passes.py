@@ -65,6 +65,14 @@ def test_local_threaded_final_pass_equals_one_pass_in_memory(make_experiment):
     assert streamed.rows == 5000
     again = final_pass_stats(features, state, CPU, 2, None)
     np.testing.assert_array_equal(again.sums, streamed.sums)  # merged in chunk order: bit-identical
+    cache = {}
+    first = final_pass_stats(features, state, CPU, 2, None, cell_cache=cache)
+    assert sorted(cache) == list(range(len(features.chunks)))  # every chunk's coarse cells kept
+    assert sum(len(c) for c in cache.values()) == 5000 and all(c.shape[1] == 2 for c in cache.values())
+    kept = final_pass_stats(features, state, CPU, 2, None, cell_cache=cache)  # the next pass skips the coarse step
+    for part in (first, kept):
+        np.testing.assert_array_equal(part.sums, streamed.sums)
+        np.testing.assert_array_equal(part.counts, streamed.counts)
 
 
 def test_dead_centre_rule_reseeds_a_small_fraction_on_unbalanced_data():

@@ -3,6 +3,7 @@ import pickle
 import numpy as np
 import pytest
 from rvc_index.data.feature_set import open_feature_set, plan_chunks
+from rvc_index.data.files import FeatureFileError, load_checked
 from rvc_index.data.sources import SourceError, load_group, resolve_experiment, scan_manifest
 from rvc_index.runtime.stream import iter_blocks, take_rows
 
@@ -180,3 +181,23 @@ def test_load_group_drops_nonfinite_rows(tmp_path):
     a[1] = np.inf
     path = save(folder, "a.npy", a)
     assert load_group([str(path)], 768, [5]).shape == (4, 768)
+
+
+def test_load_group_reads_float32_in_place_and_converts_the_rest(tmp_path):
+    folder = feature_dir(tmp_path)
+    a, b, c, d = rows(6, seed=1), rows(4, seed=2), rows(5, seed=3), rows(3, seed=4)
+    b[2, 7] = np.nan  # dropped, the rows after it close the gap
+    paths = [save(folder, "a.npy", a), save(folder, "b.npy", b), save(folder, "c.npy", c.astype(np.float16)),
+             save(folder, "d.npy", np.asfortranarray(d))]
+    got = load_group([str(p) for p in paths], 768, [6, 4, 5, 3])
+    want = np.concatenate([a, b[[0, 1, 3]], c.astype(np.float16).astype(np.float32), d])
+    np.testing.assert_array_equal(got, want)
+    buffer = np.full((8, 768), -1.0, np.float32)
+    view = load_checked(paths[0], into=buffer)
+    assert np.shares_memory(view, buffer) and view.shape == (6, 768)
+    np.testing.assert_array_equal(buffer[:6], a)
+    assert (buffer[6:] == -1.0).all()
+    assert not np.shares_memory(load_checked(paths[0], into=buffer[:5]), buffer)  # too small: an array of its own
+    assert not np.shares_memory(load_checked(paths[2], into=buffer), buffer)  # float16: converted, not in place
+    with pytest.raises(FeatureFileError, match="changed during the build"):
+        load_group([str(p) for p in paths], 768, [6, 5, 5, 3])

@@ -46,11 +46,13 @@ def test_kmeans_plan_memory_depends_on_k_not_n():
     plans = [plan_kmeans(n, 10_000, config, CPU) for n in (1_000_000, 3_000_000, 50_000_000)]
     assert {p.sample_rows for p in plans} == {160_000}
     assert {p.batch_rows for p in plans} == {32_768}
-    assert plans[0].n_coarse == 100 and plans[0].two_level
+    assert plans[0].n_coarse == 200 and plans[0].two_level
     small = plan_kmeans(5_000, 100, config, CPU)
     assert small.n_coarse == 1 and not small.two_level and small.sample_rows == 5_000
+    mid = plan_kmeans(300_000, 10_000, config, CPU)
+    assert mid.sample_rows == 150_000  # half the rows below 16 per centre: the init sample sets the quality
     exact = plan_kmeans(1_000_000, 10_000, CompressConfig(assign="exact"), CPU)
-    assert exact.n_coarse == 100 and not exact.two_level
+    assert exact.n_coarse == 200 and not exact.two_level
 
 
 def test_config_rejects_bad_compress_settings():
@@ -58,6 +60,8 @@ def test_config_rejects_bad_compress_settings():
         load_config(None, ["compress.decay=0"])
     with pytest.raises(ConfigError, match="compress.sample_rows"):
         load_config(None, ["compress.sample_rows=500"])
+    with pytest.raises(ConfigError, match="compress.spread"):
+        load_config(None, ["compress.spread=0"])
     with pytest.raises(ConfigError, match="compress.nprobe"):
         load_config(None, ["compress.nprobe=0"])
     with pytest.raises(ConfigError, match="compress.assign"):
