@@ -70,9 +70,11 @@ class CentreTree:
 def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTree:
     """Group ``centres`` [k, d] under their ``spread`` nearest of ``coarse`` [k1, d] (k * k1 distances).
 
-    With ``spread`` > 1 a centre is listed in each of its nearest cells, so a row that searches only its
-    own cell still meets the centres just across the border: one gathered copy of each row instead of
-    one per probed cell.
+    With ``spread`` > 1 a centre is also listed in its next nearest cells, so a row that searches only
+    its own cell still meets the centres just across the border: one gathered copy of each row instead
+    of one per probed cell. A cell keeps every centre of its own and at most ``4 spread k / k1`` in all:
+    the foreign ones nearest its coarse centre (a coarse centre amid the others, e.g. over a block of
+    silence, would otherwise be among the nearest cells of thousands of centres, and its rows search them all).
     """
     k, k1 = centres.shape[0], coarse.shape[0]
     spread = max(1, min(spread, k1))
@@ -80,14 +82,29 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
     scores = centres @ coarse.T
     scores *= -2.0
     scores += coarse_norms[None, :]
-    cell = nearest_cells(xp, scores, spread).ravel()  # entry e lists centre e // spread
-    del scores
-    entries = xp.argsort(cell * (k * spread) + xp.arange(k * spread))  # by cell, then by centre
-    offsets = to_host(xp.searchsorted(cell[entries], xp.arange(k1 + 1)))
+    if spread == 1:
+        cell = xp.argmin(scores, axis=1)
+        entries = xp.argsort(cell * k + xp.arange(k))  # by cell, then by centre
+        ids = entries
+    else:
+        near = nearest_cells(xp, scores.copy(), spread)  # [k, spread]
+        order = xp.argsort(xp.take_along_axis(scores, near, axis=1), axis=1)
+        near = xp.take_along_axis(near, order, axis=1)  # nearest first: column 0 is the centre's own cell
+        cell = near.ravel()
+        foreign = (xp.arange(k * spread) % spread) > 0
+        gap = xp.maximum(squared_norms(xp, centres[xp.arange(k * spread) // spread] - coarse[cell]), 0.0)
+        entries = xp.lexsort(xp.stack([gap, foreign.astype(xp.float32), cell.astype(xp.float32)]))
+        group = cell[entries]
+        starts = xp.searchsorted(group, xp.arange(k1))
+        rank = xp.arange(k * spread) - starts[group]
+        cap = 4 * spread * -(-k // k1)
+        entries = entries[~foreign[entries] | (rank < cap)]
+        cell = cell[entries]
+        ids = entries // spread
+    offsets = to_host(xp.searchsorted(cell[entries] if spread == 1 else cell, xp.arange(k1 + 1)))
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if empty.size:
         coarse_norms[xp.asarray(empty)] = xp.inf
-    ids = entries // spread
     grouped = centres[ids]
     return CentreTree(coarse, coarse_norms, grouped, squared_norms(xp, grouped), ids, offsets)
 

@@ -89,10 +89,14 @@ def test_spread_lists_each_centre_in_its_nearest_cells_and_closes_the_gap_to_exa
     coarse, _ = lloyd(np, centres, centres[:12].copy(), 5)
     exact_labels, exact = nearest_centres(np, x, centres)
     tree4 = build_tree(np, centres, coarse, spread=4)
-    assert tree4.ids.shape == (1200,) and (np.bincount(tree4.ids, minlength=300) == 4).all()
-    for j in range(12):  # each cell lists distinct centres, each among that centre's 4 nearest coarse cells
+    listings = np.bincount(tree4.ids, minlength=300)
+    assert (listings >= 1).all() and (listings <= 4).all() and listings.mean() > 3
+    own = nearest_centres(np, centres, coarse)[0]
+    for j in range(12):  # distinct centres, all of the cell's own, the rest among their 4 nearest cells
         listed = tree4.ids[tree4.offsets[j]:tree4.offsets[j + 1]]
         assert len(set(listed.tolist())) == len(listed)
+        assert set(np.flatnonzero(own == j)) <= set(listed.tolist())
+        assert len(listed) <= max(int((own == j).sum()), 4 * 4 * 25)
         ranks = np.argsort(np.argsort(((centres[listed, None] - coarse[None]) ** 2).sum(-1), axis=1), axis=1)
         assert (ranks[:, j] < 4).all()
     np.testing.assert_allclose(tree4.centres, centres[tree4.ids])
@@ -103,6 +107,19 @@ def test_spread_lists_each_centre_in_its_nearest_cells_and_closes_the_gap_to_exa
     assert (labels4 == exact_labels).mean() > 0.97
     every, exact_again = assign_two_level(np, build_tree(np, centres, coarse, spread=12), x, 1)
     np.testing.assert_array_equal(every, exact_labels)  # every centre in every cell: exact
+
+
+def test_a_coarse_centre_amid_the_others_lists_only_its_nearest_foreign_centres():
+    rng = np.random.default_rng(12)
+    coarse = np.concatenate([np.zeros((1, 8)), 10 * np.eye(8), -10 * np.eye(8)]).astype(np.float32)  # a hub at 0
+    centres = (coarse[1:][rng.integers(16, size=640)] + 3 * rng.standard_normal((640, 8))).astype(np.float32)
+    tree = build_tree(np, centres, coarse, spread=4)
+    hub = tree.ids[tree.offsets[0]:tree.offsets[1]]
+    cap = 4 * 4 * -(-640 // 17)
+    assert len(hub) == cap  # near every centre's 4 nearest cells, but capped
+    gaps = ((centres - coarse[0]) ** 2).sum(1)
+    wanted = np.flatnonzero(np.argsort(np.argsort(((centres[:, None] - coarse[None]) ** 2).sum(-1), 1), 1)[:, 0] < 4)
+    assert gaps[hub].max() <= np.sort(gaps[wanted])[cap - 1] + 1e-4  # the nearest ones are kept
 
 
 def test_nearest_cells_are_the_smallest_scores_for_any_probe_count():
