@@ -96,16 +96,17 @@ def built_index(system: str, out: Path) -> Path:
     return found[0]
 
 
-def own_evaluation(out: Path) -> dict[str, Any]:
+def own_evaluation(out: Path, command_s: float) -> dict[str, Any]:
     """What our build's report says of its own evaluation: seconds (evaluation + picture), their share of
-    the build, and the plan's query count."""
+    the command's wall time ``command_s`` (what its user waits: interpreter start and imports included; the
+    build sizes its evaluation against the same clock), and the plan's query count."""
     reports = sorted(out.glob("*.report.json"))
     if not reports:
         return {}
     report = json.loads(reports[0].read_text())
     timings, evaluation = report.get("timings", {}), report.get("evaluation") or {}
     spent = timings.get("evaluate", 0.0) + timings.get("report", 0.0)
-    return {"build_eval_s": round(spent, 3), "build_eval_share": round(spent / max(report.get("seconds", 0), 1e-9), 4),
+    return {"build_eval_s": round(spent, 3), "build_eval_share": round(spent / max(command_s, 1e-9), 4),
             "build_eval_queries": evaluation.get("queries", 0), "build_timings": timings}
 
 
@@ -176,7 +177,7 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
         entry = {"system": name, **run_measured(cmd, out_root / f"{name}.log", timeout)}
         if entry["returncode"] == 0:
             entry["index"] = str(built_index(name, out))
-            entry.update(own_evaluation(out))
+            entry.update(own_evaluation(out, entry["seconds"]))
         else:
             log.error("%s: failed with exit code %s, see %s", name, entry["returncode"], entry["log"])
         log.info("%s: %.1f s, peak RSS %.0f MB", name, entry["seconds"], entry["peak_rss_mb"])

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,6 +138,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_seconds() -> float:
+    """Seconds since this process started (interpreter start and imports included)."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from rvc_index.build.runner import build_experiment
     from rvc_index.compute.backend import select_backend
@@ -144,7 +152,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     config = load_config(resolve_config_path(args.config), build_overrides(args))
     result = build_experiment(args.path, config, args.out, select_backend(args.backend), force=args.force,
-                              name=args.name, index_path=args.index_path)
+                              name=args.name, index_path=args.index_path, head_start_s=command_seconds())
     print(format_table([result.summary()]))
     print(f"index: {result.index_path}")
     return 0

@@ -3,16 +3,18 @@
 ``method=minibatch`` (ours), in three phases whose memory depends on K and the batch, never on N:
 
 1. **init** on a uniform sample of ``sample_rows`` rows drawn from every chunk: coarse k-means
-   (k1 ~ sqrt(K) centres), then each coarse cell gets centres in proportion to its rows,
-   initialised there (random or k-means++) and refined by ``init_iters`` Lloyd iterations;
+   (k1 ~ 2 sqrt(K) centres), then each coarse cell gets centres in proportion to its rows (random)
+   or squared distances (k-means++), initialised there and refined by ``init_iters`` Lloyd iterations
+   per cell, then over the whole sample;
 2. ``epochs`` passes of **mini-batch** updates over batches streamed from every chunk (seeded
    shuffle of chunk order and of rows within chunks), Sculley rates or EMA (``decay``), dead
    centres re-seeded from the batch;
 3. a **final pass** over the whole collection: every centre moves to the mean of the rows it
    wins (a Lloyd step). Per-chunk partial sums are computed on the Dask workers that hold the data.
 
-Rows find their centre in two levels (the centres of their ``nprobe`` nearest coarse cells:
-about 2 % of the arithmetic of an exact search at K = 10,000) or exactly (``assign``).
+Rows find their centre in two levels (the centres listed in their ``nprobe`` nearest coarse cells,
+each centre listed in its ``spread`` nearest: about 4 % of the arithmetic of an exact search at
+K = 10,000) or exactly (``assign``).
 ``method=sklearn`` runs RVC's own ``MiniBatchKMeans`` call, holding every row in memory.
 """
 
@@ -336,7 +338,7 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     state = initial_state(sample, kplan, config, backend, rng)
     del sample  # the phases below hold a batch or chunks, never the sample
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
-             f", then {config.init_iters} over the sample with nprobe {max(2, config.nprobe)}"
+             f", then {config.init_iters} over the sample, nprobe {config.nprobe}, spread {config.spread}"
              if kplan.two_level and config.init_iters else "")
     if features.n_rows > MINIBATCH_MAX_ROWS and (config.epochs or config.final_passes > 1):
         log.info("compress: no mini-batch epoch and one Lloyd pass above %s rows (2 reads in all)",
