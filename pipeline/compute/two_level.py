@@ -90,11 +90,12 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
         ids = entries
     else:
         near = nearest_cells(xp, scores.copy(), spread)  # [k, spread]
-        order = xp.argsort(xp.take_along_axis(scores, near, axis=1), axis=1)
+        near_scores = xp.take_along_axis(scores, near, axis=1)  # |q|^2 - 2 c.q
+        order = xp.argsort(near_scores, axis=1)
         near = xp.take_along_axis(near, order, axis=1)  # nearest first: column 0 is the centre's own cell
         cell = near.ravel()
         foreign = (xp.arange(k * spread) % spread) > 0
-        gap = xp.maximum(squared_norms(xp, centres[xp.arange(k * spread) // spread] - coarse[cell]), 0.0)
+        gap = (xp.take_along_axis(near_scores, order, axis=1) + squared_norms(xp, centres)[:, None]).ravel()
         entries = xp.lexsort(xp.stack([gap, foreign.astype(xp.float32), cell.astype(xp.float32)]))
         group = cell[entries]
         starts = xp.searchsorted(group, xp.arange(k1))
@@ -256,6 +257,7 @@ def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: 
         if cells is None:
             cells = coarse_cells(xp, tree, sample, nprobe)
         labels, dists = assign_parallel(xp, tree, sample, nprobe, cells)
+        del tree  # its grouped copy of the centres (spread x K rows) is not needed while the next is built
         sums, counts = segment_sums(xp, labels, sample, centres.shape[0])
         spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
         centres, _ = means_or_reseed(xp, centres, sums, counts, spares)
