@@ -128,3 +128,20 @@ def peak_rss_mb() -> float:
         return peak / (MB if sys.platform == "darwin" else 1024.0)
     info = psutil.Process().memory_info()
     return getattr(info, "peak_wset", info.rss) / MB  # Windows keeps the peak working set
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the OS (glibc ``malloc_trim``; elsewhere nothing).
+
+    Worker threads allocate from arenas of their own, and glibc keeps what they free: after the init's
+    per-cell threads, 150-350 MB of freed arrays stayed resident and the next phase's arrays came on top
+    (a 10M-row build peaked at 1,270 MiB, 910 with a trim between phases). Dask's workers trim the same way.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc: nothing to trim this way
+        pass

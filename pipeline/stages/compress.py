@@ -47,7 +47,7 @@ from rvc_index.compute.two_level import build_tree, coarse_cells, refine, two_le
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
-from rvc_index.runtime.memory import F32, StageEstimate
+from rvc_index.runtime.memory import F32, StageEstimate, release_freed_memory
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import block_tasks, iter_blocks, local_threads, sample_row_ids, take_rows
 
@@ -211,6 +211,7 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
         centres, counts, coarse, cells = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
                                                         rng, config.init_iters)
         if plan.two_level and config.init_iters:  # every sample row against its nprobe nearest cells
+            release_freed_memory()  # the per-cell threads' freed arrays, before the whole-sample passes
             centres, counts = refine(xp, rows, centres, coarse, config.init_iters, config.nprobe, config.spread,
                                      cells)
         return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=config.spread)
@@ -335,8 +336,10 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     sample = features.sample.take(kplan.sample_rows, rng)  # drawn during the value check: no read of its own
     if sample is None:
         sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
+    release_freed_memory()  # the value check's chunks, before the init's arrays
     state = initial_state(sample, kplan, config, backend, rng)
     del sample  # the phases below hold a batch or chunks, never the sample
+    release_freed_memory()
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
              f", then {config.init_iters} over the sample, nprobe {config.nprobe}, spread {config.spread}"
              if kplan.two_level and config.init_iters else "")
