@@ -10,6 +10,15 @@ threads) and reports the kernel's peak RSS for it (``wait4``), the rows its load
 
     python -m benchmarks.bench_passes --rows 10000000 --dim 768 --data-dir /data/tmp/passes-10m
     python -m benchmarks.bench_passes --rows 300000 --dim 256          # a quick look
+
+Writing 30 GB of a synthetic speaker takes about an hour on 2 cores; ``--replicate FEATURE_DIR`` makes
+``--rows`` from perturbed copies of a smaller collection's files instead (copy v: rows scaled by
+1 + 0.02 v and shifted by a fixed random vector of 0.05 sd), in minutes. The figures in
+``docs/benchmarks.md`` came from 10 copies of the 1M-row collection of ``bench_rvc``:
+
+    python -m benchmarks.bench_passes --rows 10000000 --data-dir /tmp/p10m \
+        --replicate /tmp/rvc-index-bench/n1000000-d768-s0/logs/bench/3_feature768 \
+        --json docs/bench/passes-10000000x768.json
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 from benchmarks.harness import run_measured
@@ -37,6 +47,36 @@ def write_collection(data_dir: Path, rows: int, dim: int, seed: int) -> Path:
         write_speaker(exp.parent, SpeakerSpec(exp.name, rows, dim), seed)
         done.write_text(json.dumps({"rows": rows, "dim": dim, "seed": seed}))
         print(f"wrote {rows:,} x {dim} to {exp} in {time.perf_counter() - started:.0f} s", flush=True)
+    return exp
+
+
+def replicate_collection(data_dir: Path, source: Path, rows: int, dim: int, seed: int) -> Path:
+    """An experiment folder of ``rows`` frames: perturbed copies of the ``.npy`` files of ``source``
+    (as many copies as it takes), written once per ``data_dir``."""
+    exp = data_dir / f"big-n{rows}-d{dim}-s{seed}"
+    done = exp / ".complete"
+    if done.is_file():
+        return exp
+    started = time.perf_counter()
+    files = sorted(source.glob("*.npy"))
+    folder = exp / f"3_feature{dim}"
+    folder.mkdir(parents=True, exist_ok=True)
+    written, copy = 0, 0
+    while written < rows:
+        rng = np.random.default_rng(seed + copy)  # copy 0 of seed 0: default_rng(0)
+        shift = (0.05 * rng.standard_normal(dim)).astype(np.float32)
+        for path in files:
+            frames = np.load(path)[: rows - written]
+            if frames.shape[1] != dim:
+                raise SystemExit(f"{path}: width {frames.shape[1]}, not {dim}")
+            np.save(folder / f"c{copy}_{path.name}", frames * np.float32(1 + 0.02 * copy) + shift)
+            written += frames.shape[0]
+            if written >= rows:
+                break
+        copy += 1
+    done.write_text(json.dumps({"rows": rows, "dim": dim, "seed": seed, "replicated_from": str(source)}))
+    print(f"wrote {rows:,} x {dim} ({copy} copies of {source}) to {exp} in {time.perf_counter() - started:.0f} s",
+          flush=True)
     return exp
 
 
@@ -67,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--timeout", type=float, default=3 * 3600.0)
     parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--replicate", type=Path, metavar="FEATURE_DIR",
+                        help="make the collection from perturbed copies of this folder's files (minutes, not an hour)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -76,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="rvc-index-passes-") as tmp:
         data_dir = args.data_dir or Path(tmp)
-        exp = write_collection(data_dir, args.rows, args.dim, args.seed)
+        exp = (replicate_collection(data_dir, args.replicate, args.rows, args.dim, args.seed) if args.replicate
+               else write_collection(data_dir, args.rows, args.dim, args.seed))
         out, result = Path(tmp) / "out", Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.bench_passes", "--child", str(exp), "--config", args.config,
                "--out", str(out), "--result", str(result)]
@@ -92,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_bytes = args.rows * args.dim * 4
     summary: dict[str, Any] = {
         "rows": args.rows, "dim": args.dim, "config": args.config, "overrides": args.set,
+        "data": f"copies of {args.replicate}" if args.replicate else "tools.synth speaker",
         "seconds": measured["seconds"], "peak_rss_mb": measured["peak_rss_mb"],
         "full_reads": round(child_result["rows_read"] / args.rows, 2),
         "bytes_read_over_data": round(child_result["rchar"] / data_bytes, 2),

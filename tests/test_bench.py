@@ -99,3 +99,21 @@ def test_size_sweep_puts_rvc_and_ours_side_by_side(tmp_path):
     doc = tmp_path / "b.md"
     update_docs(doc, runs, None)
     assert "### Size sweep" in doc.read_text() and "| 6,000 x 768 | tips-plain |" in doc.read_text()
+
+
+def test_replicated_collection_has_the_rows_asked_for_and_distinct_copies(tmp_path):
+    from benchmarks.bench_passes import replicate_collection
+
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for i, frames in enumerate((70, 50, 30)):
+        np.save(source / f"u{i}.npy", rng.standard_normal((frames, 16)).astype(np.float32))
+    exp = replicate_collection(tmp_path / "data", source, 400, 16, 0)
+    files = sorted((exp / "3_feature16").glob("*.npy"))
+    arrays = [np.load(f) for f in files]
+    assert sum(a.shape[0] for a in arrays) == 400 and len(files) == 8  # 2 whole copies, then 100 rows of a third
+    first, second = np.load(exp / "3_feature16" / "c0_u0.npy"), np.load(exp / "3_feature16" / "c1_u0.npy")
+    assert first.shape == second.shape and not np.allclose(first, second)
+    assert json.loads((exp / ".complete").read_text())["replicated_from"] == str(source)
+    assert replicate_collection(tmp_path / "data", source, 400, 16, 0) == exp  # written once
