@@ -10,7 +10,8 @@ from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
 from rvc_index.runtime.stream import ROWS_READ, iter_blocks
-from rvc_index.stages.compress import final_pass_stats, fit_centroids, plan_kmeans
+from rvc_index.stages.compress import fit_centroids, plan_kmeans
+from rvc_index.stages.passes import final_pass_stats
 from rvc_index.tools import speechlike
 
 CPU = select_backend("cpu")

@@ -11,14 +11,8 @@ from rvc_index.compute.two_level import build_tree
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig, ConfigError
 from rvc_index.runtime.stream import iter_blocks
-from rvc_index.stages.compress import (
-    CompressError,
-    final_pass_stats,
-    fit_centroids,
-    plan_compression,
-    plan_kmeans,
-    shuffled_batches,
-)
+from rvc_index.stages.compress import CompressError, fit_centroids, plan_compression, plan_kmeans
+from rvc_index.stages.passes import final_pass_stats, shuffled_batches
 from sklearn.cluster import MiniBatchKMeans
 
 CPU = select_backend("cpu")
