@@ -85,9 +85,9 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
     scores *= -2.0
     scores += coarse_norms[None, :]
     if spread == 1:
-        cell = xp.argmin(scores, axis=1)
-        entries = xp.argsort(cell * k + xp.arange(k))  # by cell, then by centre
-        ids = entries
+        nearest = xp.argmin(scores, axis=1)
+        ids = xp.argsort(nearest * k + xp.arange(k))  # by cell, then by centre
+        cell = nearest[ids]
     else:
         near = nearest_cells(xp, scores.copy(), spread)  # [k, spread]
         near_scores = xp.take_along_axis(scores, near, axis=1)  # |q|^2 - 2 c.q
@@ -104,7 +104,7 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
         entries = entries[~foreign[entries] | (rank < cap)]
         cell = cell[entries]
         ids = entries // spread
-    offsets = to_host(xp.searchsorted(cell[entries] if spread == 1 else cell, xp.arange(k1 + 1)))
+    offsets = to_host(xp.searchsorted(cell, xp.arange(k1 + 1)))  # cell: each listing's, sorted
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if empty.size:
         coarse_norms[xp.asarray(empty)] = xp.inf
@@ -202,7 +202,8 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     """Hierarchical k-means on ``sample`` [n >= k, d].
 
     Coarse k-means (on ``COARSE_ROWS`` rows per coarse centre), then each coarse cell gets centres,
-    initialised there (``random``, or k-means++ on at most 8 rows per centre) and refined by ``iters``
+    initialised there (``random``, or for ``kmeans++`` k-means++'s D^2 weighting in batched rounds,
+    ``init.d2_init``, on at most 8 rows per centre) and refined by ``iters``
     Lloyd iterations on the cell's rows (n * k / k1 distances per iteration, not n * k). ``random``
     shares the centres in proportion to the cells' rows; ``kmeans++`` in proportion to their squared
     distances to the coarse centre (k-means++'s D^2 mass: a cell of duplicates gets one centre, a
