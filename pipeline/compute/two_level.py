@@ -114,8 +114,8 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
 
 def nearest_cells(xp: Any, scores: Any, probes: int) -> Any:
     """[n, probes] column indices of the ``probes`` smallest entries of each row of ``scores`` [n, k1]
-    (any order); ``scores`` is overwritten. Up to 4 probes by repeated ``argmin``: a row of 100 cells
-    is 5x faster to scan a few times than to partition."""
+    (any order); ``scores`` is overwritten. Up to 4 probes by repeated ``argmin``: 2 of 100 cells came
+    4.6x faster than from ``argpartition`` (11.5 vs 53 ms for 43,000 rows)."""
     if probes == 1:
         return xp.argmin(scores, axis=1)[:, None]
     if probes > 4:
