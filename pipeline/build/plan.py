@@ -101,7 +101,7 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     kmeans = None
     if compression.apply and config.compress.method == "minibatch":
         kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
-    stages = [check_estimate(manifest, chunk_mb, local, threads, kmeans.check_sample_rows if kmeans else 0)]
+    stages = [check_estimate(manifest, chunk_mb, local, threads)]
     vectors = n
     if compression.apply:
         stages.append(compress_estimate(n, dim, compression, kmeans, stream, backend.is_gpu))

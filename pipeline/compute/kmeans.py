@@ -122,14 +122,17 @@ def kmeanspp(xp: Any, sample: Any, n_clusters: int, rng: np.random.Generator) ->
 def means_or_reseed(xp: Any, centres: Any, sums: Any, counts: Any, spares: Any) -> tuple[Any, int]:
     """Centres moved to the means ``sums / counts``; empty ones take rows of ``spares`` in order.
 
-    Returns (centres [k, d], number re-seeded). Empty centres beyond ``len(spares)`` stay put.
+    Returns (centres [k, d], number re-seeded). Empty centres beyond ``len(spares)`` stay put. One new
+    [k, d] array (the division); the empty centres are patched in it.
     """
-    hit = counts > 0
-    means = xp.where(hit[:, None], sums / xp.maximum(counts, 1.0)[:, None].astype(xp.float32), centres)
-    empty = xp.nonzero(~hit)[0][:spares.shape[0]]
+    means = (sums / xp.maximum(counts, 1.0).astype(sums.dtype)[:, None]).astype(xp.float32, copy=False)
+    empty = xp.nonzero(counts == 0)[0]
     if empty.size:
-        means[empty] = spares[:empty.size]
-    return means.astype(xp.float32), int(empty.size)
+        means[empty] = centres[empty]
+        reseed = empty[:spares.shape[0]]
+        means[reseed] = spares[:reseed.size]
+        return means, int(reseed.size)
+    return means, 0
 
 
 def lloyd(xp: Any, x: Any, centres: Any, iters: int) -> tuple[Any, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from rvc_index.compute.backend import Backend
 from rvc_index.compute.kmeans import d2_sample, farthest, means_or_reseed, nearest_centres, segment_sums, squared_norms
-from rvc_index.compute.two_level import CentreTree, assign_two_level, build_tree
+from rvc_index.compute.two_level import CentreTree, assign_two_level, build_tree, gather_rows
 
 
 @dataclass
@@ -30,17 +30,25 @@ class KMeansState:
     rows_since_tree: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))  # re-seeding draws
     spread: int = 1  # coarse cells each centre is listed in (two_level.build_tree)
+    tree_buffer: Any = None  # a dropped tree's buffer, for the next one's grouped centres
 
     def current_tree(self, xp: Any) -> CentreTree | None:
         """The two-level grouping with the centres' current positions (None when exact)."""
         if self.coarse is None:
             return None
         if self.tree is None or self.rows_since_tree >= 4 * self.centres.shape[0]:
-            self.tree, self.rows_since_tree = build_tree(xp, self.centres, self.coarse, self.spread), 0
+            buffer = self.tree.buffer if self.tree is not None else self.tree_buffer
+            self.tree, self.rows_since_tree = build_tree(xp, self.centres, self.coarse, self.spread, buffer), 0
+            self.tree_buffer = None
         else:
-            self.tree.centres = self.centres[self.tree.ids]
-            self.tree.norms = squared_norms(xp, self.tree.centres)
+            self.tree.centres, self.tree.buffer = gather_rows(xp, self.centres, self.tree.ids, self.tree.buffer)
+            self.tree.norms = squared_norms(xp, self.centres)[self.tree.ids]
         return self.tree
+
+    def drop_tree(self) -> None:
+        """The centres moved or were re-seeded: the next :meth:`current_tree` regroups them (in the same buffer)."""
+        if self.tree is not None:
+            self.tree_buffer, self.tree = self.tree.buffer, None
 
     def assign(self, xp: Any, x: Any, nprobe: int = 1) -> tuple[Any, Any]:
         """(labels [n], squared distances [n]) of the rows of ``x`` with the current centres."""
@@ -88,7 +96,7 @@ def minibatch_step(xp: Any, state: KMeansState, batch: Any, decay: float = 1.0, 
             state.seeded_at[dead] = state.step
             state.spent[dead] = True
             state.reseeded += int(dead.size)
-            state.tree = None
+            state.drop_tree()
     return float(dists.mean())
 
 
@@ -154,7 +162,7 @@ def apply_pass(xp: Any, state: KMeansState, stats: PassStats) -> int:
     state.centres, reseeded = means_or_reseed(xp, state.centres, stats.sums, stats.counts, stats.far_rows)
     state.counts = stats.counts
     state.reseeded += reseeded
-    state.tree = None
+    state.drop_tree()
     return reseeded
 
 

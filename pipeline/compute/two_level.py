@@ -17,6 +17,7 @@ from rvc_index.compute.backend import thread_map, to_host
 from rvc_index.compute.init import d2_init
 from rvc_index.compute.kmeans import (
     d2_sample,
+    distance_tile_rows,
     farthest,
     init_centres,
     lloyd,
@@ -67,9 +68,23 @@ class CentreTree:
     norms: Any  # [entries]
     ids: Any  # [entries] int64
     offsets: np.ndarray  # host [k1 + 1]
+    buffer: Any = None  # [k * spread, d]: ``centres`` is its first rows; the next tree of these centres reuses it
 
 
-def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTree:
+def gather_rows(xp: Any, x: Any, ids: Any, buffer: Any = None) -> tuple[Any, Any]:
+    """(``x[ids]`` [m, d], the buffer it lives in): written into the first rows of ``buffer`` when that fits, so
+    a tree rebuilt every pass does not fault in a fresh copy of the centres (spread x K rows) each time."""
+    if buffer is None or buffer.shape[0] < ids.shape[0] or buffer.shape[1:] != x.shape[1:] or buffer.dtype != x.dtype:
+        return x[ids], None
+    out = buffer[:ids.shape[0]]
+    if xp is np:
+        np.take(x, ids, axis=0, out=out, mode="clip")  # "clip": numpy buffers ``out`` in the default mode
+    else:
+        xp.take(x, ids, axis=0, out=out)
+    return out, buffer
+
+
+def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1, buffer: Any = None) -> CentreTree:
     """Group ``centres`` [k, d] under their ``spread`` nearest of ``coarse`` [k1, d] (k * k1 distances).
 
     With ``spread`` > 1 a centre is also listed in its next nearest cells, so a row that searches only
@@ -77,6 +92,7 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
     of one per probed cell. A cell keeps every centre of its own and at most ``4 spread k / k1`` in all:
     the foreign ones nearest its coarse centre (a coarse centre amid the others, e.g. over a block of
     silence, would otherwise be among the nearest cells of thousands of centres, and its rows search them all).
+    ``buffer``: an earlier tree's (``CentreTree.buffer``), for the grouped centres.
     """
     k, k1 = centres.shape[0], coarse.shape[0]
     spread = max(1, min(spread, k1))
@@ -108,8 +124,10 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1) -> CentreTre
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if empty.size:
         coarse_norms[xp.asarray(empty)] = xp.inf
-    grouped = centres[ids]
-    return CentreTree(coarse, coarse_norms, grouped, squared_norms(xp, grouped), ids, offsets)
+    if buffer is None:
+        buffer = xp.empty((k * spread, centres.shape[1]), dtype=centres.dtype)  # room for any later listing
+    grouped, buffer = gather_rows(xp, centres, ids, buffer)
+    return CentreTree(coarse, coarse_norms, grouped, squared_norms(xp, centres)[ids], ids, offsets, buffer)
 
 
 def nearest_cells(xp: Any, scores: Any, probes: int) -> Any:
@@ -133,12 +151,17 @@ def coarse_cells(xp: Any, tree: CentreTree, x: Any, nprobe: int) -> Any:
     """int16 [n, probes]: the ``nprobe`` nearest coarse cells holding centres of each row of ``x`` [n, d].
 
     The coarse centres stay fixed once the init has made them, so a caller that sees the same rows
-    again (the next Lloyd pass) can keep these and skip the coarse product."""
+    again (the next Lloyd pass) can keep these and skip the coarse product. Tiles of
+    ``distance_tile_rows`` rows: their scores reuse the same few MB instead of a fresh [n, k1] array."""
     probes = max(1, min(nprobe, int((np.diff(tree.offsets) > 0).sum())))
-    scores = x @ tree.coarse.T
-    scores *= -2.0
-    scores += tree.coarse_norms[None, :]
-    return nearest_cells(xp, scores, probes).astype(xp.int16)
+    cells = xp.empty((x.shape[0], probes), dtype=xp.int16)
+    rows = distance_tile_rows(tree.coarse.shape[0])
+    for start in range(0, x.shape[0], rows):
+        scores = x[start:start + rows] @ tree.coarse.T
+        scores *= -2.0
+        scores += tree.coarse_norms[None, :]
+        cells[start:start + rows] = nearest_cells(xp, scores, probes)
+    return cells
 
 
 def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: Any = None) -> tuple[Any, Any]:
@@ -253,12 +276,14 @@ def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: 
     counts = xp.zeros(centres.shape[0], dtype=xp.float64)
     if cells is not None and cells.shape[1] != nprobe:
         cells = None
+    buffer = None
     for _ in range(iters):
-        tree = build_tree(xp, centres, coarse, spread)
+        tree = build_tree(xp, centres, coarse, spread, buffer)
         if cells is None:
             cells = coarse_cells(xp, tree, sample, nprobe)
         labels, dists = assign_parallel(xp, tree, sample, nprobe, cells)
-        del tree  # its grouped copy of the centres (spread x K rows) is not needed while the next is built
+        buffer = tree.buffer  # the next tree's grouped centres go where these were
+        del tree
         sums, counts = segment_sums(xp, labels, sample, centres.shape[0])
         spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
         centres, _ = means_or_reseed(xp, centres, sums, counts, spares)

@@ -7,8 +7,10 @@ holds more than a few chunks. Row ``i`` of the array is id ``i`` of the index.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import dask
 import dask.array as da
@@ -24,56 +26,96 @@ from rvc_index.data.sources import (
 )
 from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
 from rvc_index.runtime.progress import get_logger
-from rvc_index.runtime.stream import ROWS_READ, counted_load, each_result
+from rvc_index.runtime.stream import ROWS_READ, counted_load, each_result, local_threads
 
 
-def plan_chunks(file_bytes: Sequence[int], chunk_bytes: int) -> list[tuple[int, int]]:
-    """Split files (in order) into contiguous [start, stop) groups of about ``chunk_bytes``.
+def plan_chunks(file_bytes: Sequence[int], chunk_bytes: int, parallel: int = 1) -> list[tuple[int, int]]:
+    """Split files (in order) into contiguous [start, stop) groups of at most ``chunk_bytes``.
 
-    Every group holds at least one file; a file larger than ``chunk_bytes`` is a group alone.
+    Every group holds at least one file; a file larger than ``chunk_bytes`` is a group alone. The
+    groups aim at ``ceil(total / chunk_bytes)`` rounded up to a multiple of ``parallel`` equal shares
+    (each group closes at the file boundary nearest its share), so ``parallel`` threads streaming the
+    chunks finish together instead of one core reading and computing the last chunk alone.
     """
+    total = sum(file_bytes)
+    count = max(1, -(-total // max(1, chunk_bytes)))
+    count = -(-count // max(1, parallel)) * max(1, parallel)
     groups: list[tuple[int, int]] = []
-    start, size = 0, 0
+    start, size, done = 0, 0, 0  # done: bytes in the closed groups
     for i, nbytes in enumerate(file_bytes):
-        if i > start and size + nbytes > chunk_bytes:
+        boundary = total * (len(groups) + 1) / count  # where the open group's share ends
+        if i > start and (size + nbytes > chunk_bytes or done + size + nbytes / 2 > boundary):
             groups.append((start, i))
-            start, size = i, 0
+            start, size, done = i, 0, done + size
         size += nbytes
     if start < len(file_bytes):
         groups.append((start, len(file_bytes)))
     return groups
 
 
+class DrawnRows(NamedTuple):
+    rows: np.ndarray  # [n, D] float32
+    ids: np.ndarray  # [n] int64, sorted: each row's id in the collection (row i of ``FeatureSet.array``)
+
+
 class RowSample:
     """Rows drawn from every chunk during the value check (stratified by chunk, uniform inside): the
     k-means init sample without a read of its own. :meth:`take` hands them over once."""
 
-    def __init__(self, rows: np.ndarray | None = None) -> None:
+    def __init__(self, rows: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
         self.rows = rows
+        self.ids = ids
 
     def __len__(self) -> int:
         return 0 if self.rows is None else int(self.rows.shape[0])
 
-    def take(self, n_rows: int, rng: np.random.Generator) -> np.ndarray | None:
-        """``n_rows`` of the rows [n_rows, D] (all when fewer were drawn), then forget them; None
-        when fewer than 90 % of ``n_rows`` were drawn (the caller reads its own sample)."""
-        rows, self.rows = self.rows, None
-        if rows is None or rows.shape[0] < 0.9 * n_rows:
+    def take(self, n_rows: int, rng: np.random.Generator) -> DrawnRows | None:
+        """``n_rows`` of the rows [n_rows, D] (all when fewer were drawn) with their ids, then forget
+        them; None when fewer than 90 % of ``n_rows`` were drawn (the caller reads its own sample)."""
+        rows, ids, self.rows, self.ids = self.rows, self.ids, None, None
+        if rows is None or ids is None or rows.shape[0] < 0.9 * n_rows:
             return None
         if rows.shape[0] > n_rows:
-            rows = rows[np.sort(rng.choice(rows.shape[0], size=n_rows, replace=False))]
-        return rows
+            keep = np.sort(rng.choice(rows.shape[0], size=n_rows, replace=False))
+            rows, ids = rows[keep], ids[keep]
+        return DrawnRows(rows, ids)
 
 
-def check_and_sample(paths: Sequence[str], dim: int, n_sample: int,
-                     seed: Sequence[int]) -> tuple[list[int | str], np.ndarray]:
-    """Per file: finite rows, or a problem string for a file that cannot be used; and ``n_sample``
-    finite rows of the good files [<= n_sample, dim] drawn uniformly (seeded): one read of each file."""
+_scratch = threading.local()
+
+
+def scratch_rows(rows: int, dim: int) -> np.ndarray:
+    """A float32 [rows, dim] buffer of the calling thread's own, reused by its next call: the value
+    check reads each file into it instead of into fresh pages (page faults cost more than the read)."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < rows:
+        buffer = _scratch.buffer = np.empty((max(rows, 1), dim), np.float32)
+    return buffer[:rows]
+
+
+def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n_sample: int,
+                     seed: Sequence[int], out: np.ndarray | None = None
+                     ) -> tuple[list[int | str], np.ndarray, np.ndarray, np.ndarray]:
+    """Check each file's values and draw ``n_sample`` of the chunk's rows (seeded, uniform over the
+    headers' ``file_rows``; a drawn row holding NaN/Inf is left out): one read of each file.
+
+    Returns (per file: finite rows, or a problem string for a file that cannot be used; the drawn
+    rows [<= n_sample, dim], written into ``out`` when given; each one's file (index into ``paths``);
+    its index among that file's finite rows).
+    """
     results: list[int | str] = []
-    kept: list[np.ndarray] = []
-    for path in paths:
+    total = sum(file_rows)
+    picks = np.sort(np.random.default_rng(list(seed)).choice(total, size=min(n_sample, total), replace=False))
+    rows_out = np.empty((len(picks), dim), np.float32) if out is None else out[:len(picks)]
+    file_of = np.empty(len(picks), np.int64)
+    row_in_file = np.empty(len(picks), np.int64)
+    filled, start = 0, 0
+    for index, (path, expected) in enumerate(zip(paths, file_rows)):
+        lo, hi = np.searchsorted(picks, [start, start + expected])
+        local = picks[lo:hi] - start
+        start += expected
         try:
-            array = load_features(path, dim)
+            array = load_features(path, dim, scratch_rows(expected, dim))
         except FeatureFileError as exc:
             results.append(exc.problem)
             continue
@@ -81,17 +123,15 @@ def check_and_sample(paths: Sequence[str], dim: int, n_sample: int,
         mask = finite_row_mask(array)
         finite = int(mask.sum())
         results.append(finite if finite else f"all {array.shape[0]} rows are NaN or Inf")
-        if n_sample and finite:
-            kept.append(array if finite == array.shape[0] else array[mask])
-    total = sum(k.shape[0] for k in kept)
-    picks = np.sort(np.random.default_rng(list(seed)).choice(total, size=min(n_sample, total), replace=False))
-    sample = np.empty((len(picks), dim), np.float32)
-    start = 0
-    for rows in kept:  # picks are sorted: each file's share is a contiguous run of them
-        lo, hi = np.searchsorted(picks, [start, start + rows.shape[0]])
-        sample[lo:hi] = rows[picks[lo:hi] - start]
-        start += rows.shape[0]
-    return results, sample
+        local = local[local < array.shape[0]]  # a file shorter than its header now: the chunk's load says so
+        local = local[mask[local]]
+        if local.size:
+            rows_out[filled:filled + local.size] = array[local]
+            file_of[filled:filled + local.size] = index
+            row_in_file[filled:filled + local.size] = local if finite == array.shape[0] else \
+                (np.cumsum(mask) - 1)[local]
+            filled += local.size
+    return results, rows_out[:filled], file_of[:filled], row_in_file[:filled]
 
 
 def share_rows(sizes: Sequence[int], total: int) -> list[int]:
@@ -128,6 +168,18 @@ class FeatureSet:
     def chunk_rows(self) -> tuple[int, ...]:
         return tuple(sum(self.file_rows[a:b]) for a, b in self.chunks)
 
+    @property
+    def max_chunk_rows(self) -> int:
+        """Rows of the largest chunk as the headers count them: a buffer any chunk loads into."""
+        return max(sum(f.rows for f in self.manifest.files[a:b]) for a, b in self.chunks)
+
+    def load_chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``index`` as float32 [rows, D] (what block ``index`` of :attr:`array` computes), read
+        into ``out`` (float32 [>= max_chunk_rows, D]) when given: a local pass reuses its buffers."""
+        start, stop = self.chunks[index]
+        return counted_load(load_group, _chunk_paths(self.manifest, (start, stop)), self.dim,
+                            [f.rows for f in self.manifest.files[start:stop]], out)
+
 
 def _chunk_paths(manifest: Manifest, chunk: tuple[int, int]) -> list[str]:
     return [str(manifest.path(f.name)) for f in manifest.files[chunk[0]:chunk[1]]]
@@ -151,26 +203,38 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
                      seed: int = 0) -> FeatureSet:
     """Check every file's values on the Dask workers or local threads (NaN/Inf rows counted) and open
     it lazily. ``sample_rows`` > 0: the same read also draws about that many rows, in proportion to
-    each chunk's rows (``FeatureSet.sample``, for the k-means init)."""
+    each chunk's rows (``FeatureSet.sample``, for the k-means init). On local threads the chunks are
+    a multiple of the threads (``plan_chunks``)."""
     log = get_logger()
     chunk_bytes = max(1, int(chunk_mb * 2**20))
-    chunks = plan_chunks([f.bytes for f in manifest.files], chunk_bytes)
-    shares = share_rows([sum(f.rows for f in manifest.files[a:b]) for a, b in chunks], sample_rows)
-    tasks = [dask.delayed(check_and_sample, pure=True)(_chunk_paths(manifest, c), manifest.dim, n, (seed, i))
-             for i, (c, n) in enumerate(zip(chunks, shares))]
+    parallel = local_threads() if client is None else 1
+    chunks = plan_chunks([f.bytes for f in manifest.files], chunk_bytes, parallel)
+    header_rows = [[f.rows for f in manifest.files[a:b]] for a, b in chunks]
+    shares = share_rows([sum(rows) for rows in header_rows], sample_rows)
     offsets = np.concatenate([[0], np.cumsum(shares)]).astype(np.int64)
     sample = np.empty((int(offsets[-1]), manifest.dim), np.float32)
+    tasks = [dask.delayed(check_and_sample, pure=client is not None)(  # locally the rows land in ``sample``
+        _chunk_paths(manifest, c), manifest.dim, rows, n, (seed, i),
+        None if client is not None else sample[offsets[i]:offsets[i + 1]])
+        for i, (c, rows, n) in enumerate(zip(chunks, header_rows, shares))]
     filled = np.zeros(len(chunks), dtype=np.int64)
     checked: list[list[int | str]] = [[] for _ in chunks]
-    for i, (results, rows) in each_result(tasks, client):  # sample pieces land in place: no second copy
+    sample_file = np.empty(len(sample), np.int64)  # each drawn row's file (manifest index) and finite row in it
+    sample_row = np.empty(len(sample), np.int64)
+    for i, (results, rows, file_of, row_in_file) in each_result(tasks, client):
         checked[i] = results
-        sample[offsets[i]:offsets[i] + rows.shape[0]] = rows
+        at = slice(offsets[i], offsets[i] + rows.shape[0])
+        if client is not None:
+            sample[at] = rows
+        sample_file[at], sample_row[at] = file_of + chunks[i][0], row_in_file
         filled[i] = rows.shape[0]
     if (filled < shares).any():  # chunks with fewer finite rows than their share: close the gaps, in order
         keep = np.concatenate([np.arange(offsets[i], offsets[i] + filled[i]) for i in range(len(chunks))])
-        sample = sample[keep.astype(np.int64)]
+        keep = keep.astype(np.int64)
+        sample, sample_file, sample_row = sample[keep], sample_file[keep], sample_row[keep]
     per_file = [result for chunk_result in checked for result in chunk_result]
 
+    kept_files = np.arange(len(manifest.files))
     problems = [(f.name, r) for f, r in zip(manifest.files, per_file) if isinstance(r, str)]
     if problems:
         if on_bad_file == "error":
@@ -179,15 +243,15 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
         for name, problem in problems:
             log.warning("skipping %s: %s", manifest.path(name), problem)
         bad = {name for name, _ in problems}
-        keep = [i for i, f in enumerate(manifest.files) if f.name not in bad]
-        if not keep:
+        kept_files = np.array([i for i, f in enumerate(manifest.files) if f.name not in bad], dtype=np.int64)
+        if not kept_files.size:
             raise SourceError(f"{manifest.feature_dir}: no usable feature rows (all files bad or empty)")
         manifest = Manifest(manifest.feature_dir, manifest.dim, manifest.version,
-                            tuple(manifest.files[i] for i in keep),
+                            tuple(manifest.files[i] for i in kept_files),
                             tuple(sorted(manifest.skipped + tuple(problems))),
                             manifest.ignored, manifest.empty_files)
-        per_file = [per_file[i] for i in keep]
-        chunks = plan_chunks([f.bytes for f in manifest.files], chunk_bytes)
+        per_file = [per_file[i] for i in kept_files]
+        chunks = plan_chunks([f.bytes for f in manifest.files], chunk_bytes, parallel)
 
     file_rows = tuple(int(r) for r in per_file)
     dropped = manifest.rows - sum(file_rows)
@@ -196,30 +260,28 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
     chunk_rows = [sum(file_rows[a:b]) for a, b in chunks]
     log.info("%s: %d files, %s rows x %d (%s), %d chunks of about %.0f MB",
              experiment.name, len(manifest.files), f"{sum(file_rows):,}", manifest.dim,
-             manifest.version, len(chunks), chunk_mb)
+             manifest.version, len(chunks), manifest.bytes / max(1, len(chunks)) / 2**20)
+    first_row = np.concatenate([[0], np.cumsum(file_rows)]).astype(np.int64)  # of each kept file
+    sample_ids = first_row[np.searchsorted(kept_files, sample_file)] + sample_row  # bad files drew no rows
     return FeatureSet(experiment, manifest, file_rows, tuple(chunks), dropped,
-                      build_array(manifest, chunks, chunk_rows), RowSample(sample if sample_rows else None))
+                      build_array(manifest, chunks, chunk_rows),
+                      RowSample(sample, sample_ids) if sample_rows else RowSample())
 
 
 def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:
     """Bytes a streamed pass over the collection holds: the chunks in flight, plus one being read
     when the chunks load on local threads."""
-    chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
+    chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)), local_threads() if local else 1)
     chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * manifest.dim * F32
     return chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))
 
 
-def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int,
-                   sample_rows: int = 0) -> StageEstimate:
-    """The value check: on local threads, up to ``threads`` files read at once (file, float32 copy, finite
-    mask); with ``sample_rows`` (it draws the k-means sample in the same read) each also keeps its chunk's
-    finite rows until the chunk's share is drawn. With a client it runs on the workers. The sample itself
-    is the compress stage's (it holds it until its init)."""
-    chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)))
+def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int) -> StageEstimate:
+    """The value check: on local threads, up to ``threads`` files read at once (each thread's reused
+    float32 buffer, the file's own array when it is not float32, the finite mask); the rows it draws
+    for the k-means init go straight into the sample, which is the compress stage's (it holds it until
+    its init). With a client it runs on the workers."""
+    chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)), local_threads() if local else 1)
     biggest = max(f.bytes + f.rows * manifest.dim * F32 * 5 // 4 for f in manifest.files)
-    chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * manifest.dim * F32
     at_once = min(threads, len(chunks)) if local else 0
-    kept = at_once * chunk if sample_rows else 0
-    return StageEstimate("check", at_once * biggest + kept, 0,
-                         f"{at_once} files of up to {mb(biggest)} checked at once"
-                         + (f", {at_once} chunks kept while the sample is drawn" if kept else ""))
+    return StageEstimate("check", at_once * biggest, 0, f"{at_once} files of up to {mb(biggest)} checked at once")

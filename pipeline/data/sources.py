@@ -205,16 +205,18 @@ def finite_row_mask(array: np.ndarray) -> np.ndarray:
     return np.isfinite(array).all(axis=1)
 
 
-def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int]) -> np.ndarray:
+def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
     """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped.
 
     ``file_rows``: each file's rows as the scan read them from its header. A file whose shape
     changed since (rewritten while the build runs) is an error naming it. Each file is copied into
-    one result as soon as it is read, so the peak is the result plus one file.
+    one result as soon as it is read, so the peak is the result plus one file. ``out``: a float32
+    [>= sum(file_rows), dim] buffer to fill (a pass reuses one per thread); the result is a view of it.
     """
     if len(file_rows) != len(paths):
         raise ValueError(f"{len(paths)} paths but {len(file_rows)} row counts")
-    out = np.empty((sum(file_rows), dim), np.float32) if len(paths) > 1 else None
+    if out is None or out.shape[0] < sum(file_rows) or out.shape[1:] != (dim,) or out.dtype != np.float32:
+        out = np.empty((sum(file_rows), dim), np.float32) if len(paths) > 1 else None
     filled = 0
     for path, expected in zip(paths, file_rows):
         array = load_features(path, dim, None if out is None else out[filled:])  # float32: read in place

@@ -38,12 +38,12 @@ from rvc_index.compute.minibatch import (
 )
 from rvc_index.compute.two_level import refine, two_level_init
 from rvc_index.config.schema import CompressConfig
-from rvc_index.data.feature_set import FeatureSet
+from rvc_index.data.feature_set import DrawnRows, FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate, release_freed_memory
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import iter_blocks, sample_row_ids, take_rows
-from rvc_index.stages.passes import final_pass_stats, shuffled_batches
+from rvc_index.stages.passes import PassCache, final_pass_stats, shuffled_batches
 
 MINIBATCH_MAX_ROWS = 4_000_000  # above, no mini-batch epoch and one Lloyd pass: the sample's k-means, then 2 reads
 
@@ -169,8 +169,10 @@ def sklearn_centroids(features: FeatureSet, n_centroids: int, seed: int, client:
 
 
 def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, backend: Backend,
-                  rng: np.random.Generator) -> KMeansState:
-    """Phase 1 on ``sample`` [s, d]: two-level k-means (k1 > 1) or a plain random/k-means++ init."""
+                  rng: np.random.Generator) -> tuple[KMeansState, Any | None]:
+    """Phase 1 on ``sample`` [s, d]: two-level k-means (k1 > 1) or a plain random/k-means++ init.
+    Returns the state and, for two-level assignment with one probe, each sample row's coarse cell
+    (int16 [s, 1], on the device), which the first pass over the collection need not find again."""
     xp = backend.xp
     rows = backend.asarray(sample)
     reseed = int(rng.integers(2**31))
@@ -181,8 +183,9 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
             release_freed_memory()  # the per-cell threads' freed arrays, before the whole-sample passes
             centres, counts = refine(xp, rows, centres, coarse, config.init_iters, config.nprobe, config.spread,
                                      cells)
-        return new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=config.spread)
-    return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed)
+        state = new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=config.spread)
+        return state, cells if plan.two_level and config.nprobe == 1 else None
+    return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed), None
 
 
 def compress(features: FeatureSet, plan: CompressPlan, config: CompressConfig, backend: Backend,
@@ -223,12 +226,16 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
         fitted = fit_device(features, n_centroids, config, backend, rng, client)
         return new_state(xp, fitted.centres, fitted.counts, seed=int(rng.integers(2**31)))
 
-    sample = features.sample.take(kplan.sample_rows, rng)  # drawn during the value check: no read of its own
-    if sample is None:
-        sample = take_rows(features.array, sample_row_ids(features.n_rows, kplan.sample_rows, rng), client)
+    drawn = features.sample.take(kplan.sample_rows, rng)  # drawn during the value check: no read of its own
+    if drawn is None:
+        ids = sample_row_ids(features.n_rows, kplan.sample_rows, rng)
+        drawn = DrawnRows(take_rows(features.array, ids, client), ids)
     release_freed_memory()  # the value check's chunks, before the init's arrays
-    state = initial_state(sample, kplan, config, backend, rng)
-    del sample  # the phases below hold a batch or chunks, never the sample
+    state, sample_cells = initial_state(drawn.rows, kplan, config, backend, rng)
+    cache = PassCache()
+    if sample_cells is not None:  # the first pass finds the coarse cells of the other rows only
+        cache.seed_cells(xp, features.chunk_rows, drawn.ids, sample_cells)
+    del drawn, sample_cells  # the phases below hold a batch or chunks, never the sample
     release_freed_memory()
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
              f", then {config.init_iters} over the sample, nprobe {config.nprobe}, spread {config.spread}"
@@ -241,10 +248,9 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
         minibatch_epochs(features, state, kplan, config, backend, rng, client)
         log.info("compress: %d mini-batch steps, %d dead centres re-seeded", state.step, state.reseeded)
 
-    cell_cache: dict[int, Any] | None = {} if kplan.lloyd_passes > 1 else None  # int16 [rows, nprobe] per chunk
     for number in range(1, kplan.lloyd_passes + 1):
         progress = Progress(f"compress: Lloyd pass {number}/{kplan.lloyd_passes}", features.n_rows)
-        stats = final_pass_stats(features, state, backend, config.nprobe, client, progress, cell_cache)
+        stats = final_pass_stats(features, state, backend, config.nprobe, client, progress, cache)
         reseeded = apply_pass(xp, state, stats)
         log.info("compress: Lloyd pass %d/%d over %s rows, mean squared distance %.4g (%s assignment), "
                  "%d empty centres re-seeded", number, kplan.lloyd_passes, f"{stats.rows:,}",

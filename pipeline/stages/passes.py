@@ -5,18 +5,20 @@ mini-batches. Each holds a few chunks at a time, never the collection.
 
 from __future__ import annotations
 
+import queue
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
-import dask.local
 import numpy as np
 from rvc_index.compute.backend import Backend
+from rvc_index.compute.kmeans import distance_tile_rows
 from rvc_index.compute.lloyd import N_FAR
 from rvc_index.compute.minibatch import KMeansState, PassStats, merge_stats, pass_stats
-from rvc_index.compute.two_level import build_tree, coarse_cells
+from rvc_index.compute.two_level import CentreTree, build_tree, coarse_cells
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.stream import block_tasks, iter_blocks, local_threads
@@ -55,15 +57,64 @@ def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | Non
     return pass_stats(np, centres, tree, np.ascontiguousarray(block, dtype=np.float32), nprobe, N_FAR)
 
 
+@dataclass
+class PassCache:
+    """What one Lloyd pass over a collection leaves for the next: each chunk's nearest coarse cells
+    (int16 [rows, nprobe], -1 where not known yet; the coarse centres never move) and, on local threads,
+    the chunk buffers the threads read into (fresh pages cost more than the read itself)."""
+
+    cells: dict[int, Any] = field(default_factory=dict)
+    complete: set[int] = field(default_factory=set)  # chunks whose every row's cells are known
+    buffers: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+    def seed_cells(self, xp: Any, chunk_rows: Sequence[int], row_ids: Any, cells: Any) -> None:
+        """Known cells [n, nprobe] of the rows ``row_ids`` [n] (sorted ids in the collection), e.g. the
+        init sample's: the first pass finds the coarse cells of the other rows only."""
+        starts = np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64)
+        bounds = np.searchsorted(np.asarray(row_ids), starts)
+        ids = xp.asarray(row_ids)
+        for index, rows in enumerate(chunk_rows):
+            known = xp.full((rows, cells.shape[1]), -1, dtype=xp.int16)
+            lo, hi = int(bounds[index]), int(bounds[index + 1])
+            known[ids[lo:hi] - int(starts[index])] = cells[lo:hi]
+            self.cells[index] = known
+
+    def chunk_cells(self, xp: Any, index: int, tree: CentreTree, block: Any, nprobe: int) -> Any:
+        """Chunk ``index``'s coarse cells, found for the rows not known yet and kept."""
+        cells = self.cells.get(index)
+        if cells is None or cells.shape != (block.shape[0], nprobe):
+            cells = self.cells[index] = coarse_cells(xp, tree, block, nprobe)
+        elif index not in self.complete:
+            if xp is np:  # the rows left unknown only, a tile at a time (gathered copies of a few MB)
+                rows = distance_tile_rows(tree.coarse.shape[0])
+                for start in range(0, block.shape[0], rows):
+                    part = cells[start:start + rows]
+                    missing = np.flatnonzero(part[:, 0] < 0)
+                    if missing.size:
+                        part[missing] = coarse_cells(xp, tree, block[start:start + rows][missing], nprobe)
+            else:  # a device finds every row's: no host round trip to count the unknown ones
+                cells = self.cells[index] = xp.where(cells < 0, coarse_cells(xp, tree, block, nprobe), cells)
+        self.complete.add(index)
+        return cells
+
+    def buffer(self, rows: int, dim: int) -> np.ndarray:
+        """A float32 [rows, dim] chunk buffer: one a finished chunk handed back, else a new one."""
+        try:
+            buffer = self.buffers.get_nowait()
+        except queue.Empty:
+            return np.empty((rows, dim), np.float32)
+        return buffer if buffer.shape[0] >= rows and buffer.shape[1] == dim else np.empty((rows, dim), np.float32)
+
+
 def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend, nprobe: int,
                      client: Any | None, progress: Progress | None = None,
-                     cell_cache: dict[int, Any] | None = None) -> PassStats:
+                     cache: PassCache | None = None) -> PassStats:
     """Per-centre sums of the whole collection, merged in chunk order (deterministic).
 
     With a Dask client and the CPU backend the sums are computed on the workers that hold the
     chunks (the centres are broadcast once, at most two chunks per worker in flight); otherwise
-    chunks stream to this process and its device, and ``cell_cache`` (chunk index -> int16 [rows,
-    nprobe]) keeps each row's nearest coarse cells for the next pass (the coarse centres never move).
+    chunks stream to this process and its device, and ``cache`` keeps each row's nearest coarse cells
+    and the chunk buffers for the next pass.
     """
     xp = backend.xp
     total: PassStats | None = None
@@ -90,13 +141,10 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         client.cancel(shared)
         return total
     tree = state.current_tree(xp)
+    cache = cache if cache is not None else PassCache()
 
     def chunk_part(index: int, block: Any) -> PassStats:
-        cells = None
-        if tree is not None and cell_cache is not None:
-            cells = cell_cache.get(index)
-            if cells is None:
-                cells = cell_cache[index] = coarse_cells(xp, tree, block, nprobe)
+        cells = None if tree is None else cache.chunk_cells(xp, index, tree, block, nprobe)
         return pass_stats(xp, state.centres, tree, block, nprobe, N_FAR, cells)
 
     if backend.is_gpu or client is not None or local_threads() == 1:
@@ -108,16 +156,22 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         return total
     from threadpoolctl import threadpool_limits
 
-    def one_chunk(index: int, task: Any) -> PassStats:
-        return chunk_part(index, np.asarray(task.compute(scheduler=dask.local.get_sync)))
+    rows = features.max_chunk_rows
+
+    def one_chunk(index: int) -> PassStats:
+        buffer = cache.buffer(rows, features.dim)
+        try:
+            return chunk_part(index, features.load_chunk(index, buffer))
+        finally:
+            cache.buffers.put(buffer)  # the stats hold copies: the next chunk may overwrite it
 
     threads = local_threads()
     with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:  # one chunk per core, one BLAS thread each
         pending: deque[Any] = deque()
-        for index, task in enumerate(block_tasks(features.array) + [None] * threads):
-            if task is not None:
-                pending.append(pool.submit(one_chunk, index, task))
-            if len(pending) >= threads or (task is None and pending):
+        for index in list(range(len(features.chunks))) + [None] * threads:
+            if index is not None:
+                pending.append(pool.submit(one_chunk, index))
+            if len(pending) >= threads or (index is None and pending):
                 part = pending.popleft().result()  # merged in chunk order: the same sums on any machine
                 total = merge_stats(np, total, part)
                 if progress is not None:

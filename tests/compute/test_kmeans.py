@@ -150,6 +150,20 @@ def test_kept_coarse_cells_give_the_same_assignment_and_stale_ones_still_find_a_
     assert np.isfinite(dists).all()
 
 
+def test_a_tree_rebuilt_in_an_earlier_trees_buffer_equals_a_fresh_one():
+    x = blobs(30, true_blobs(40, 12, seed=4), 1.0, seed=4)
+    centres = x[::6].copy()
+    coarse, _ = lloyd(np, centres, centres[:8].copy(), 5)
+    first = build_tree(np, centres, coarse, spread=3)
+    assert first.buffer.shape == (len(centres) * 3, 12) and np.shares_memory(first.centres, first.buffer)
+    moved = centres + 0.5
+    fresh = build_tree(np, moved, coarse, spread=3)
+    reused = build_tree(np, moved, coarse, spread=3, buffer=first.buffer)
+    assert reused.buffer is first.buffer
+    for name in ("centres", "norms", "ids", "offsets"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
+
+
 def test_refine_with_the_inits_cells_equals_refine_without():
     x = blobs(50, true_blobs(30, 16, seed=10), 1.0, seed=10)
     init = two_level_init(np, x, 120, 6, "kmeans++", np.random.default_rng(0), iters=2)

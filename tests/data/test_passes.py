@@ -5,13 +5,14 @@ the final pass runs on local threads in chunk order, and the dead-centre rule do
 import numpy as np
 from rvc_index.compute.backend import select_backend
 from rvc_index.compute.minibatch import fit_minibatch, new_state, pass_stats
+from rvc_index.compute.two_level import coarse_cells
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
-from rvc_index.runtime.stream import ROWS_READ, iter_blocks
+from rvc_index.runtime.stream import ROWS_READ, iter_blocks, local_threads
 from rvc_index.stages.compress import fit_centroids, plan_kmeans
-from rvc_index.stages.passes import final_pass_stats
+from rvc_index.stages.passes import PassCache, final_pass_stats
 from rvc_index.tools import speechlike
 
 CPU = select_backend("cpu")
@@ -29,7 +30,8 @@ def test_value_check_draws_the_sample_from_every_chunk_in_its_one_read(make_expe
     assert ROWS_READ.rows - before == 6000  # the check read every row once, the sample came with it
     assert len(features.chunks) >= 4 and len(features.sample) == 600
     rows = np.concatenate(list(iter_blocks(features.array)))
-    sample = features.sample.take(600, np.random.default_rng(0))
+    sample, ids = features.sample.take(600, np.random.default_rng(0))
+    np.testing.assert_array_equal(rows[ids], sample)  # each drawn row's id in the collection
     found = {r.tobytes() for r in rows}
     assert all(r.tobytes() in found for r in sample)  # real rows of the collection
     starts = np.cumsum((0,) + features.chunk_rows)
@@ -37,7 +39,43 @@ def test_value_check_draws_the_sample_from_every_chunk_in_its_one_read(make_expe
     assert len(set(owner)) == len(features.chunks)  # stratified: every chunk contributes
     assert features.sample.take(600, np.random.default_rng(0)) is None  # handed over once, then released
     again = open_set(path, sample_rows=600).sample.take(600, np.random.default_rng(0))
-    np.testing.assert_array_equal(again, sample)  # seeded
+    np.testing.assert_array_equal(again.rows, sample)  # seeded
+
+
+def test_the_sample_leaves_out_drawn_rows_holding_nan_and_keeps_ids_straight(make_experiment):
+    path = make_experiment("nan", 3000, 64)
+    folder = sorted(path.glob("3_feature*"))[0]
+    first = sorted(folder.glob("*.npy"))[0]
+    broken = np.load(first)
+    broken[::2, 5] = np.nan  # half its rows dropped by the check
+    np.save(first, broken)
+    features = open_set(path, sample_rows=1500)
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    assert features.n_rows == 3000 - (len(broken) + 1) // 2
+    drawn = features.sample.take(1300, np.random.default_rng(0))
+    assert drawn is not None and np.isfinite(drawn.rows).all()
+    assert (np.diff(drawn.ids) > 0).all()
+    np.testing.assert_array_equal(rows[drawn.ids], drawn.rows)
+
+
+def test_seeded_coarse_cells_and_reused_buffers_give_the_same_pass(make_experiment):
+    features = open_set(make_experiment("seeded", 5000, 64))
+    rows = np.concatenate(list(iter_blocks(features.array)))
+    state = new_state(np, rows[::40].copy(), coarse=rows[::400].copy(), spread=2)
+    fresh = final_pass_stats(features, state, CPU, 1, None)
+    tree = state.current_tree(np)
+    ids = np.sort(np.random.default_rng(0).choice(5000, 2000, replace=False))
+    cache = PassCache()
+    cache.seed_cells(np, features.chunk_rows, ids, coarse_cells(np, tree, rows[ids], 1))
+    assert all((c[:, 0] < 0).any() for c in cache.cells.values())  # the other rows: not known yet
+    seeded = final_pass_stats(features, state, CPU, 1, None, cache=cache)
+    again = final_pass_stats(features, state, CPU, 1, None, cache=cache)  # cells and buffers from the first
+    for part in (seeded, again):
+        np.testing.assert_array_equal(part.counts, fresh.counts)
+        np.testing.assert_array_equal(part.sums, fresh.sums)
+    known = np.concatenate([cache.cells[i] for i in range(len(features.chunks))])
+    np.testing.assert_array_equal(known, coarse_cells(np, tree, rows, 1))  # every row's, as if found afresh
+    assert 1 <= cache.buffers.qsize() <= local_threads()  # a buffer per thread, handed from pass to pass
 
 
 def test_compress_without_minibatch_epochs_reads_the_collection_twice(make_experiment):
@@ -66,11 +104,11 @@ def test_local_threaded_final_pass_equals_one_pass_in_memory(make_experiment):
     assert streamed.rows == 5000
     again = final_pass_stats(features, state, CPU, 2, None)
     np.testing.assert_array_equal(again.sums, streamed.sums)  # merged in chunk order: bit-identical
-    cache = {}
-    first = final_pass_stats(features, state, CPU, 2, None, cell_cache=cache)
-    assert sorted(cache) == list(range(len(features.chunks)))  # every chunk's coarse cells kept
-    assert sum(len(c) for c in cache.values()) == 5000 and all(c.shape[1] == 2 for c in cache.values())
-    kept = final_pass_stats(features, state, CPU, 2, None, cell_cache=cache)  # the next pass skips the coarse step
+    cache = PassCache()
+    first = final_pass_stats(features, state, CPU, 2, None, cache=cache)
+    assert sorted(cache.cells) == list(range(len(features.chunks)))  # every chunk's coarse cells kept
+    assert sum(len(c) for c in cache.cells.values()) == 5000 and all(c.shape[1] == 2 for c in cache.cells.values())
+    kept = final_pass_stats(features, state, CPU, 2, None, cache=cache)  # the next pass skips the coarse step
     for part in (first, kept):
         np.testing.assert_array_equal(part.sums, streamed.sums)
         np.testing.assert_array_equal(part.counts, streamed.counts)

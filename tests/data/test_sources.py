@@ -175,6 +175,35 @@ def test_plan_chunks_covers_every_file_once_in_order(sizes, limit):
         assert stop - start == 1 or sum(sizes[start:stop]) <= limit
 
 
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_plan_chunks_is_a_multiple_of_the_threads_when_files_are_small(threads):
+    sizes = [3] * 61  # 183 bytes: 7 chunks of at most 30 would leave one core computing the last alone
+    groups = plan_chunks(sizes, 30, threads)
+    assert len(groups) % threads == 0 and all(sum(sizes[a:b]) <= 30 for a, b in groups)
+    widths = [sum(sizes[a:b]) for a, b in groups]
+    assert max(widths) - min(widths) <= 6  # equal shares, to a file or two
+    assert [i for a, b in groups for i in range(a, b)] == list(range(61))
+
+
+def test_load_group_fills_a_given_buffer_and_a_chunk_loads_as_its_block(tmp_path):
+    folder = feature_dir(tmp_path)
+    a, b = rows(6, seed=1), rows(4, seed=2)
+    b[1, 3] = np.inf
+    paths = [str(save(folder, "a.npy", a)), str(save(folder, "b.npy", b))]
+    buffer = np.full((12, 768), -1.0, np.float32)
+    got = load_group(paths, 768, [6, 4], buffer)
+    assert np.shares_memory(got, buffer) and got.shape == (9, 768)
+    np.testing.assert_array_equal(got, np.concatenate([a, b[[0, 2, 3]]]))
+    small = np.zeros((5, 768), np.float32)
+    assert not np.shares_memory(load_group(paths, 768, [6, 4], small), small)  # too small: a result of its own
+    save(folder, "c.npy", rows(7, seed=3))
+    features = open_set(folder, chunk_mb=2 * 768 * 4 * 7 / 2**20)
+    assert features.max_chunk_rows == max(sum(f.rows for f in features.manifest.files[x:y]) for x, y in features.chunks)
+    for index, block in enumerate(iter_blocks(features.array)):
+        reused = features.load_chunk(index, np.empty((features.max_chunk_rows, 768), np.float32))
+        np.testing.assert_array_equal(reused, block)
+
+
 def test_load_group_drops_nonfinite_rows(tmp_path):
     folder = feature_dir(tmp_path)
     a = rows(5)

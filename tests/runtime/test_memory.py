@@ -45,3 +45,32 @@ def test_release_freed_memory_hands_thread_arenas_back_to_the_os():
     start, before, after = map(int, out.split())  # a fresh process: no arena holds earlier tests' memory
     assert before - start > 120 * 2**20  # the threads' freed arrays stayed resident (up to 2 x 150 MB)
     assert before - after > 0.8 * (before - start)  # and the trim gave them back
+
+
+PAGES = """
+import os, sys
+from pathlib import Path
+from rvc_index.runtime.memory import avoid_compaction_stalls
+print(avoid_compaction_stalls(Path(sys.argv[1])), os.environ.get("NUMPY_MADVISE_HUGEPAGE"), "numpy" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("defrag, changed", [("always defer defer+madvise [madvise] never", True),
+                                             ("[always] defer defer+madvise madvise never", True),
+                                             ("always defer defer+madvise madvise [never]", False),
+                                             ("always [defer] defer+madvise madvise never", False)])
+def test_numpys_huge_page_advice_is_off_only_where_faults_compact(tmp_path, defrag, changed):
+    import os
+    import subprocess
+
+    path = tmp_path / "defrag"
+    path.write_text(defrag + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", PAGES, str(path)], capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
+    assert out[-1] == "False"  # decided before numpy is imported
+    assert (out[-2] == "0") is changed and ("compacts" in " ".join(out)) is changed
+    env["NUMPY_MADVISE_HUGEPAGE"] = "1"  # the user's own setting wins
+    out = subprocess.run([sys.executable, "-c", PAGES, str(path)], capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
+    assert out == ["None", "1", "False"]
