@@ -13,7 +13,7 @@ from pathlib import Path
 from rvc_index import __version__
 from rvc_index.config.loading import resolve_config_path
 from rvc_index.errors import RvcIndexError
-from rvc_index.runtime.memory import avoid_compaction_stalls
+from rvc_index.runtime.memory import avoid_compaction_stalls, keep_freed_memory
 from rvc_index.runtime.progress import DETAIL, configure_logging, get_logger
 from rvc_index.runtime.tables import format_table
 
@@ -319,11 +319,11 @@ COMMANDS = {"build": cmd_build, "inspect": cmd_inspect, "synth": cmd_synth, "dem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    pages = avoid_compaction_stalls()  # before anything imports numpy
+    memory = [avoid_compaction_stalls(), keep_freed_memory()]  # before anything imports numpy
     args = make_parser().parse_args(argv)
     configure_logging(-1 if args.quiet else args.verbose)
-    if pages:
-        get_logger().info("%s", pages, extra=DETAIL)
+    for note in filter(None, memory):
+        get_logger().info("%s", note, extra=DETAIL)
     try:
         if args.command in NEEDS_FAISS:
             require_faiss()

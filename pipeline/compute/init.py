@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 from rvc_index.compute.kmeans import squared_norms
-from rvc_index.compute.lloyd import assign
 
 D2_ROUNDS = 8  # rounds of batched D^2 sampling: their cost adds up to one assignment pass over the sample
 
@@ -25,11 +24,17 @@ def random_init(xp: Any, x: Any, k: int, rng: np.random.Generator) -> Any:
     return x[xp.asarray(np.sort(rng.permutation(x.shape[0])[:k]))].astype(xp.float32)
 
 
-def nearest_distances(xp: Any, x: Any, centres: Any, rows: int) -> Any:
-    """[n] squared distance of each row of ``x`` to its nearest of ``centres``, ``rows`` rows per tile."""
+def nearest_distances(xp: Any, x: Any, centres: Any, rows: int, x_norms: Any = None) -> Any:
+    """[n] squared distance of each row of ``x`` to its nearest of ``centres``, ``rows`` rows per tile
+    (``x_norms`` [n]: the rows' squared norms, when the caller has them)."""
+    x_norms = squared_norms(xp, x) if x_norms is None else x_norms
     half = 0.5 * squared_norms(xp, centres)
-    return xp.concatenate([assign(xp, x[start:start + rows], centres, half)[1]
-                           for start in range(0, x.shape[0], rows)])
+    best = []
+    for start in range(0, x.shape[0], rows):
+        scores = x[start:start + rows] @ centres.T
+        scores -= half[None, :]
+        best.append(scores.max(axis=1))  # x.c - |c|^2 / 2 of the nearest centre
+    return xp.maximum(x_norms - 2.0 * xp.concatenate(best), 0.0)
 
 
 def d2_init(xp: Any, x: Any, k: int, rng: np.random.Generator, tile_elements: int = 1 << 26,
@@ -42,7 +47,8 @@ def d2_init(xp: Any, x: Any, k: int, rng: np.random.Generator, tile_elements: in
     centres = xp.empty((k, x.shape[1]), dtype=xp.float32)
     first = min(per_round, k)
     centres[:first] = random_init(xp, x, first, rng)
-    closest = nearest_distances(xp, x, centres[:first], max(1, tile_elements // first))
+    x_norms = squared_norms(xp, x)
+    closest = nearest_distances(xp, x, centres[:first], max(1, tile_elements // first), x_norms)
     filled = first
     while filled < k:
         m = min(per_round, k - filled)
@@ -50,6 +56,7 @@ def d2_init(xp: Any, x: Any, k: int, rng: np.random.Generator, tile_elements: in
         keys = xp.log(uniform) / xp.maximum(closest.astype(xp.float64), 1e-300)  # chosen rows: -huge, last
         picks = xp.argpartition(-keys, m - 1)[:m]
         centres[filled:filled + m] = x[picks]
-        closest = xp.minimum(closest, nearest_distances(xp, x, centres[filled:filled + m], max(1, tile_elements // m)))
+        closest = xp.minimum(closest, nearest_distances(xp, x, centres[filled:filled + m], max(1, tile_elements // m),
+                                                        x_norms))
         filled += m
     return centres

@@ -266,13 +266,18 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16))
 
 
+class Refined(NamedTuple):
+    centres: Any  # [k, d] float32
+    counts: Any  # [k] sample rows per centre in the last iteration
+    buffer: Any  # the last tree's (``CentreTree.buffer``): the next tree of these centres can reuse it
+
+
 def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int,
-           spread: int = 1, cells: Any = None) -> tuple[Any, Any]:
+           spread: int = 1, cells: Any = None) -> Refined:
     """``iters`` Lloyd iterations of ``centres`` [k, d] on all of ``sample`` [n, d] with two-level
     assignment (``nprobe`` cells, centres listed in ``spread``): centres near a cell's border see the rows
     across it, which the per-cell iterations of :func:`two_level_init` cannot. ``cells``: the sample's
-    nearest coarse cells when known (``HierarchicalInit.cells``, for ``nprobe`` 1).
-    Returns (centres, counts of the last one)."""
+    nearest coarse cells when known (``HierarchicalInit.cells``, for ``nprobe`` 1)."""
     counts = xp.zeros(centres.shape[0], dtype=xp.float64)
     if cells is not None and cells.shape[1] != nprobe:
         cells = None
@@ -287,4 +292,4 @@ def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: 
         sums, counts = segment_sums(xp, labels, sample, centres.shape[0])
         spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
         centres, _ = means_or_reseed(xp, centres, sums, counts, spares)
-    return centres, counts
+    return Refined(centres, counts, buffer)

@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -131,6 +132,20 @@ def peak_rss_mb() -> float:
     return getattr(info, "peak_wset", info.rss) / MB  # Windows keeps the peak working set
 
 
+def _glibc() -> Any | None:
+    """glibc through ctypes, or None (another platform or libc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (musl has neither)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def release_freed_memory() -> None:
     """Hand the heap's freed pages back to the OS (glibc ``malloc_trim``; elsewhere nothing).
 
@@ -138,14 +153,32 @@ def release_freed_memory() -> None:
     per-cell threads, 150-350 MB of freed arrays stayed resident and the next phase's arrays came on top
     (a 10M-row build peaked at 1,270 MiB, 910 with a trim between phases). Dask's workers trim the same way.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl or another libc: nothing to trim this way
-        pass
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+HEAP_BELOW = 32 * MB  # allocations below come from the heap, not a mapping of their own
+KEEP_FREED = 256 * MB  # freed heap kept for the next allocation, up to this
+
+
+def keep_freed_memory() -> str | None:
+    """Let glibc reuse freed memory instead of unmapping it and faulting fresh pages in for the next array;
+    returns what changed (for the log), or None.
+
+    By default glibc maps arrays above an adaptive threshold on their own and trims the heap's freed top
+    at twice that: each Lloyd pass's per-chunk arrays and the init's per-cell arrays came back as fresh
+    pages, 2 GB of page faults in a 300,000-row build. Arrays below ``HEAP_BELOW`` now come from the heap
+    and up to ``KEEP_FREED`` of freed heap stays mapped (:func:`release_freed_memory` still hands all of it
+    back between phases): 400,000 faults instead of 557,000 and 8.2-8.7 s instead of 8.8-9.5 s (3 runs each).
+    """
+    libc = _glibc()
+    if libc is None:
+        return None
+    if not (libc.mallopt(M_MMAP_THRESHOLD, HEAP_BELOW) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED)):
+        return None
+    return f"glibc keeps freed memory: arrays below {mb(HEAP_BELOW)} from the heap, {mb(KEEP_FREED)} of it kept"
 
 
 THP_DEFRAG = Path("/sys/kernel/mm/transparent_hugepage/defrag")
