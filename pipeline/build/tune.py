@@ -201,7 +201,7 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
     k = base.index.search_k
     holdout = holdout_from_features(features, holdout_fraction, max_queries, base.seed, client)
     queries = holdout.queries
-    reference = exact_reference(backend, holdout, features.array, client, k)["blended"]
+    reference = exact_reference(backend, holdout, features, client, k)["blended"]
     with tempfile.TemporaryDirectory(prefix="rvc-index-tune-") as workdir:
         vectors, aligned = index_vectors(features, base, backend, client, Path(workdir))
         keep = holdout.keep_mask(vectors.shape[0]) if aligned else None

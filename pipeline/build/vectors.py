@@ -40,7 +40,7 @@ def prepare_vectors(features: FeatureSet, plan: BuildPlan, config: Config, backe
                     stage: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext()) -> IndexVectors:
     """Compress and expand ``features`` as ``plan`` says; ``stage(name)`` wraps each stage that runs
     (the runner's memory check and timing)."""
-    vectors: Any = features.array
+    vectors: Any = features  # streamed from its files (a dask array only with a cluster)
     if plan.compression.apply:
         with stage("compress"):
             vectors = compress(features, plan.compression, config.compress, backend, config.seed, client,

@@ -76,7 +76,7 @@ def _to_device(backend: Backend, blocks: Iterable[np.ndarray], n: int, dim: int,
 
 def _streamed_tiles(features: FeatureSet, backend: Backend, rows: int, client: Any | None,
                     progress: Progress) -> Iterator[Any]:
-    for block in backend.stage(iter_blocks(features.array, client, prefetch=2)):
+    for block in backend.stage(iter_blocks(features, client, prefetch=2)):
         for start in range(0, block.shape[0], rows):
             yield block[start:start + rows]
         progress.advance(block.shape[0])
@@ -90,10 +90,10 @@ def fit_device(features: FeatureSet, n_centroids: int, config: CompressConfig, b
     route = choose_route(n, dim, n_centroids, config, backend, max(features.chunk_rows, default=0))
     log.info("compress: device route %s: %s", route.name, route.reason)
     if route.name == "resident":
-        rows = _to_device(backend, iter_blocks(features.array, client, prefetch=2), n, dim,
+        rows = _to_device(backend, iter_blocks(features, client, prefetch=2), n, dim,
                           Progress("compress: copy to device", n))
     else:
-        sample = take_rows(features.array, sample_row_ids(n, route.device_rows, rng), client)
+        sample = take_rows(features, sample_row_ids(n, route.device_rows, rng), client)
         rows = _to_device(backend, iter_blocks(sample), sample.shape[0], dim,
                           Progress("compress: sample to device", sample.shape[0]))
         del sample

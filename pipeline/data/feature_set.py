@@ -7,13 +7,13 @@ holds more than a few chunks. Row ``i`` of the array is id ``i`` of the index.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import dask
-import dask.array as da
 import numpy as np
 from rvc_index.data.sources import (
     Experiment,
@@ -27,6 +27,9 @@ from rvc_index.data.sources import (
 from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
 from rvc_index.runtime.progress import get_logger
 from rvc_index.runtime.stream import ROWS_READ, counted_load, each_result, local_threads
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 def plan_chunks(file_bytes: Sequence[int], chunk_bytes: int, parallel: int = 1) -> list[tuple[int, int]]:
@@ -153,8 +156,17 @@ class FeatureSet:
     file_rows: tuple[int, ...]  # finite rows per manifest file (NaN/Inf rows dropped)
     chunks: tuple[tuple[int, int], ...]  # [start, stop) file ranges
     dropped_rows: int = 0
-    array: da.Array = field(repr=False, compare=False, default=None)
     sample: RowSample = field(repr=False, compare=False, default_factory=RowSample)
+
+    @functools.cached_property
+    def array(self) -> da.Array:
+        """The rows as a lazy dask array [n_rows, D] float32: one delayed ``load_group`` per chunk (built,
+        and ``dask.array`` imported, on first use: a local build streams through :meth:`load_chunk`)."""
+        return build_array(self.manifest, self.chunks, self.chunk_rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.dim
 
     @property
     def n_rows(self) -> int:
@@ -187,6 +199,8 @@ def _chunk_paths(manifest: Manifest, chunk: tuple[int, int]) -> list[str]:
 
 def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_rows: Sequence[int]) -> da.Array:
     """The lazy [rows, dim] float32 array: one delayed ``load_group`` per chunk of files."""
+    import dask.array as da
+
     pieces = []
     for chunk, rows in zip(chunks, chunk_rows):
         paths = _chunk_paths(manifest, chunk)
@@ -257,14 +271,12 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
     dropped = manifest.rows - sum(file_rows)
     if dropped:
         log.warning("%s: dropped %d rows holding NaN or Inf", manifest.feature_dir, dropped)
-    chunk_rows = [sum(file_rows[a:b]) for a, b in chunks]
     log.info("%s: %d files, %s rows x %d (%s), %d chunks of about %.0f MB",
              experiment.name, len(manifest.files), f"{sum(file_rows):,}", manifest.dim,
              manifest.version, len(chunks), manifest.bytes / max(1, len(chunks)) / 2**20)
     first_row = np.concatenate([[0], np.cumsum(file_rows)]).astype(np.int64)  # of each kept file
     sample_ids = first_row[np.searchsorted(kept_files, sample_file)] + sample_row  # bad files drew no rows
     return FeatureSet(experiment, manifest, file_rows, tuple(chunks), dropped,
-                      build_array(manifest, chunks, chunk_rows),
                       RowSample(sample, sample_ids) if sample_rows else RowSample())
 
 

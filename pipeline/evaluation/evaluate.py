@@ -168,7 +168,7 @@ def evaluate_build(index: faiss.Index, features: FeatureSet, config: EvaluateCon
                                         min_keep_rows=k)
     except HoldoutError as exc:
         return EvaluationSkipped(str(exc))
-    return evaluate_index(index, holdout, features.array, backend, client=client, k=k,
+    return evaluate_index(index, holdout, features, backend, client=client, k=k,
                           exclude_ids=holdout.row_ids() if aligned else None,
                           stored_is_original=stored_is_original, plan=plan)
 
@@ -205,7 +205,7 @@ def stores_rows_of(index: faiss.Index, features: FeatureSet, client: Any | None 
     rng = np.random.default_rng(seed)
     for start in rng.integers(0, max(1, index.ntotal - run_rows), size=runs).tolist():
         stop = min(start + run_rows, index.ntotal)
-        rows = take_rows(features.array, np.arange(start, stop), client)
+        rows = take_rows(features, np.arange(start, stop), client)
         if not np.array_equal(index.reconstruct_n(start, stop - start), rows):
             return False
     return True
@@ -238,9 +238,9 @@ def evaluate_files(index_path: str | Path, feature_dir: str | Path, backend: Bac
         if same_rows or _built_from(index_path, features):
             exclude = holdout.row_ids()
         else:  # e.g. RVC's own index: rows shuffled; find the held-out frames by content
-            held = take_rows(features.array, holdout.row_ids(), client)
+            held = take_rows(features, holdout.row_ids(), client)
             exclude = ids_holding(reconstruct_blocks(index), row_digests(held))
-    result = evaluate_index(index, holdout, features.array, backend, client=client, exclude_ids=exclude,
+    result = evaluate_index(index, holdout, features, backend, client=client, exclude_ids=exclude,
                             stored_is_original=same_rows, plan=full_plan(len(holdout.queries), sweep))
     return dataclasses.replace(result, size=dataclasses.replace(result.size, disk_bytes=index_path.stat().st_size),
                                index=describe_index(index))

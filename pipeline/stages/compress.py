@@ -161,7 +161,7 @@ def sklearn_centroids(features: FeatureSet, n_centroids: int, seed: int, client:
     """RVC's exact call: concatenate, shuffle, ``MiniBatchKMeans(init='random')``. Holds all rows."""
     from sklearn.cluster import MiniBatchKMeans
 
-    rows = np.concatenate(list(iter_blocks(features.array, client)))
+    rows = np.concatenate(list(iter_blocks(features, client)))
     rows = rows[np.random.default_rng(seed).permutation(rows.shape[0])]
     model = MiniBatchKMeans(n_clusters=n_centroids, batch_size=256 * (os.cpu_count() or 1),
                             compute_labels=False, init="random", random_state=seed)
@@ -231,7 +231,7 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     drawn = features.sample.take(kplan.sample_rows, rng)  # drawn during the value check: no read of its own
     if drawn is None:
         ids = sample_row_ids(features.n_rows, kplan.sample_rows, rng)
-        drawn = DrawnRows(take_rows(features.array, ids, client), ids)
+        drawn = DrawnRows(take_rows(features, ids, client), ids)
     release_freed_memory()  # the value check's chunks, before the init's arrays
     state, sample_cells = initial_state(drawn.rows, kplan, config, backend, rng)
     cache = PassCache()

@@ -21,7 +21,7 @@ from rvc_index.compute.minibatch import KMeansState, PassStats, merge_stats, pas
 from rvc_index.compute.two_level import CentreTree, build_tree, coarse_cells
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress
-from rvc_index.runtime.stream import block_tasks, iter_blocks, local_threads
+from rvc_index.runtime.stream import block_tasks, iter_blocks, load_chunks, local_threads
 
 
 def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: np.random.Generator,
@@ -35,7 +35,9 @@ def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: 
     batch = np.empty((batch_rows, features.dim), dtype=np.float32)
     while emitted < max_rows:
         order = rng.permutation(len(features.chunks))
-        for block in iter_blocks(features.array.blocks[order.tolist()], client):
+        blocks = load_chunks(features, order) if client is None else \
+            iter_blocks(features.array.blocks[order.tolist()], client)
+        for block in blocks:
             perm = rng.permutation(block.shape[0])
             start = 0
             while start < perm.shape[0]:
@@ -148,7 +150,7 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         return pass_stats(xp, state.centres, tree, block, nprobe, N_FAR, cells)
 
     if backend.is_gpu or client is not None or local_threads() == 1:
-        for index, block in enumerate(iter_blocks(features.array, client)):
+        for index, block in enumerate(iter_blocks(features, client)):
             part = chunk_part(index, backend.asarray(block))
             total = merge_stats(xp, total, part)
             if progress is not None:

@@ -125,10 +125,16 @@ def test_usr1_stops_the_task_which_requeues_itself_and_resumes(slurm, speakers, 
     while int(scontrol_job(slurm, f"{job}_0").get("Restarts", 0)) < 1:
         assert time.monotonic() < deadline, "the task was not requeued"
         time.sleep(0.2)
-    # SLURM holds a requeued job back for a while (BeginTime); a test need not wait for it
-    subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], env=slurm, capture_output=True)
+    # SLURM holds a requeued job back for a while (BeginTime); a test need not wait for it. The update is
+    # refused while the stopped run is still completing, so it is repeated until the requeued run starts.
+    out_file = tmp_path / "slurm-logs" / f"rvc-index_{job}_0.out"
+    deadline = time.monotonic() + 120
+    while out_file.read_text().count(f"array task {job}_0") < 2:
+        assert time.monotonic() < deadline, out_file.read_text()[-3000:]
+        subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], env=slurm, capture_output=True)
+        time.sleep(0.5)
     info = wait_for_end(slurm, f"{job}_0")
-    log = next((tmp_path / "slurm-logs").glob(f"rvc-index_{job}_0.out")).read_text()
+    log = out_file.read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert "USR1: stopping the batch cleanly" in log and f"requeueing {job}_0 to resume" in log
     shard = json.loads((speakers / "batch_report.shard-0-of-1.json").read_text())
