@@ -42,7 +42,7 @@ from rvc_index.data.feature_set import DrawnRows, FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate, release_freed_memory
 from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.runtime.stream import iter_blocks, sample_row_ids, take_rows
+from rvc_index.runtime.stream import iter_blocks, local_threads, sample_row_ids, take_rows
 from rvc_index.stages.passes import PassCache, final_pass_stats, shuffled_batches
 
 MINIBATCH_MAX_ROWS = 4_000_000  # above, no mini-batch epoch and one Lloyd pass: the sample's k-means, then 2 reads
@@ -237,7 +237,9 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     cache = PassCache()
     if sample_cells is not None:  # the first pass finds the coarse cells of the other rows only
         cache.seed_cells(xp, features.chunk_rows, drawn.ids, sample_cells)
-    del drawn, sample_cells  # the phases below hold a batch or chunks, never the sample
+    if client is None and not backend.is_gpu and local_threads() > 1:  # the threaded passes read into its pages
+        cache.adopt(drawn.rows, features.max_chunk_rows, local_threads())
+    del drawn, sample_cells  # the phases below hold a batch or chunks (some in the sample's memory)
     release_freed_memory()
     log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
              f", then {config.init_iters} over the sample, nprobe {config.nprobe}, spread {config.spread}"

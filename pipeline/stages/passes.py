@@ -99,6 +99,18 @@ class PassCache:
         self.complete.add(index)
         return cells
 
+    def adopt(self, memory: np.ndarray, rows: int, count: int) -> int:
+        """Carve up to ``count`` chunk buffers of ``rows`` rows out of ``memory`` (a C-contiguous float32
+        [n, D] array the caller is done with, e.g. the init sample): its pages are resident already, where
+        new buffers would fault fresh pages in. Returns how many it made."""
+        if not (isinstance(memory, np.ndarray) and memory.dtype == np.float32 and memory.ndim == 2
+                and memory.flags.c_contiguous and rows > 0):
+            return 0
+        made = min(count, memory.shape[0] // rows)
+        for i in range(made):
+            self.buffers.put(memory[i * rows:(i + 1) * rows])
+        return made
+
     def buffer(self, rows: int, dim: int) -> np.ndarray:
         """A float32 [rows, dim] chunk buffer: one a finished chunk handed back, else a new one."""
         try:

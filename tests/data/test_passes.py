@@ -73,6 +73,13 @@ def test_seeded_coarse_cells_and_reused_buffers_give_the_same_pass(make_experime
     for part in (seeded, again):
         np.testing.assert_array_equal(part.counts, fresh.counts)
         np.testing.assert_array_equal(part.sums, fresh.sums)
+    lent = np.zeros((3 * features.max_chunk_rows + 5, 64), np.float32)  # e.g. the init sample, done with
+    adopted = PassCache()
+    assert adopted.adopt(lent, features.max_chunk_rows, 2) == 2 and adopted.adopt(lent[:, :8], 10, 2) == 0
+    borrowed = final_pass_stats(features, state, CPU, 1, None, cache=adopted)
+    np.testing.assert_array_equal(borrowed.sums, fresh.sums)
+    handed_back = [adopted.buffers.get() for _ in range(adopted.buffers.qsize())]
+    assert sum(np.shares_memory(b, lent) for b in handed_back) == 2  # read into the lent pages, then kept
     known = np.concatenate([cache.cells[i] for i in range(len(features.chunks))])
     np.testing.assert_array_equal(known, coarse_cells(np, tree, rows, 1))  # every row's, as if found afresh
     assert 1 <= cache.buffers.qsize() <= local_threads()  # a buffer per thread, handed from pass to pass
