@@ -112,37 +112,36 @@ def iter_blocks(array: da.Array | np.ndarray | ChunkSource, client: Any | None =
             return
         array = array.array
     tasks = block_tasks(array)
-    prefetch = max(1, prefetch)
     if client is not None:
-        pending: deque[Any] = deque()
-        next_task = 0
-        while next_task < len(tasks) or pending:
-            while next_task < len(tasks) and len(pending) < prefetch:
-                pending.append(client.compute(tasks[next_task]))
-                next_task += 1
-            future = pending.popleft()
-            yield np.asarray(future.result())
-            future.release()
+        yield from _in_order(client.compute, tasks, prefetch)
         return
-    yield from _in_order([lambda task=task: task.compute(scheduler=dask.local.get_sync) for task in tasks], prefetch)
+    yield from _on_threads([lambda task=task: task.compute(scheduler=dask.local.get_sync) for task in tasks], prefetch)
 
 
 def load_chunks(source: ChunkSource, indices: Sequence[int], prefetch: int = 1) -> Iterator[np.ndarray]:
     """Chunks ``indices`` of ``source``, loaded on ``prefetch`` local threads, in order."""
-    yield from _in_order([lambda index=index: source.load_chunk(index) for index in indices], prefetch)
+    yield from _on_threads([lambda index=index: source.load_chunk(index) for index in indices], prefetch)
 
 
-def _in_order(loads: Sequence[Callable[[], Any]], prefetch: int) -> Iterator[np.ndarray]:
+def _on_threads(loads: Sequence[Callable[[], Any]], prefetch: int) -> Iterator[np.ndarray]:
     """The results of ``loads``, in order, at most ``prefetch`` running ahead on local threads."""
-    prefetch = max(1, prefetch)
-    with ThreadPoolExecutor(max_workers=prefetch) as pool:
-        pending: deque[Any] = deque()
-        next_load = 0
-        while next_load < len(loads) or pending:
-            while next_load < len(loads) and len(pending) < prefetch:
-                pending.append(pool.submit(loads[next_load]))
-                next_load += 1
-            yield np.asarray(pending.popleft().result())
+    with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
+        yield from _in_order(pool.submit, loads, prefetch)
+
+
+def _in_order(submit: Callable[[Any], Any], items: Sequence[Any], prefetch: int) -> Iterator[np.ndarray]:
+    """``submit(item)`` for each item, at most ``prefetch`` ahead; each future's result in order. A
+    ``distributed`` future is released once the caller is done with its block."""
+    pending: deque[Any] = deque()
+    next_item = 0
+    while next_item < len(items) or pending:
+        while next_item < len(items) and len(pending) < max(1, prefetch):
+            pending.append(submit(items[next_item]))
+            next_item += 1
+        future = pending.popleft()
+        yield np.asarray(future.result())
+        if hasattr(future, "release"):
+            future.release()
 
 
 def iter_batches(array: da.Array | np.ndarray | ChunkSource, batch_rows: int,
