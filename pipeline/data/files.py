@@ -12,6 +12,7 @@ import errno
 import math
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ import numpy as np
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import TEMP_MARKER
 from rvc_index.runtime.progress import get_logger
+
+# numpy parses a header with ast.literal_eval; CPython 3.11's AST constructor keeps its recursion depth
+# in shared state, and headers parsed on several threads at once failed builds with "SystemError: AST
+# constructor recursion depth mismatch" (python/cpython#106905). A header takes microseconds: one at a time.
+_HEADER_LOCK = threading.Lock()
 
 OUTPUT_NPY_NAMES = frozenset({"total_fea.npy"})  # RVC's and our ``output.write_total_fea``: index vectors
 APPLEDOUBLE_PREFIX = "._"
@@ -105,21 +111,22 @@ def _read_checked(path: Path | str, load: bool,
             raise FeatureFileError(label, f"{_file_kind(info.st_mode)}, not a feature file")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
+            if version not in ((1, 0), (2, 0), (3, 0)):
                 raise FeatureFileError(label, f"not a valid .npy file (unknown format version {version})")
+            with _HEADER_LOCK:
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(handle))
             offset = handle.tell()
             _check_header(label, shape, dtype, offset, info)
             if load and _fits(shape, fortran, dtype, into):
                 array = into[:shape[0]]
                 if handle.readinto(memoryview(array).cast("B")) != array.nbytes:
                     raise FeatureFileError(label, "truncated while being read")
-            elif load:
-                handle.seek(0)
-                array = np.load(handle, allow_pickle=False)
+            elif load:  # any other layout or type: a fresh array, the header not parsed a second time
+                array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+                target = array.T if fortran else array  # C-contiguous either way, for a byte view
+                if array.nbytes and handle.readinto(memoryview(target).cast("B")) != array.nbytes:
+                    raise FeatureFileError(label, "truncated while being read")
     except FeatureFileError:
         raise
     except OSError as exc:

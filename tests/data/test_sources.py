@@ -204,6 +204,19 @@ def test_load_group_fills_a_given_buffer_and_a_chunk_loads_as_its_block(tmp_path
         np.testing.assert_array_equal(reused, block)
 
 
+def test_every_layout_reads_as_numpy_loads_it(tmp_path):
+    base = np.random.default_rng(0).standard_normal((7, 5))
+    layouts = {"be": base.astype(">f4"), "f8": base, "fortran": np.asfortranarray(base.astype(np.float32)),
+               "f16": base.astype(np.float16), "empty": np.zeros((0, 5), np.float32), "flat": base[0],
+               "cube": np.asfortranarray(np.arange(24.0).reshape(2, 3, 4))}
+    for name, array in layouts.items():  # one open, one header parse: no second np.load of the file
+        path = tmp_path / f"{name}.npy"
+        np.save(path, array)
+        got, want = load_checked(path), np.load(path)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want)
+
+
 def test_load_group_drops_nonfinite_rows(tmp_path):
     folder = feature_dir(tmp_path)
     a = rows(5)
