@@ -183,18 +183,23 @@ class FeatureSet:
     @property
     def max_chunk_rows(self) -> int:
         """Rows of the largest chunk as the headers count them: a buffer any chunk loads into."""
-        return max(sum(f.rows for f in self.manifest.files[a:b]) for a, b in self.chunks)
+        return max(sum(_header_rows(self.manifest, chunk)) for chunk in self.chunks)
 
     def load_chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
         """Chunk ``index`` as float32 [rows, D] (what block ``index`` of :attr:`array` computes), read
         into ``out`` (float32 [>= max_chunk_rows, D]) when given: a local pass reuses its buffers."""
-        start, stop = self.chunks[index]
-        return counted_load(load_group, _chunk_paths(self.manifest, (start, stop)), self.dim,
-                            [f.rows for f in self.manifest.files[start:stop]], out)
+        chunk = self.chunks[index]
+        return counted_load(load_group, _chunk_paths(self.manifest, chunk), self.dim,
+                            _header_rows(self.manifest, chunk), out)
 
 
 def _chunk_paths(manifest: Manifest, chunk: tuple[int, int]) -> list[str]:
     return [str(manifest.path(f.name)) for f in manifest.files[chunk[0]:chunk[1]]]
+
+
+def _header_rows(manifest: Manifest, chunk: tuple[int, int]) -> list[int]:
+    """Each file's rows in ``chunk`` as its header says (``load_group`` checks each against the file)."""
+    return [f.rows for f in manifest.files[chunk[0]:chunk[1]]]
 
 
 def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_rows: Sequence[int]) -> da.Array:
@@ -205,7 +210,7 @@ def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_row
     for chunk, rows in zip(chunks, chunk_rows):
         paths = _chunk_paths(manifest, chunk)
         token = dask.base.tokenize(paths, [(f.bytes, f.mtime_ns) for f in manifest.files[chunk[0]:chunk[1]]])
-        header_rows = [f.rows for f in manifest.files[chunk[0]:chunk[1]]]  # per file: load_group checks each
+        header_rows = _header_rows(manifest, chunk)
         loader = dask.delayed(counted_load, pure=True, name=f"load-features-{token}")(
             load_group, paths, manifest.dim, header_rows)
         pieces.append(da.from_delayed(loader, shape=(rows, manifest.dim), dtype=np.float32))
@@ -223,7 +228,7 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
     chunk_bytes = max(1, int(chunk_mb * 2**20))
     parallel = local_threads() if client is None else 1
     chunks = plan_chunks([f.bytes for f in manifest.files], chunk_bytes, parallel)
-    header_rows = [[f.rows for f in manifest.files[a:b]] for a, b in chunks]
+    header_rows = [_header_rows(manifest, chunk) for chunk in chunks]
     shares = share_rows([sum(rows) for rows in header_rows], sample_rows)
     offsets = np.concatenate([[0], np.cumsum(shares)]).astype(np.int64)
     sample = np.empty((int(offsets[-1]), manifest.dim), np.float32)
@@ -284,7 +289,7 @@ def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:
     """Bytes a streamed pass over the collection holds: the chunks in flight, plus one being read
     when the chunks load on local threads."""
     chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)), local_threads() if local else 1)
-    chunk = max(sum(f.rows for f in manifest.files[a:b]) for a, b in chunks) * manifest.dim * F32
+    chunk = max(sum(_header_rows(manifest, c)) for c in chunks) * manifest.dim * F32
     return chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))
 
 

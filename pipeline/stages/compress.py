@@ -232,7 +232,7 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     if drawn is None:
         ids = sample_row_ids(features.n_rows, kplan.sample_rows, rng)
         drawn = DrawnRows(take_rows(features, ids, client), ids)
-    release_freed_memory()  # the value check's chunks, before the init's arrays
+    release_freed_memory()  # the value check's freed buffers, before the init's arrays
     state, sample_cells = initial_state(drawn.rows, kplan, config, backend, rng)
     cache = PassCache()
     if sample_cells is not None:  # the first pass finds the coarse cells of the other rows only
