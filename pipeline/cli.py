@@ -282,7 +282,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rvc_index.build.tune import Target, TuneError, layouts, tune, write_preset
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
-    from rvc_index.data.feature_set import open_feature_set
+    from rvc_index.data.feature_set import open_feature_set, resident_fits
     from rvc_index.data.sources import resolve_experiment, scan_manifest
 
     config = load_config(resolve_config_path(args.config), args.overrides)
@@ -291,7 +291,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise TuneError(f"--out {args.out}: {folder} is not a folder this user can write to")
     experiment = resolve_experiment(args.path)
     manifest = scan_manifest(experiment, config.source.on_bad_file)
-    features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file)
+    features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file,
+                                resident=resident_fits(manifest, config.source.chunk_mb, True))
     target = Target(args.min_recall, args.max_us_per_frame, args.max_ram_mb, args.objective)
     grid = layouts(features.dim, (1.0, 2.0), (1,), ()) if args.quick else None
     result = tune(features, config, target, select_backend(args.backend), layout_list=grid,

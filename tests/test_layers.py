@@ -97,3 +97,13 @@ def test_the_package_never_imports_the_benchmarks():
                 assert not (node.module or "").startswith("benchmarks"), path
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("benchmarks") for a in node.names), path
+
+
+def test_a_local_build_never_imports_dask(make_experiment, tmp_path):
+    """Without a cluster the chunks load on threads: dask (0.25 s of every start) stays unimported."""
+    exp = make_experiment("nodask", 3000, 256)
+    code = ("import sys; from rvc_index.cli import main; "
+            f"code = main(['build', {str(exp)!r}, '--out', {str(tmp_path / 'o')!r}]); "
+            "print(code, sorted(m for m in ('dask', 'dask.array', 'distributed') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stderr

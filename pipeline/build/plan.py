@@ -12,7 +12,7 @@ from typing import Any
 
 from rvc_index.compute.backend import Backend
 from rvc_index.config.schema import Config
-from rvc_index.data.feature_set import check_estimate, stream_bytes
+from rvc_index.data.feature_set import check_estimate, resident_fits, stream_bytes
 from rvc_index.data.sources import Manifest
 from rvc_index.evaluation.evaluate import evaluate_estimate
 from rvc_index.runtime.memory import StageEstimate
@@ -29,6 +29,7 @@ class BuildPlan:
     dim: int
     backend: str
     chunk_mb: float
+    resident: bool  # the value check keeps the collection in memory: the stages after it read no file
     compression: CompressPlan
     kmeans: KMeansPlan | None  # the minibatch k-means, when compression applies with that method
     expansion: ExpandPlan | None
@@ -69,6 +70,8 @@ class BuildPlan:
     def describe(self) -> list[str]:
         """One line per decision, for the log and ``batch --dry-run``."""
         lines = [f"{self.n_rows:,} rows x {self.dim}, backend {self.backend}, chunks of {self.chunk_mb:g} MB",
+                 "source: read once and kept in memory (no bigger than the chunks a streamed pass holds)"
+                 if self.resident else "source: streamed from the files, chunk by chunk, in each pass",
                  f"compression: {self.compression.reason}"]
         if self.kmeans is not None:
             lines.append(f"k-means: {self.kmeans.describe()}")
@@ -89,19 +92,21 @@ class BuildPlan:
 
 
 def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool, chunk_mb: float | None = None,
-              n_rows: int | None = None) -> BuildPlan:
+              n_rows: int | None = None, resident: bool | None = None) -> BuildPlan:
     """Decide every stage of a build of ``manifest`` (``n_rows``: the rows left after the value check,
-    else the headers' count). ``local``: chunks load on this process's threads (no Dask client)."""
+    else the headers' count). ``local``: chunks load on this process's threads (no Dask client).
+    ``resident``: whether the value check kept the collection (None: whether it will, ``resident_fits``)."""
     chunk_mb = config.source.chunk_mb if chunk_mb is None else chunk_mb
     n = manifest.rows if n_rows is None else n_rows
     dim = manifest.dim
     threads = os.cpu_count() or 1
-    stream = stream_bytes(manifest, chunk_mb, local)
+    resident = resident_fits(manifest, chunk_mb, local) if resident is None else resident
+    stream = 0 if resident else stream_bytes(manifest, chunk_mb, local)  # resident: passes read from memory
     compression = plan_compression(n, config.compress)
     kmeans = None
     if compression.apply and config.compress.method == "minibatch":
         kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
-    stages = [check_estimate(manifest, chunk_mb, local, threads)]
+    stages = [check_estimate(manifest, chunk_mb, local, threads, resident)]
     vectors = n
     if compression.apply:
         stages.append(compress_estimate(n, dim, compression, kmeans, stream, backend.is_gpu))
@@ -116,4 +121,5 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     if queries:
         stages.append(evaluate_estimate(queries, vectors, dim, index.n_list, config.index.search_k, stream))
     stages.append(StageEstimate("write", stream if config.output.write_total_fea else 0, 0, "streamed"))
-    return BuildPlan(n, dim, backend.name, chunk_mb, compression, kmeans, expansion, index, queries, tuple(stages))
+    return BuildPlan(n, dim, backend.name, chunk_mb, resident, compression, kmeans, expansion, index, queries,
+                     tuple(stages))

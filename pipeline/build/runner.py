@@ -156,10 +156,11 @@ class Build:
                                                           chunk_mb), config.source.chunk_mb, config.safety, name)
             kplan = guard.plan.kmeans  # the value check also draws the k-means init sample (no read of its own)
             features = open_feature_set(self.experiment, manifest, guard.plan.chunk_mb, config.source.on_bad_file,
-                                        self.client, kplan.check_sample_rows if kplan else 0, config.seed)
+                                        self.client, kplan.check_sample_rows if kplan else 0, config.seed,
+                                        guard.plan.resident)
             check_rows(features.n_rows, config.index, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
         guard.plan = make_plan(features.manifest, config, self.backend, self.client is None, guard.plan.chunk_mb,
-                               features.n_rows)  # the plan for the rows that passed the value check
+                               features.n_rows, features.is_resident)  # for the rows that passed the value check
         plan = guard.plan
         log.info("%s: %s rows x %d, compression: %s, index %s, backend: %s", name, f"{plan.n_rows:,}", plan.dim,
                  plan.compression.reason, plan.index.factory, self.backend.describe())

@@ -10,7 +10,6 @@ import reprlib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
-import dask.utils
 from rvc_index.errors import RvcIndexError
 
 
@@ -258,6 +257,10 @@ class Config:
         if cluster.gpus not in (0, 1):
             raise ConfigError(f"cluster.gpus must be 0 or 1 (one Dask worker per GPU: ask for more jobs, "
                               f"not more GPUs per job), got {cluster.gpus}")
+        if cluster.memory == ClusterConfig.memory:
+            return None  # the default parses: importing dask to check it would cost every local build 0.25 s
+        import dask.utils
+
         try:
             size = dask.utils.parse_bytes(cluster.memory)
         except (ValueError, OverflowError):  # "1e400GB" overflows

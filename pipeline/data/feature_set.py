@@ -13,19 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-import dask
 import numpy as np
 from rvc_index.data.sources import (
     Experiment,
     FeatureFileError,
     Manifest,
     SourceError,
+    check_unchanged,
     finite_row_mask,
     load_features,
     load_group,
 )
 from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
-from rvc_index.runtime.progress import get_logger
+from rvc_index.runtime.progress import DETAIL, get_logger
 from rvc_index.runtime.stream import ROWS_READ, counted_load, each_result, local_threads
 
 if TYPE_CHECKING:
@@ -97,14 +97,16 @@ def scratch_rows(rows: int, dim: int) -> np.ndarray:
 
 
 def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n_sample: int,
-                     seed: Sequence[int], out: np.ndarray | None = None
+                     seed: Sequence[int], out: np.ndarray | None = None, keep: np.ndarray | None = None
                      ) -> tuple[list[int | str], np.ndarray, np.ndarray, np.ndarray]:
     """Check each file's values and draw ``n_sample`` of the chunk's rows (seeded, uniform over the
     headers' ``file_rows``; a drawn row holding NaN/Inf is left out): one read of each file.
 
     Returns (per file: finite rows, or a problem string for a file that cannot be used; the drawn
     rows [<= n_sample, dim], written into ``out`` when given; each one's file (index into ``paths``);
-    its index among that file's finite rows).
+    its index among that file's finite rows). ``keep``: a float32 [sum(file_rows), dim] buffer that
+    ends up holding the chunk's finite rows in order, as ``load_group`` reads them (a resident
+    collection is read once); a file whose row count changed since its header was read is then a problem.
     """
     results: list[int | str] = []
     total = sum(file_rows)
@@ -112,13 +114,15 @@ def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n
     rows_out = np.empty((len(picks), dim), np.float32) if out is None else out[:len(picks)]
     file_of = np.empty(len(picks), np.int64)
     row_in_file = np.empty(len(picks), np.int64)
-    filled, start = 0, 0
+    filled, start, kept = 0, 0, 0
     for index, (path, expected) in enumerate(zip(paths, file_rows)):
         lo, hi = np.searchsorted(picks, [start, start + expected])
         local = picks[lo:hi] - start
         start += expected
         try:
-            array = load_features(path, dim, scratch_rows(expected, dim))
+            array = load_features(path, dim, scratch_rows(expected, dim) if keep is None else keep[kept:])
+            if keep is not None:
+                check_unchanged(path, expected, array.shape[0])
         except FeatureFileError as exc:
             results.append(exc.problem)
             continue
@@ -134,6 +138,10 @@ def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n
             row_in_file[filled:filled + local.size] = local if finite == array.shape[0] else \
                 (np.cumsum(mask) - 1)[local]
             filled += local.size
+        if keep is not None:
+            if finite < array.shape[0] or not np.shares_memory(array, keep):  # NaN rows out, or not read in place
+                keep[kept:kept + finite] = array[mask]
+            kept += finite
     return results, rows_out[:filled], file_of[:filled], row_in_file[:filled]
 
 
@@ -157,6 +165,12 @@ class FeatureSet:
     chunks: tuple[tuple[int, int], ...]  # [start, stop) file ranges
     dropped_rows: int = 0
     sample: RowSample = field(repr=False, compare=False, default_factory=RowSample)
+    resident: tuple[np.ndarray, ...] = field(repr=False, compare=False, default=())  # every chunk, read once
+
+    @property
+    def is_resident(self) -> bool:
+        """The chunks are in memory (kept by the value check): a pass over them reads no file."""
+        return bool(self.resident)
 
     @functools.cached_property
     def array(self) -> da.Array:
@@ -187,7 +201,10 @@ class FeatureSet:
 
     def load_chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
         """Chunk ``index`` as float32 [rows, D] (what block ``index`` of :attr:`array` computes), read
-        into ``out`` (float32 [>= max_chunk_rows, D]) when given: a local pass reuses its buffers."""
+        into ``out`` (float32 [>= max_chunk_rows, D]) when given: a local pass reuses its buffers. A
+        resident collection returns the chunk it holds (read-only to the caller; ``out`` is left alone)."""
+        if self.resident:
+            return self.resident[index]
         chunk = self.chunks[index]
         return counted_load(load_group, _chunk_paths(self.manifest, chunk), self.dim,
                             _header_rows(self.manifest, chunk), out)
@@ -204,6 +221,7 @@ def _header_rows(manifest: Manifest, chunk: tuple[int, int]) -> list[int]:
 
 def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_rows: Sequence[int]) -> da.Array:
     """The lazy [rows, dim] float32 array: one delayed ``load_group`` per chunk of files."""
+    import dask
     import dask.array as da
 
     pieces = []
@@ -219,11 +237,12 @@ def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_row
 
 def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float = 128.0,
                      on_bad_file: str = "error", client: object | None = None, sample_rows: int = 0,
-                     seed: int = 0) -> FeatureSet:
+                     seed: int = 0, resident: bool = False) -> FeatureSet:
     """Check every file's values on the Dask workers or local threads (NaN/Inf rows counted) and open
     it lazily. ``sample_rows`` > 0: the same read also draws about that many rows, in proportion to
     each chunk's rows (``FeatureSet.sample``, for the k-means init). On local threads the chunks are
-    a multiple of the threads (``plan_chunks``)."""
+    a multiple of the threads (``plan_chunks``). ``resident`` (local only: ``resident_fits``): the
+    check keeps every chunk it reads (``FeatureSet.resident``), unless a file had to be skipped."""
     log = get_logger()
     chunk_bytes = max(1, int(chunk_mb * 2**20))
     parallel = local_threads() if client is None else 1
@@ -232,10 +251,13 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
     shares = share_rows([sum(rows) for rows in header_rows], sample_rows)
     offsets = np.concatenate([[0], np.cumsum(shares)]).astype(np.int64)
     sample = np.empty((int(offsets[-1]), manifest.dim), np.float32)
-    tasks = [dask.delayed(check_and_sample, pure=client is not None)(  # locally the rows land in ``sample``
-        _chunk_paths(manifest, c), manifest.dim, rows, n, (seed, i),
-        None if client is not None else sample[offsets[i]:offsets[i + 1]])
-        for i, (c, rows, n) in enumerate(zip(chunks, header_rows, shares))]
+    resident = resident and client is None
+    kept = [np.empty((sum(rows), manifest.dim), np.float32) for rows in header_rows] if resident else []
+    tasks = [functools.partial(check_and_sample,  # locally the rows land in ``sample``
+                               _chunk_paths(manifest, c), manifest.dim, rows, n, (seed, i),
+                               None if client is not None else sample[offsets[i]:offsets[i + 1]],
+                               kept[i] if resident else None)
+             for i, (c, rows, n) in enumerate(zip(chunks, header_rows, shares))]
     filled = np.zeros(len(chunks), dtype=np.int64)
     checked: list[list[int | str]] = [[] for _ in chunks]
     sample_file = np.empty(len(sample), np.int64)  # each drawn row's file (manifest index) and finite row in it
@@ -281,8 +303,17 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
              manifest.version, len(chunks), manifest.bytes / max(1, len(chunks)) / 2**20)
     first_row = np.concatenate([[0], np.cumsum(file_rows)]).astype(np.int64)  # of each kept file
     sample_ids = first_row[np.searchsorted(kept_files, sample_file)] + sample_row  # bad files drew no rows
+    if resident and problems:  # the chunks were planned again without the skipped files
+        log.info("%s: streamed from its files after all (files were skipped)", experiment.name, extra=DETAIL)
+    in_memory = tuple(buffer[:sum(checked[i])] for i, buffer in enumerate(kept)) if not problems else ()
     return FeatureSet(experiment, manifest, file_rows, tuple(chunks), dropped,
-                      RowSample(sample, sample_ids) if sample_rows else RowSample())
+                      RowSample(sample, sample_ids) if sample_rows else RowSample(), in_memory)
+
+
+def resident_fits(manifest: Manifest, chunk_mb: float, local: bool) -> bool:
+    """Keep the whole collection in memory, read once by the value check, when a local build's streamed
+    pass would hold as much anyway (its chunks in flight): then train, add and evaluation read no file."""
+    return local and manifest.rows * manifest.dim * F32 <= stream_bytes(manifest, chunk_mb, local)
 
 
 def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:
@@ -293,12 +324,18 @@ def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:
     return chunk * (min(len(chunks), STREAM_HELD) + (min(len(chunks), STREAM_LOADING) if local else 0))
 
 
-def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int) -> StageEstimate:
+def check_estimate(manifest: Manifest, chunk_mb: float, local: bool, threads: int,
+                   resident: bool = False) -> StageEstimate:
     """The value check: on local threads, up to ``threads`` files read at once (each thread's reused
     float32 buffer, the file's own array when it is not float32, the finite mask); the rows it draws
     for the k-means init go straight into the sample, which is the compress stage's (it holds it until
-    its init). With a client it runs on the workers."""
+    its init). With a client it runs on the workers. ``resident``: files are read into the collection's
+    float32 rows, which it keeps (``resident_fits``), instead of into the threads' buffers."""
     chunks = plan_chunks([f.bytes for f in manifest.files], max(1, int(chunk_mb * MB)), local_threads() if local else 1)
-    biggest = max(f.bytes + f.rows * manifest.dim * F32 * 5 // 4 for f in manifest.files)
+    scratch = 0 if resident else F32
+    biggest = max(f.bytes + f.rows * manifest.dim * (scratch + 1) for f in manifest.files)  # + the bool mask
     at_once = min(threads, len(chunks)) if local else 0
-    return StageEstimate("check", at_once * biggest, 0, f"{at_once} files of up to {mb(biggest)} checked at once")
+    kept = manifest.rows * manifest.dim * F32 if resident else 0
+    detail = f"{at_once} files of up to {mb(biggest)} checked at once"
+    return StageEstimate("check", at_once * biggest, kept,
+                         f"{detail}, the collection kept in memory ({mb(kept)})" if kept else detail)

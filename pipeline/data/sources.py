@@ -205,6 +205,13 @@ def finite_row_mask(array: np.ndarray) -> np.ndarray:
     return np.isfinite(array).all(axis=1)
 
 
+def check_unchanged(path: Path | str, header_rows: int, rows: int) -> None:
+    """Raise FeatureFileError when a file read holds other than the ``header_rows`` the scan found."""
+    if rows != header_rows:
+        raise FeatureFileError(shown_name(str(path)), f"changed during the build: {header_rows} rows when the "
+                               f"build started, {rows} now (rerun the build once it stays put)")
+
+
 def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
     """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped.
 
@@ -220,9 +227,7 @@ def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int], out: np
     filled = 0
     for path, expected in zip(paths, file_rows):
         array = load_features(path, dim, None if out is None else out[filled:])  # float32: read in place
-        if array.shape[0] != expected:
-            raise FeatureFileError(shown_name(str(path)), f"changed during the build: {expected} rows when the "
-                                   f"build started, {array.shape[0]} now (rerun the build once it stays put)")
+        check_unchanged(path, expected, array.shape[0])
         mask = finite_row_mask(array)
         rows = array if mask.all() else array[mask]
         if out is None:

@@ -19,8 +19,8 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, faiss_threads
-from rvc_index.config.schema import EvaluateConfig
-from rvc_index.data.feature_set import FeatureSet, open_feature_set
+from rvc_index.config.schema import EvaluateConfig, SourceConfig
+from rvc_index.data.feature_set import FeatureSet, open_feature_set, resident_fits
 from rvc_index.data.sources import resolve_experiment, scan_manifest
 from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.holdout import (
@@ -228,7 +228,9 @@ def evaluate_files(index_path: str | Path, feature_dir: str | Path, backend: Bac
     if manifest.dim != index.d:
         raise EvaluationError(f"{experiment.feature_dir}: {manifest.dim}-d features, {index_path.name} "
                               f"holds {index.d}-d vectors (v1 and v2 mixed?)")
-    features = open_feature_set(experiment, manifest, client=client)
+    chunk_mb = SourceConfig.chunk_mb
+    features = open_feature_set(experiment, manifest, chunk_mb, client=client,  # small: read once
+                                resident=resident_fits(manifest, chunk_mb, client is None))
     same_rows = stores_rows_of(index, features, client, seed=seed)
     exclude = None
     if queries_dir is not None:

@@ -20,8 +20,9 @@ RVC_K = 8
 FRAMES_PER_SECOND = 50  # HuBERT frames per second of 16 kHz audio (hop 320): RVC searches 50 per second
 
 
-def reconstruct_blocks(index: faiss.Index, block_rows: int = 65536) -> Iterator[np.ndarray]:
-    """The stored vectors, as RVC's ``reconstruct_n`` returns them, in id order and in blocks."""
+def reconstruct_blocks(index: faiss.Index, block_rows: int = 8192) -> Iterator[np.ndarray]:
+    """The stored vectors, as RVC's ``reconstruct_n`` returns them, in id order and in blocks (small
+    enough to be recycled memory, not fresh pages)."""
     for start in range(0, index.ntotal, block_rows):
         yield index.reconstruct_n(start, min(block_rows, index.ntotal - start))
 

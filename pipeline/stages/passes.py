@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import numpy as np
 from rvc_index.compute.backend import Backend
 from rvc_index.compute.kmeans import distance_tile_rows
@@ -133,6 +132,8 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
     xp = backend.xp
     total: PassStats | None = None
     if client is not None and not backend.is_gpu:
+        import dask
+
         centres = backend.to_host(state.centres)
         coarse = None if state.coarse is None else backend.to_host(state.coarse)
         shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True,

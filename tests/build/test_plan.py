@@ -4,6 +4,7 @@ import pytest
 from rvc_index.build.plan import make_plan
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
+from rvc_index.data.feature_set import stream_bytes
 from rvc_index.data.sources import resolve_experiment, scan_manifest
 
 
@@ -36,7 +37,21 @@ def test_smaller_chunks_lower_the_peak(manifest):
     big = make_plan(manifest, config, select_backend("cpu"), local=True, chunk_mb=64)
     small = make_plan(manifest, config, select_backend("cpu"), local=True, chunk_mb=0.1)
     assert small.peak()[0] < big.peak()[0]
-    assert big.held_before("add") == big.estimate("train").retained
+    assert big.held_before("add") == big.estimate("check").retained + big.estimate("train").retained
+
+
+def test_a_collection_no_bigger_than_a_pass_holds_is_read_once(manifest):
+    """5000 x 256 float32 (5 MB) in one 64 MB chunk: the value check keeps it, the stages after it stream
+    nothing (and the estimate says what it keeps); in 0.1 MB chunks it streams; never with a cluster."""
+    config = load_config("tips-plain")
+    kept = make_plan(manifest, config, select_backend("cpu"), local=True, chunk_mb=64)
+    streamed = make_plan(manifest, config, select_backend("cpu"), local=True, chunk_mb=0.1)
+    clustered = make_plan(manifest, config, select_backend("cpu"), local=False, chunk_mb=64)
+    assert kept.resident and not streamed.resident and not clustered.resident
+    assert kept.estimate("check").retained == 5000 * 256 * 4 and streamed.estimate("check").retained == 0
+    assert "read once and kept in memory" in " ".join(kept.describe())
+    assert streamed.estimate("add").need - kept.estimate("add").need == stream_bytes(manifest, 0.1, True)
+    assert not make_plan(manifest, config, select_backend("cpu"), True, 64, resident=False).resident
 
 
 def test_expansion_spill_and_route_are_the_stage_plans(manifest):

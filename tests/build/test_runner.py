@@ -8,6 +8,7 @@ import pytest
 from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
+from rvc_index.runtime.stream import ROWS_READ
 
 FAST = ["evaluate.recall_queries=0", "evaluate.plot=false"]
 
@@ -63,3 +64,27 @@ def test_the_report_records_the_plan_it_executed(make_experiment, tmp_path):
     assert any(line.startswith("compression: 3,000 rows > threshold") for line in plan["decisions"])
     assert set(plan["stages_mb"]) >= {"check", "compress", "train", "add", "write"}
     assert Path(result.report_path).name == "rvc-index-erin-rvc-classic.report.json"
+
+
+@pytest.mark.parametrize("overrides", [[], ["compress.row_threshold=1000", "compress.n_centroids=64"]])
+def test_a_collection_kept_in_memory_is_read_once(make_experiment, tmp_path, overrides):
+    """A collection no bigger than a pass's chunks is read once, by the value check: train, add, the
+    k-means passes and the evaluation read no file. Without compression the index is the streamed
+    build's byte for byte (the k-means of a compressed build sums per chunk: other chunks, other bits;
+    tests/data/test_passes.py compares the same chunks kept and streamed)."""
+    exp = make_experiment("kim", 4000, 256)
+    results, reads = {}, {}
+    for chunk_mb in (64.0, 0.2):
+        before = ROWS_READ.rows
+        results[chunk_mb] = build_experiment(
+            exp, load_config("tips-plain", [f"source.chunk_mb={chunk_mb}", *overrides]),
+            tmp_path / str(chunk_mb), select_backend("cpu"))
+        reads[chunk_mb] = ROWS_READ.rows - before
+    kept, streamed = results[64.0].record, results[0.2].record
+    assert any(line.startswith("source: read once") for line in kept.plan["decisions"])
+    assert any(line.startswith("source: streamed") for line in streamed.plan["decisions"])
+    assert reads[64.0] == 4000 < reads[0.2]
+    assert kept.evaluation["queries"] == streamed.evaluation["queries"] > 0
+    if not overrides:
+        assert kept.evaluation["recall_at_k"] == streamed.evaluation["recall_at_k"]
+        assert results[64.0].index_path.read_bytes() == results[0.2].index_path.read_bytes()

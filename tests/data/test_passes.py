@@ -130,3 +130,24 @@ def test_dead_centre_rule_reseeds_a_small_fraction_on_unbalanced_data():
     state = new_state(np, x[np.random.default_rng(1).choice(len(x), k, replace=False)].copy())
     fit_minibatch(CPU, (x[i:i + 1024] for _ in range(3) for i in range(0, len(x) - 1023, 1024)), state)
     assert 0 < state.reseeded <= 0.2 * k
+
+
+def test_compress_of_a_resident_collection_reads_once_and_fits_the_same_centres(make_experiment):
+    """The value check keeps the chunks; the k-means passes read them from memory, not the files, and
+    leave them as they were: the same centres bit for bit, one read in all."""
+    path = make_experiment("resident", 6000, 64)
+    config = load_config(None, ["compress.row_threshold=100", "compress.n_centroids=200"]).compress
+    kplan = plan_kmeans(6000, 200, config, CPU)
+    experiment = resolve_experiment(sorted(path.glob("3_feature*"))[0])
+    fitted, reads, chunks = [], [], []
+    for resident in (True, False):
+        before = ROWS_READ.rows
+        features = open_feature_set(experiment, scan_manifest(experiment), 0.25, sample_rows=kplan.check_sample_rows,
+                                    seed=1, resident=resident)
+        fitted.append(fit_centroids(features, 200, config, CPU, seed=0, kplan=kplan).centres)
+        reads.append((ROWS_READ.rows - before) / features.n_rows)
+        chunks.append([features.load_chunk(i).copy() for i in range(len(features.chunks))])
+    assert reads[0] == 1.0 and reads[1] == 1.0 + kplan.lloyd_passes  # the streamed set reads again per Lloyd pass
+    np.testing.assert_array_equal(fitted[0], fitted[1])
+    for kept, streamed in zip(*chunks):  # the passes wrote nothing into the chunks they were lent
+        np.testing.assert_array_equal(kept, streamed)

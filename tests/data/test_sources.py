@@ -5,7 +5,7 @@ import pytest
 from rvc_index.data.feature_set import open_feature_set, plan_chunks
 from rvc_index.data.files import FeatureFileError, load_checked
 from rvc_index.data.sources import SourceError, load_group, resolve_experiment, scan_manifest
-from rvc_index.runtime.stream import iter_blocks, take_rows
+from rvc_index.runtime.stream import ROWS_READ, iter_blocks, take_rows
 
 
 def feature_dir(tmp_path, name="3_feature768", exp="spk"):
@@ -243,3 +243,56 @@ def test_load_group_reads_float32_in_place_and_converts_the_rest(tmp_path):
     assert not np.shares_memory(load_checked(paths[2], into=buffer), buffer)  # float16: converted, not in place
     with pytest.raises(FeatureFileError, match="changed during the build"):
         load_group([str(p) for p in paths], 768, [6, 5, 5, 3])
+
+
+def mixed_folder(tmp_path):
+    """float32 with NaN/Inf rows, float16, Fortran order, big-endian: every way a file reaches the rows."""
+    folder = feature_dir(tmp_path)
+    a, b, c, d = rows(6, seed=1), rows(9, seed=2), rows(5, seed=3), rows(7, seed=4)
+    b[[2, 5], 7] = np.nan
+    b[8, 0] = np.inf
+    save(folder, "a.npy", a)
+    save(folder, "b.npy", b)
+    save(folder, "c.npy", c.astype(np.float16))
+    save(folder, "d.npy", np.asfortranarray(d))
+    save(folder, "e.npy", rows(4, seed=5).astype(">f4"))
+    return folder
+
+
+@pytest.mark.parametrize("chunk_mb", [0.02, 64.0])
+def test_a_resident_collection_holds_what_its_files_stream(tmp_path, chunk_mb):
+    """The value check keeps each chunk as ``load_chunk`` reads it from the files (NaN rows out, every
+    dtype and order), draws the same init sample, and later passes read no file."""
+    folder = mixed_folder(tmp_path)
+    streamed = open_set(folder, chunk_mb=chunk_mb, sample_rows=12, seed=4)
+    kept = open_set(folder, chunk_mb=chunk_mb, sample_rows=12, seed=4, resident=True)
+    assert kept.is_resident and not streamed.is_resident and len(kept.resident) == len(kept.chunks)
+    assert kept.n_rows == streamed.n_rows == 6 + 6 + 5 + 7 + 4 and kept.dropped_rows == 3
+    for index in range(len(kept.chunks)):
+        np.testing.assert_array_equal(kept.load_chunk(index), streamed.load_chunk(index))
+    np.testing.assert_array_equal(kept.sample.rows, streamed.sample.rows)
+    np.testing.assert_array_equal(kept.sample.ids, streamed.sample.ids)
+    before = ROWS_READ.rows
+    np.testing.assert_array_equal(np.concatenate(list(iter_blocks(kept))), np.concatenate(list(iter_blocks(streamed))))
+    assert ROWS_READ.rows - before == streamed.n_rows  # the streamed set read its files; the resident one none
+    ids = np.array([0, 7, 20, 27])
+    np.testing.assert_array_equal(take_rows(kept, ids), take_rows(streamed, ids))
+
+
+def test_a_resident_collection_streams_after_all_when_a_file_is_skipped(tmp_path):
+    folder = mixed_folder(tmp_path)
+    (folder / "0.npy").write_bytes(b"not a numpy file")  # skipped by the scan: the check never sees it
+    assert open_set(folder, chunk_mb=64.0, resident=True, on_bad_file="skip").is_resident
+    save(folder, "f.npy", np.full((5, 768), np.nan, np.float32))  # skipped by the value check: chunks planned again
+    kept = open_set(folder, chunk_mb=64.0, resident=True, on_bad_file="skip")
+    assert not kept.is_resident and [name for name, _ in kept.manifest.skipped] == ["0.npy", "f.npy"]
+    assert kept.n_rows == 28 and np.concatenate(list(iter_blocks(kept))).shape == (28, 768)
+
+
+def test_a_file_rewritten_after_the_scan_is_a_problem_of_the_resident_check(tmp_path):
+    folder = mixed_folder(tmp_path)
+    experiment = resolve_experiment(folder)
+    manifest = scan_manifest(experiment)
+    save(folder, "a.npy", rows(3, seed=1))  # shorter than its header said at the scan
+    with pytest.raises(SourceError, match=r"a.npy: changed during the build: 6 rows when the build started, 3 now"):
+        open_feature_set(experiment, manifest, 64.0, resident=True)
