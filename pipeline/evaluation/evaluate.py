@@ -102,7 +102,9 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
         per_query = (time.perf_counter() - searched) / max(len(queries), 1)
     # what a user gets: stored settings, nothing left out (the search above, when it left nothing out)
     missing = missing_label_share(found_i) if keep is None else short_search_share(index, queries, k)
-    truth_d, truth_i = exact_knn(backend, queries, reconstruct_blocks(index), k, keep=keep)
+    resident = stored_is_original and isinstance(originals, FeatureSet) and originals.is_resident
+    stored = iter_blocks(originals) if resident else reconstruct_blocks(index)  # the same rows, no copy
+    truth_d, truth_i = exact_knn(backend, queries, stored, k, keep=keep)
     if stored_is_original and reference is None:
         reference = {"ids": truth_i, "scores": truth_d}
     elif reference is None and plan.reference:

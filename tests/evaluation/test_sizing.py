@@ -16,7 +16,7 @@ from rvc_index.evaluation.evaluate import evaluate_index
 from rvc_index.evaluation.holdout import Holdout, holdout_from_features
 from rvc_index.evaluation.measure import nprobe_values
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
-from rvc_index.evaluation.sizing import MIN_QUERIES, PICTURE_S, exact_seconds, full_plan, plan_evaluation
+from rvc_index.evaluation.sizing import FLOOR_QUERIES, MIN_QUERIES, PICTURE_S, exact_seconds, full_plan, plan_evaluation
 from rvc_index.runtime.stream import take_rows
 from rvc_index.tools.synth import utterances
 
@@ -35,8 +35,12 @@ def test_full_when_asked_or_without_a_build():
 def test_queries_shrink_with_the_collection_and_stay_within_the_budget():
     small = plan_evaluation(DEFAULT, 6_000, 6_000, 768, stored_is_original=True, build_seconds=3.0)
     mid = plan_evaluation(DEFAULT, 60_000, 60_000, 768, stored_is_original=True, build_seconds=10.0)
-    big = plan_evaluation(DEFAULT, 200_000, 200_000, 768, stored_is_original=True, build_seconds=5.0)
-    assert small.queries > mid.queries > big.queries == MIN_QUERIES  # never under one one-second window
+    big = plan_evaluation(DEFAULT, 200_000, 200_000, 768, stored_is_original=True, build_seconds=10.0)
+    fast = plan_evaluation(DEFAULT, 200_000, 200_000, 768, stored_is_original=True, build_seconds=5.0)
+    assert small.queries > mid.queries > big.queries >= MIN_QUERIES  # one one-second window, when it fits
+    assert FLOOR_QUERIES < fast.queries < MIN_QUERIES and fast.estimate_s <= fast.budget_s  # as many as fit
+    assert plan_evaluation(DEFAULT, 200_000, 200_000, 768, stored_is_original=True,
+                           build_seconds=0.5).queries == FLOOR_QUERIES  # never fewer
     for plan in (small, mid):
         assert plan.budget_s == pytest.approx(0.1 * (3.0 if plan is small else 10.0))
         assert plan.estimate_s <= plan.budget_s and not plan.full and plan.reference
