@@ -27,8 +27,9 @@ def squared_norms(xp: Any, x: Any) -> Any:
 
 
 def nearest_centres(xp: Any, x: Any, centres: Any, centre_norms: Any | None = None,
-                    tile_rows: int = 0) -> tuple[Any, Any]:
-    """(labels int64 [n], squared distances float32 [n]) of each row's nearest centre, exactly."""
+                    tile_rows: int = 0, x_norms: Any | None = None) -> tuple[Any, Any]:
+    """(labels int64 [n], squared distances float32 [n]) of each row's nearest centre, exactly
+    (``x_norms`` [n]: the rows' squared norms, when the caller has them)."""
     if centre_norms is None:
         centre_norms = squared_norms(xp, centres)
     tile_rows = tile_rows or distance_tile_rows(centres.shape[0])
@@ -36,11 +37,14 @@ def nearest_centres(xp: Any, x: Any, centres: Any, centre_norms: Any | None = No
     dists = xp.empty(x.shape[0], dtype=xp.float32)
     for start in range(0, x.shape[0], tile_rows):
         tile = x[start:start + tile_rows]
-        scores = centre_norms[None, :] - 2.0 * (tile @ centres.T)  # |c|^2 - 2x.c
+        scores = tile @ centres.T  # in place from here: one [tile, k] buffer per tile
+        scores *= -2.0
+        scores += centre_norms[None, :]  # |c|^2 - 2x.c
         best = xp.argmin(scores, axis=1)
         labels[start:start + tile.shape[0]] = best
         best_scores = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
-        dists[start:start + tile.shape[0]] = xp.maximum(best_scores + squared_norms(xp, tile), 0.0)
+        norms = squared_norms(xp, tile) if x_norms is None else x_norms[start:start + tile.shape[0]]
+        dists[start:start + tile.shape[0]] = xp.maximum(best_scores + norms, 0.0)
     return labels, dists
 
 
@@ -60,6 +64,8 @@ def segment_sums(xp: Any, labels: Any, x: Any, k: int) -> tuple[Any, Any]:
 
 def farthest(xp: Any, dists: Any, count: int) -> Any:
     """Indices of the ``count`` largest entries of ``dists``, largest first (ties by index)."""
+    if count <= 0:  # the usual case (no centre went empty): no sort
+        return xp.zeros(0, dtype=xp.int64)
     order = xp.argsort(-dists.astype(xp.float64), kind="stable") if xp is np else xp.argsort(-dists)
     return order[:count]
 
@@ -138,8 +144,9 @@ def means_or_reseed(xp: Any, centres: Any, sums: Any, counts: Any, spares: Any) 
 def lloyd(xp: Any, x: Any, centres: Any, iters: int) -> tuple[Any, Any]:
     """``iters`` exact Lloyd iterations on ``x`` [n, d]; returns (centres, counts of the last one)."""
     counts = xp.zeros(centres.shape[0], dtype=xp.float64)
+    norms = squared_norms(xp, x) if iters > 1 else None  # the rows' norms, once for every iteration
     for _ in range(iters):
-        labels, dists = nearest_centres(xp, x, centres)
+        labels, dists = nearest_centres(xp, x, centres, x_norms=norms)
         sums, counts = segment_sums(xp, labels, x, centres.shape[0])
         spares = x[farthest(xp, dists, int((counts == 0).sum()))]
         centres, _ = means_or_reseed(xp, centres, sums, counts, spares)

@@ -131,13 +131,13 @@ class PassStats:
 
 
 def pass_stats(xp: Any, centres: Any, tree: CentreTree | None, batch: Any, nprobe: int = 1,
-               n_far: int = 64, cells: Any = None) -> PassStats:
+               n_far: int = 64, cells: Any = None, norms: Any = None) -> PassStats:
     """Assign ``batch`` [b, d] (two-level with ``tree``, searching ``cells`` when given; else exactly)
-    and sum it per centre."""
+    and sum it per centre (``norms`` [b]: its rows' squared norms, when known)."""
     if tree is None:
-        labels, dists = nearest_centres(xp, batch, centres)
+        labels, dists = nearest_centres(xp, batch, centres, x_norms=norms)
     else:
-        labels, dists = assign_two_level(xp, tree, batch, nprobe, cells)
+        labels, dists = assign_two_level(xp, tree, batch, nprobe, cells, norms)
     sums, counts = segment_sums(xp, labels, batch, centres.shape[0])
     far = farthest(xp, dists, min(n_far, batch.shape[0]))
     return PassStats(sums, counts, float(dists.astype(xp.float64).sum()), int(batch.shape[0]),

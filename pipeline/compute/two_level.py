@@ -164,10 +164,11 @@ def coarse_cells(xp: Any, tree: CentreTree, x: Any, nprobe: int) -> Any:
     return cells
 
 
-def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: Any = None) -> tuple[Any, Any]:
+def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: Any = None,
+                     x_norms: Any = None) -> tuple[Any, Any]:
     """(labels int64 [n] in the caller's order, squared distances float32 [n]): the nearest
     centre among those of each row's ``nprobe`` nearest coarse cells (``cells`` [n, probes]: those
-    cells, as :func:`coarse_cells` found them earlier).
+    cells, as :func:`coarse_cells` found them earlier; ``x_norms`` [n]: the rows' squared norms).
 
     The (row, probe) pairs are grouped by cell and each cell's rows are gathered just before its
     matrix product: one gathered copy of every row would be ``nprobe`` times the chunk, allocated
@@ -200,17 +201,29 @@ def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: 
     if lost.size:
         labels[lost], best_d[lost] = assign_two_level(xp, tree, x[lost], probes)
         best_d[lost] -= squared_norms(xp, x[lost])
-    dists = xp.maximum(best_d + squared_norms(xp, x), 0.0)
+    dists = xp.maximum(best_d + (squared_norms(xp, x) if x_norms is None else x_norms), 0.0)
     return labels, dists.astype(xp.float32)
 
 
-def assign_parallel(xp: Any, tree: CentreTree, x: Any, nprobe: int, cells: Any) -> tuple[Any, Any]:
-    """:func:`assign_two_level` of ``x`` [n, d] in one slice of rows per core (numpy; whole on a GPU)."""
+def sums_parallel(xp: Any, tree: CentreTree, x: Any, nprobe: int, cells: Any, x_norms: Any,
+                  k: int) -> tuple[Any, Any, Any]:
+    """(sums float32 [k, d], counts float64 [k], squared distances [n]) of the rows of ``x`` [n, d] by their
+    two-level nearest centre: one slice of rows per core, each assigned and summed there (numpy; whole on
+    a GPU), the slices' sums added in order."""
     parts = local_threads() if xp is np else 1
     bounds = np.linspace(0, x.shape[0], parts + 1).astype(np.int64)
-    found = thread_map(xp, lambda i: assign_two_level(xp, tree, x[bounds[i]:bounds[i + 1]], nprobe,
-                                                      cells[bounds[i]:bounds[i + 1]]), range(parts))
-    return xp.concatenate([labels for labels, _ in found]), xp.concatenate([dists for _, dists in found])
+
+    def part(i: int) -> tuple[Any, Any, Any]:
+        rows = slice(int(bounds[i]), int(bounds[i + 1]))
+        labels, dists = assign_two_level(xp, tree, x[rows], nprobe, cells[rows], x_norms[rows])
+        return (*segment_sums(xp, labels, x[rows], k), dists)
+
+    found = thread_map(xp, part, range(parts))
+    sums, counts, _ = found[0]
+    for more, more_counts, _ in found[1:]:
+        sums += more
+        counts += more_counts
+    return sums, counts, xp.concatenate([dists for _, _, dists in found])
 
 
 class HierarchicalInit(NamedTuple):
@@ -218,6 +231,7 @@ class HierarchicalInit(NamedTuple):
     counts: Any  # [k] sample rows per centre
     coarse: Any  # [k1, d] float32
     cells: Any  # int16 [n, 1]: each sample row's nearest coarse cell (``coarse_cells`` with one probe)
+    norms: Any  # [n] the sample rows' squared norms
 
 
 def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method: str,
@@ -238,7 +252,8 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     n_coarse = max(1, min(n_coarse, n_clusters))
     sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, COARSE_ROWS * n_coarse)]))]
     coarse, _ = lloyd(xp, sub, init_centres(xp, sub, n_coarse, "random", rng), coarse_iters)
-    cell, dists = nearest_centres(xp, sample, coarse)
+    norms = squared_norms(xp, sample)
+    cell, dists = nearest_centres(xp, sample, coarse, x_norms=norms)
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
     sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=n_coarse))
@@ -261,9 +276,9 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     coarse = coarse.astype(xp.float32)
     empty = xp.nonzero(counts == 0)[0]
     if empty.size:
-        _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1)
+        _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1, x_norms=norms)
         centres[empty] = sample[d2_sample(xp, found, int(empty.size), rng)]
-    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16))
+    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16), norms)
 
 
 class Refined(NamedTuple):
@@ -273,23 +288,24 @@ class Refined(NamedTuple):
 
 
 def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int,
-           spread: int = 1, cells: Any = None) -> Refined:
+           spread: int = 1, cells: Any = None, norms: Any = None) -> Refined:
     """``iters`` Lloyd iterations of ``centres`` [k, d] on all of ``sample`` [n, d] with two-level
     assignment (``nprobe`` cells, centres listed in ``spread``): centres near a cell's border see the rows
     across it, which the per-cell iterations of :func:`two_level_init` cannot. ``cells``: the sample's
-    nearest coarse cells when known (``HierarchicalInit.cells``, for ``nprobe`` 1)."""
+    nearest coarse cells when known (``HierarchicalInit.cells``, for ``nprobe`` 1); ``norms``: its rows'
+    squared norms (``HierarchicalInit.norms``)."""
     counts = xp.zeros(centres.shape[0], dtype=xp.float64)
     if cells is not None and cells.shape[1] != nprobe:
         cells = None
+    norms = squared_norms(xp, sample) if norms is None else norms
     buffer = None
     for _ in range(iters):
         tree = build_tree(xp, centres, coarse, spread, buffer)
         if cells is None:
             cells = coarse_cells(xp, tree, sample, nprobe)
-        labels, dists = assign_parallel(xp, tree, sample, nprobe, cells)
+        sums, counts, dists = sums_parallel(xp, tree, sample, nprobe, cells, norms, centres.shape[0])
         buffer = tree.buffer  # the next tree's grouped centres go where these were
         del tree
-        sums, counts = segment_sums(xp, labels, sample, centres.shape[0])
         spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
         centres, _ = means_or_reseed(xp, centres, sums, counts, spares)
     return Refined(centres, counts, buffer)

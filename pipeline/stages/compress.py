@@ -177,13 +177,14 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
     rows = backend.asarray(sample)
     reseed = int(rng.integers(2**31))
     if plan.n_coarse > 1:
-        centres, counts, coarse, cells = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init,
-                                                        rng, config.init_iters)
+        centres, counts, coarse, cells, norms = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse,
+                                                               config.init, rng, config.init_iters)
         buffer = None
         if plan.two_level and config.init_iters:  # every sample row against its nprobe nearest cells
             release_freed_memory()  # the per-cell threads' freed arrays, before the whole-sample passes
             centres, counts, buffer = refine(xp, rows, centres, coarse, config.init_iters, config.nprobe,
-                                             config.spread, cells)
+                                             config.spread, cells, norms)
+        del norms
         state = new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=config.spread)
         state.tree_buffer = buffer  # the passes' trees group the centres where the refinement's did
         return state, cells if plan.two_level and config.nprobe == 1 else None

@@ -199,7 +199,7 @@ def test_minibatch_finds_well_separated_blobs(two_level):
     k = true.shape[0] * (2 if two_level else 1)  # two-level shares centres by D^2 mass, not one per blob
     if two_level:
         rng = np.random.default_rng(0)
-        centres, counts, coarse, _ = two_level_init(np, x[:4000], k, 4, "kmeans++", rng, iters=3)
+        centres, counts, coarse, *_ = two_level_init(np, x[:4000], k, 4, "kmeans++", rng, iters=3)
         state = new_state(np, centres, counts, coarse)
     else:
         state = new_state(np, init_centres(np, x[:500], k, "kmeans++", np.random.default_rng(0)))
@@ -212,13 +212,13 @@ def test_minibatch_finds_well_separated_blobs(two_level):
 def test_two_level_init_reaches_the_true_centres_and_beats_random_rows():
     true = true_blobs(64, 16, seed=6)
     x = blobs(100, true, 0.5, seed=6)
-    centres, counts, coarse, _ = two_level_init(np, x, 128, 8, "kmeans++", np.random.default_rng(0), iters=5)
+    centres, counts, coarse, *_ = two_level_init(np, x, 128, 8, "kmeans++", np.random.default_rng(0), iters=5)
     assert centres.shape == (128, 16) and coarse.shape == (8, 16)
     assert counts.sum() == len(x)
     misses = np.sqrt(((centres[:, None] - true[None]) ** 2).sum(-1)).min(axis=0)
     assert (misses < 1.0).mean() >= 0.95  # within half a blob's radius (2.0): k-means may still merge two
     random_rows = init_centres(np, x, 128, "random", np.random.default_rng(0))
-    from_random, _, _, _ = two_level_init(np, x, 128, 8, "random", np.random.default_rng(0), iters=5)
+    from_random, *_ = two_level_init(np, x, 128, 8, "random", np.random.default_rng(0), iters=5)
     assert inertia(CPU, [x], centres) < inertia(CPU, [x], from_random) < inertia(CPU, [x], random_rows)
 
 
@@ -229,7 +229,7 @@ def test_kmeanspp_cells_share_centres_by_squared_distance_not_rows():
     rng = np.random.default_rng(3)
     spread = (rng.standard_normal((2000, 8)) * 3.0 + 40.0).astype(np.float32)
     x = np.concatenate([np.zeros((2000, 8), np.float32), spread])
-    centres, counts, _, _ = two_level_init(np, x, 100, 2, "kmeans++", np.random.default_rng(0), iters=3)
+    centres, counts, *_ = two_level_init(np, x, 100, 2, "kmeans++", np.random.default_rng(0), iters=3)
     on_silence = int((np.abs(centres).max(axis=1) < 1e-3).sum())
     assert on_silence == 1
     assert (counts > 0).all()
@@ -256,7 +256,7 @@ def test_two_level_runs_with_one_seed_are_identical():
     x = blobs(50, true_blobs(40, 12, seed=9, scale=2.0), 1.0, seed=9)
     results = []
     for _ in range(2):
-        centres, counts, coarse, _ = two_level_init(np, x[:1500], 100, 10, "kmeans++", np.random.default_rng(7), 3)
+        centres, counts, coarse, *_ = two_level_init(np, x[:1500], 100, 10, "kmeans++", np.random.default_rng(7), 3)
         state = new_state(np, centres, counts, coarse)
         fit_minibatch(CPU, (x[i:i + 500] for i in range(0, len(x), 500)), state, nprobe=2)
         results.append(state.centres)
@@ -280,7 +280,7 @@ def test_decay_forgets_old_rows_and_sculley_does_not():
 
 def test_constant_data_never_gives_nan():
     x = np.full((500, 6), 3.0, np.float32)
-    centres, counts, coarse, _ = two_level_init(np, x, 20, 4, "kmeans++", np.random.default_rng(0), iters=3)
+    centres, counts, coarse, *_ = two_level_init(np, x, 20, 4, "kmeans++", np.random.default_rng(0), iters=3)
     state = new_state(np, centres, counts, coarse)
     for i in range(0, 500, 100):
         assert minibatch_step(np, state, x[i:i + 100]) == 0.0
@@ -339,7 +339,7 @@ def test_cpu_and_gpu_agree(two_level):
         xp = backend.xp
         rows = backend.asarray(x)
         if two_level:
-            centres, counts, coarse, _ = two_level_init(xp, rows[:3000], 120, 8, "random", np.random.default_rng(1), 3)
+            centres, counts, coarse, *_ = two_level_init(xp, rows[:3000], 120, 8, "random", np.random.default_rng(1), 3)
             state = new_state(xp, centres, counts, coarse)
         else:
             state = new_state(xp, init_centres(xp, rows, 120, "random", np.random.default_rng(1)))
