@@ -4,7 +4,7 @@ Sculley/EMA updates, dead-centre re-seeding, Lloyd passes; CPU, plus a GPU agree
 import numpy as np
 import pytest
 from rvc_index.compute.backend import select_backend
-from rvc_index.compute.kmeans import init_centres, lloyd, nearest_centres, segment_sums
+from rvc_index.compute.kmeans import farthest, init_centres, lloyd, nearest_centres, segment_sums, squared_norms
 from rvc_index.compute.minibatch import (
     apply_pass,
     fit_minibatch,
@@ -21,6 +21,7 @@ from rvc_index.compute.two_level import (
     coarse_cells,
     nearest_cells,
     refine,
+    sums_parallel,
     two_level_init,
 )
 
@@ -169,9 +170,31 @@ def test_refine_with_the_inits_cells_equals_refine_without():
     init = two_level_init(np, x, 120, 6, "kmeans++", np.random.default_rng(0), iters=2)
     assert init.cells.shape == (len(x), 1)
     np.testing.assert_array_equal(init.cells[:, 0], nearest_centres(np, x, init.coarse)[0])
-    with_cells = refine(np, x, init.centres, init.coarse, 2, 1, 3, init.cells)
+    np.testing.assert_array_equal(init.norms, squared_norms(np, x))
+    with_cells = refine(np, x, init.centres, init.coarse, 2, 1, 3, init.cells, init.norms)
     without = refine(np, x, init.centres, init.coarse, 2, 1, 3)
     np.testing.assert_allclose(with_cells[0], without[0], rtol=1e-5, atol=1e-5)
+
+
+def test_known_row_norms_give_the_same_assignment_and_slices_sum_as_the_whole():
+    x = blobs(40, true_blobs(25, 16, seed=12), 1.0, seed=12)
+    rng = np.random.default_rng(1)
+    centres = x[rng.choice(len(x), 90, replace=False)].copy()
+    norms = squared_norms(np, x)
+    # norms summed over the whole array or tile by tile may differ in the last bit: the labels do not
+    labels, dists = nearest_centres(np, x, centres, tile_rows=128, x_norms=norms)
+    np.testing.assert_array_equal(labels, nearest_centres(np, x, centres, tile_rows=128)[0])
+    np.testing.assert_allclose(dists, nearest_centres(np, x, centres, tile_rows=128)[1], rtol=1e-5, atol=1e-2)
+    tree = build_tree(np, centres, x[::100].copy(), spread=2)
+    cells = coarse_cells(np, tree, x, 1)
+    labels, dists = assign_two_level(np, tree, x, 1, cells)
+    np.testing.assert_array_equal((labels, dists), assign_two_level(np, tree, x, 1, cells, norms))
+    sums, counts, found = sums_parallel(np, tree, x, 1, cells, norms, 90)  # a slice of rows per core
+    whole_sums, whole_counts = segment_sums(np, labels, x, 90)
+    np.testing.assert_array_equal(counts, whole_counts)
+    np.testing.assert_allclose(sums, whole_sums, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(found, dists, rtol=1e-5, atol=1e-2)  # other products per cell: other last bits
+    assert farthest(np, dists, 0).shape == (0,) and farthest(np, dists, 3).tolist() == np.argsort(-dists)[:3].tolist()
 
 
 def test_empty_coarse_cells_are_never_probed():

@@ -80,6 +80,8 @@ def test_seeded_coarse_cells_and_reused_buffers_give_the_same_pass(make_experime
     np.testing.assert_array_equal(borrowed.sums, fresh.sums)
     handed_back = [adopted.buffers.get() for _ in range(adopted.buffers.qsize())]
     assert sum(np.shares_memory(b, lent) for b in handed_back) == 2  # read into the lent pages, then kept
+    norms = np.concatenate([cache.norms[i] for i in range(len(features.chunks))])  # kept for the next pass
+    np.testing.assert_array_equal(norms, np.einsum("ij,ij->i", rows, rows))
     known = np.concatenate([cache.cells[i] for i in range(len(features.chunks))])
     np.testing.assert_array_equal(known, coarse_cells(np, tree, rows, 1))  # every row's, as if found afresh
     assert 1 <= cache.buffers.qsize() <= local_threads()  # a buffer per thread, handed from pass to pass
