@@ -33,6 +33,16 @@ def scontrol_job(env: dict[str, str], job: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", text.splitlines()[0]))
 
 
+def diagnosis(env: dict[str, str], job: str, log: Path) -> str:
+    """What a failed wait shows: the job's state and reason, the controller's lines about it, the job's log."""
+    info = scontrol_job(env, job)
+    shown = {key: info.get(key) for key in ("JobState", "Reason", "Restarts", "BeginTime", "SubmitTime")}
+    controller = Path(env["SLURM_CONF"]).parent / "log" / "slurmctld.log"
+    array_job = job.split("_")[0]
+    lines = [line for line in controller.read_text(errors="replace").splitlines() if array_job in line]
+    return f"{shown}\nslurmctld:\n" + "\n".join(lines[-25:]) + "\njob log:\n" + log.read_text()[-2000:]
+
+
 def wait_for_end(env: dict[str, str], job: str, timeout: float = 240) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
@@ -128,9 +138,9 @@ def test_usr1_stops_the_task_which_requeues_itself_and_resumes(slurm, speakers, 
     # SLURM holds a requeued job back for a while (BeginTime); a test need not wait for it. The update is
     # refused while the stopped run is still completing, so it is repeated until the requeued run starts.
     out_file = tmp_path / "slurm-logs" / f"rvc-index_{job}_0.out"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while out_file.read_text().count(f"array task {job}_0") < 2:
-        assert time.monotonic() < deadline, out_file.read_text()[-3000:]
+        assert time.monotonic() < deadline, diagnosis(slurm, f"{job}_0", out_file)
         subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], env=slurm, capture_output=True)
         time.sleep(0.5)
     info = wait_for_end(slurm, f"{job}_0")
