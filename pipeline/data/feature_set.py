@@ -310,10 +310,15 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
                       RowSample(sample, sample_ids) if sample_rows else RowSample(), in_memory)
 
 
+RESIDENT_CHUNKS = 2  # a collection of up to this many chunks' worth of float32 rows is kept in memory
+
+
 def resident_fits(manifest: Manifest, chunk_mb: float, local: bool) -> bool:
     """Keep the whole collection in memory, read once by the value check, when a local build's streamed
-    pass would hold as much anyway (its chunks in flight): then train, add and evaluation read no file."""
-    return local and manifest.rows * manifest.dim * F32 <= stream_bytes(manifest, chunk_mb, local)
+    pass would hold about as much anyway: up to ``RESIDENT_CHUNKS`` chunks (256 MB by default, 87k rows
+    at 768-D; a pass on 2 cores holds three chunks in flight, on more cores one per core). Then train,
+    add, the k-means passes and the evaluation read no file."""
+    return local and manifest.rows * manifest.dim * F32 <= RESIDENT_CHUNKS * chunk_mb * MB
 
 
 def stream_bytes(manifest: Manifest, chunk_mb: float, local: bool) -> int:

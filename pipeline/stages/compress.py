@@ -235,7 +235,7 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
         drawn = DrawnRows(take_rows(features, ids, client), ids)
     release_freed_memory()  # the value check's freed buffers, before the init's arrays
     state, sample_cells = initial_state(drawn.rows, kplan, config, backend, rng)
-    cache = PassCache()
+    cache = PassCache(keep_norms=kplan.lloyd_passes > 1)
     if sample_cells is not None:  # the first pass finds the coarse cells of the other rows only
         cache.seed_cells(xp, features.chunk_rows, drawn.ids, sample_cells)
     if client is None and not backend.is_gpu and local_threads() > 1:  # the threaded passes read into its pages

@@ -65,6 +65,7 @@ class PassCache:
     norms (float32 [rows]: 0.4 % of the chunk) and, on local threads, the chunk buffers the threads read
     into (fresh pages cost more than the read itself)."""
 
+    keep_norms: bool = True  # False when no pass follows (one Lloyd pass: 40 MB at 10M rows for nothing)
     cells: dict[int, Any] = field(default_factory=dict)
     norms: dict[int, Any] = field(default_factory=dict)
     complete: set[int] = field(default_factory=set)  # chunks whose every row's cells are known
@@ -101,10 +102,12 @@ class PassCache:
         return cells
 
     def chunk_norms(self, xp: Any, index: int, block: Any) -> Any:
-        """Chunk ``index``'s squared row norms, computed in the first pass and kept."""
+        """Chunk ``index``'s squared row norms, computed in the first pass and kept (``keep_norms``)."""
         norms = self.norms.get(index)
         if norms is None or norms.shape[0] != block.shape[0]:
-            norms = self.norms[index] = squared_norms(xp, block)
+            norms = squared_norms(xp, block)
+            if self.keep_norms:
+                self.norms[index] = norms
         return norms
 
     def adopt(self, memory: np.ndarray, rows: int, count: int) -> int:

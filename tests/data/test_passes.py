@@ -82,6 +82,9 @@ def test_seeded_coarse_cells_and_reused_buffers_give_the_same_pass(make_experime
     assert sum(np.shares_memory(b, lent) for b in handed_back) == 2  # read into the lent pages, then kept
     norms = np.concatenate([cache.norms[i] for i in range(len(features.chunks))])  # kept for the next pass
     np.testing.assert_array_equal(norms, np.einsum("ij,ij->i", rows, rows))
+    last = PassCache(keep_norms=False)  # no pass follows: nothing to keep them for
+    np.testing.assert_array_equal(final_pass_stats(features, state, CPU, 1, None, cache=last).sums, fresh.sums)
+    assert last.norms == {} and len(last.cells) == len(features.chunks)
     known = np.concatenate([cache.cells[i] for i in range(len(features.chunks))])
     np.testing.assert_array_equal(known, coarse_cells(np, tree, rows, 1))  # every row's, as if found afresh
     assert 1 <= cache.buffers.qsize() <= local_threads()  # a buffer per thread, handed from pass to pass
