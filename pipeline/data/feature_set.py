@@ -133,7 +133,7 @@ def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n
         local = local[local < array.shape[0]]  # a file shorter than its header now: the chunk's load says so
         local = local[mask[local]]
         if local.size:
-            rows_out[filled:filled + local.size] = array[local]
+            np.take(array, local, axis=0, out=rows_out[filled:filled + local.size], mode="clip")  # one copy, in range
             file_of[filled:filled + local.size] = index
             row_in_file[filled:filled + local.size] = local if finite == array.shape[0] else \
                 (np.cumsum(mask) - 1)[local]
