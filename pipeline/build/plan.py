@@ -70,7 +70,7 @@ class BuildPlan:
     def describe(self) -> list[str]:
         """One line per decision, for the log and ``batch --dry-run``."""
         lines = [f"{self.n_rows:,} rows x {self.dim}, backend {self.backend}, chunks of {self.chunk_mb:g} MB",
-                 "source: read once and kept in memory (no bigger than the chunks a streamed pass holds)"
+                 "source: read once and kept in memory (at most two chunks' worth)"
                  if self.resident else "source: streamed from the files, chunk by chunk, in each pass",
                  f"compression: {self.compression.reason}"]
         if self.kmeans is not None:

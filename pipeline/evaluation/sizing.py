@@ -26,7 +26,7 @@ READ_BYTES_PER_S = 2.5e8  # a streamed pass over the feature files (load, finite
 FIXED_S = 0.05  # held-out files, masks, gathers and blends of a few hundred queries
 SEARCH_S = 1.5e-4  # one query's single-thread search at the stored settings, before it is measured (43-100 us)
 PICTURE_S = 1.0  # matplotlib's import and report.png (0.9-1.6 s measured on 2 shared cores)
-MIN_QUERIES = FRAMES_PER_SECOND  # one one-second window (recall@8 over 400 neighbours), when the budget allows it
+MIN_QUERIES = FRAMES_PER_SECOND  # one one-second window: the exact blend reference is kept when it fits with these
 FLOOR_QUERIES = 20  # whatever the budget: recall@8 over 160 neighbours (a fast build of many frames)
 LATENCY_FRAMES = 5 * FRAMES_PER_SECOND  # frames timed per repeat: five one-second batches
 FULL_REPEATS = 5  # latency repeats of a full evaluation (each batch keeps its fastest)
@@ -108,8 +108,8 @@ def plan_evaluation(config: EvaluateConfig, n_rows: int, n_vectors: int, dim: in
 
     ``stored_is_original``: the stored vectors are the frames, so the exact pass over them is the
     blend reference too; otherwise the reference is one more pass over ``n_rows`` frames, kept only
-    when it fits with ``MIN_QUERIES`` queries. At least ``MIN_QUERIES`` queries when they fit in the
-    budget, else as many as fit, never under ``FLOOR_QUERIES``.
+    when it fits with ``MIN_QUERIES`` queries. As many queries as fit in the budget, never under
+    ``FLOOR_QUERIES``.
     """
     wanted = max(0, min(config.recall_queries, n_rows))
     plot = config.plot is True or config.plot == "auto"
@@ -131,10 +131,7 @@ def plan_evaluation(config: EvaluateConfig, n_rows: int, n_vectors: int, dim: in
     per_query += SEARCH_S
     fixed = FIXED_S + (LATENCY_FRAMES + FRAMES_PER_SECOND) * SEARCH_S  # one latency repeat and its warm-up
     fixed += reference_pass if reference and not stored_is_original else 0.0
-    affordable = int((budget - fixed) / max(per_query, 1e-12))
-    if affordable < floor:
-        floor = min(wanted, max(FLOOR_QUERIES, affordable))
-    queries = max(floor, min(wanted, affordable))
+    queries = min(wanted, max(FLOOR_QUERIES, int((budget - fixed) / max(per_query, 1e-12))))
     if queries < wanted:
         notes.append(f"{queries} of {wanted} query frames: exact k-NN over {n_vectors:,} stored vectors")
     estimate = fixed + queries * per_query

@@ -74,17 +74,16 @@ def block_tasks(array: da.Array) -> list[Any]:
     return list(array.to_delayed().ravel())
 
 
-def each_result(tasks: Sequence[functools.partial[Any]], client: Any | None = None,
-                pure: bool = True) -> Iterator[tuple[int, Any]]:
+def each_result(tasks: Sequence[functools.partial[Any]], client: Any | None = None) -> Iterator[tuple[int, Any]]:
     """(index, result) of every task (a ``functools.partial``) as it completes: on the cluster as dask
-    tasks (``pure``: keyed by their arguments), or called on local threads."""
+    tasks keyed by their arguments, or called on local threads."""
     if not tasks:
         return
     if client is not None:
         import dask
         from distributed import as_completed
 
-        futures = client.compute([dask.delayed(task.func, pure=pure)(*task.args, **task.keywords)
+        futures = client.compute([dask.delayed(task.func, pure=True)(*task.args, **task.keywords)
                                   for task in tasks])
         index = {future.key: i for i, future in enumerate(futures)}
         for future in as_completed(futures):

@@ -62,7 +62,7 @@ def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | Non
 class PassCache:
     """What one Lloyd pass over a collection leaves for the next: each chunk's nearest coarse cells
     (int16 [rows, nprobe], -1 where not known yet; the coarse centres never move) and its rows' squared
-    norms (float32 [rows]: 0.4 % of the chunk) and, on local threads, the chunk buffers the threads read
+    norms (float32 [rows]: 1/D of the chunk) and, on local threads, the chunk buffers the threads read
     into (fresh pages cost more than the read itself)."""
 
     keep_norms: bool = True  # False when no pass follows (one Lloyd pass: 40 MB at 10M rows for nothing)
