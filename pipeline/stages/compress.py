@@ -238,7 +238,8 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     cache = PassCache(keep_norms=kplan.lloyd_passes > 1)
     if sample_cells is not None:  # the first pass finds the coarse cells of the other rows only
         cache.seed_cells(xp, features.chunk_rows, drawn.ids, sample_cells)
-    if client is None and not backend.is_gpu and local_threads() > 1:  # the threaded passes read into its pages
+    if client is None and not backend.is_gpu and local_threads() > 1 and not features.is_resident:
+        # the threaded passes read the chunks into its pages (a kept collection is read by none)
         cache.adopt(drawn.rows, features.max_chunk_rows, local_threads())
     del drawn, sample_cells  # the phases below hold a batch or chunks (some in the sample's memory)
     release_freed_memory()

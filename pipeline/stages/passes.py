@@ -186,6 +186,8 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
     rows = features.max_chunk_rows
 
     def one_chunk(index: int) -> PassStats:
+        if features.is_resident:  # the chunk is in memory already: no buffer to read it into
+            return chunk_part(index, features.load_chunk(index))
         buffer = cache.buffer(rows, features.dim)
         try:
             return chunk_part(index, features.load_chunk(index, buffer))
