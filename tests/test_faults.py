@@ -32,7 +32,7 @@ from rvc_index.build.runner import build_experiment
 from rvc_index.cli import main
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.sources import resolve_experiment, scan_manifest, value_bound
 from rvc_index.runtime.progress import get_logger
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
@@ -119,6 +119,21 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])  # cut mid-data: the header is intact
 
 
+def _scale_a_row(path: Path) -> None:
+    rows = np.load(path)
+    rows[3] *= 1e18  # finite, but its squared norm is beyond float32 (faiss's k-means aborted the process)
+    np.save(path, rows)
+
+
+def _random_payload(path: Path) -> None:
+    """A valid float32 header whose payload is random bytes (NaN rows, and finite rows up to 3e38)."""
+    payload = np.load(path).nbytes
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size - payload)
+        handle.write(np.random.default_rng(43).bytes(payload))
+
+
+OVERFLOW = "float32 distances would overflow"
 BAD_INPUTS = {  # case: (make(root, name) -> the path the message must name, the problem it must state)
     "01-truncated": (lambda r, n: _bad(r, n, 256, _truncate), "truncated: "),
     "02-random-bytes": (lambda r, n: _bad(r, n, 256, lambda p: p.write_bytes(np.random.default_rng(2).bytes(4096))),
@@ -138,6 +153,10 @@ BAD_INPUTS = {  # case: (make(root, name) -> the path the message must name, the
     "09-all-nan": (lambda r, n: _bad(r, n, 256, lambda p: np.save(p, np.full((40, 256), np.nan, np.float32))),
                    "all 40 rows are NaN or Inf"),
     "11-seven-rows": (lambda r, n: speaker(r, n, 7) / "3_feature256", "only 7 rows in"),
+    "43-scaled-by-1e18": (lambda r, n: _bad(r, n, 768, _scale_a_row), "row 3 holds a value of magnitude"),
+    "43-random-payload": (lambda r, n: _bad(r, n, 256, _random_payload), OVERFLOW),
+    "43-float64-beyond-float32": (lambda r, n: _bad(r, n, 256, lambda p: np.save(p, np.full((40, 256), 1e200))),
+                                  OVERFLOW),
     "12-empty-folder": (lambda r, n: _mkdir(r / n / "3_feature256"), "folder holds no .npy feature files"),
 }
 
@@ -201,6 +220,23 @@ def test_bad_input_fails_alone_naming_file_and_problem(case, batch, tmp_path, ca
     err = capsys.readouterr().err
     assert str(named) in err and problem in err
     assert files_in(out) == [] and leftovers(tmp_path) == []
+
+
+def test_case43_values_that_overflow_float32_fail_alone_and_are_not_retried(batch, tmp_path):
+    """A finite value whose square overflows float32 aborted faiss's k-means (SIGABRT, no file named); in a
+    batch it killed worker after worker (KilledWorker, retryable). Now the file is bad like any other: named,
+    exit 1, alone in the batch, not retryable. Values up to the bound still build (faiss stays finite)."""
+    for case in [c for c in BAD_INPUTS if c.startswith("43-")]:
+        record = batch.records[case]
+        assert record["retryable"] is False and "KilledWorker" not in record["error"], record
+        assert record["attempts"] == 1 and str(batch.named[case]) in record["error"]
+    folder = speaker(tmp_path / "logs", "edge", 3000) / "3_feature256"
+    rows = np.load(folder / "00001.npy")
+    bound = value_bound(256)
+    rows[:2] = np.where(rows[:2] > 0, 0.99, -0.99) * bound  # the largest rows a build takes
+    np.save(folder / "00001.npy", rows)
+    for preset in (CLASSIC, "tips"):
+        assert main(build_args(folder.parent, tmp_path / preset, "--config", preset)) == 0
 
 
 def test_case07_float16_is_upcast(batch):

@@ -20,9 +20,9 @@ from rvc_index.data.sources import (
     Manifest,
     SourceError,
     check_unchanged,
-    finite_row_mask,
     load_features,
     load_group,
+    usable_row_mask,
 )
 from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
 from rvc_index.runtime.progress import DETAIL, get_logger
@@ -100,7 +100,8 @@ def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n
                      seed: Sequence[int], out: np.ndarray | None = None, keep: np.ndarray | None = None
                      ) -> tuple[list[int | str], np.ndarray, np.ndarray, np.ndarray]:
     """Check each file's values and draw ``n_sample`` of the chunk's rows (seeded, uniform over the
-    headers' ``file_rows``; a drawn row holding NaN/Inf is left out): one read of each file.
+    headers' ``file_rows``; a drawn row holding NaN/Inf is left out): one read of each file. A value too
+    large for float32 distances makes its file unusable (``sources.usable_row_mask``).
 
     Returns (per file: finite rows, or a problem string for a file that cannot be used; the drawn
     rows [<= n_sample, dim], written into ``out`` when given; each one's file (index into ``paths``);
@@ -123,11 +124,11 @@ def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n
             array = load_features(path, dim, scratch_rows(expected, dim) if keep is None else keep[kept:])
             if keep is not None:
                 check_unchanged(path, expected, array.shape[0])
+            ROWS_READ.add(array.shape[0])
+            mask = usable_row_mask(path, array)  # a value too large for float32 distances: a bad file
         except FeatureFileError as exc:
             results.append(exc.problem)
             continue
-        ROWS_READ.add(array.shape[0])
-        mask = finite_row_mask(array)
         finite = int(mask.sum())
         results.append(finite if finite else f"all {array.shape[0]} rows are NaN or Inf")
         local = local[local < array.shape[0]]  # a file shorter than its header now: the chunk's load says so

@@ -194,15 +194,64 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
 
 def load_features(path: Path | str, dim: int, into: np.ndarray | None = None) -> np.ndarray:
     """One file as float32 [T, dim] (float16/float64 converted); raises FeatureFileError. ``into``: a
-    float32 buffer the rows of a float32 file are read straight into (``files.load_checked``)."""
+    float32 buffer the rows of a float32 file are read straight into (``files.load_checked``). A finite
+    float64 value that float32 cannot hold is a problem, as ``usable_row_mask`` says, not an Inf."""
     array = load_checked(path, into)  # one open: header checked (regular, complete), then the data
     check_array_meta(shown_name(str(path)), array.shape, array.dtype, dim)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return to_float32(path, array)
 
 
-def finite_row_mask(array: np.ndarray) -> np.ndarray:
-    """Boolean [T]: rows with no NaN or Inf."""
-    return np.isfinite(array).all(axis=1)
+def to_float32(path: Path | str, array: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """A float [T, D] array as C-ordered float32; raises FeatureFileError naming ``path`` (and the row,
+    counted from ``first_row``) for a finite value float32 cannot hold (it would become an Inf row)."""
+    if array.dtype.itemsize <= 4:
+        return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        narrow = np.ascontiguousarray(array, dtype=np.float32)
+    overflowed = np.flatnonzero(~np.isfinite(narrow).all(axis=1) & np.isfinite(array).all(axis=1))
+    if overflowed.size:
+        row = int(overflowed[0])
+        raise FeatureFileError(shown_name(str(path)), _too_large(first_row + row, float(np.abs(array[row]).max()),
+                                                                array.shape[1]))
+    return narrow
+
+
+# Every stage compares rows by squared L2 distances in float32 (faiss's k-means and search, our k-means,
+# the evaluation): for rows whose values lie within +-B that is at most 4 * D * B^2, and a k-means sums it
+# over the rows. B = sqrt(float32's largest value / (4 * D * 2^40)) keeps all of it finite with room for
+# 2^40 rows: about 3.2e11 at D = 768, 5.5e11 at 256. HuBERT features stay within about +-100, so a finite
+# value beyond B marks a corrupt file (random bytes, a wrong dtype, swapped bytes) whose other rows cannot
+# be trusted either: the file is bad, not its row dropped (faiss would abort the process on the overflow).
+DISTANCE_ROOM = 2.0**40
+
+
+def value_bound(dim: int) -> float:
+    """The largest magnitude a feature value may have at width ``dim`` (float32 distances stay finite)."""
+    return float(np.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(1, dim) * DISTANCE_ROOM)))
+
+
+def _too_large(row: int, magnitude: float, dim: int) -> str:
+    return (f"row {row} holds a value of magnitude {magnitude:.3g}, beyond {value_bound(dim):.3g} (at width {dim} "
+            "float32 distances would overflow; HuBERT features stay within about 100): corrupt data?")
+
+
+def usable_row_mask(path: Path | str, array: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """Boolean [T] of a float [T, D] array: the rows without NaN or Inf (callers drop the others).
+
+    Raises FeatureFileError naming ``path`` (and the row, counted from ``first_row``) when a row holds a
+    finite value beyond ``value_bound``. The common case costs one min and one max over the array."""
+    bound = value_bound(array.shape[1])
+    if array.size and -bound <= array.min() and array.max() <= bound:  # NaN fails both comparisons
+        return np.ones(array.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        row_max = np.abs(array).max(axis=1)  # NaN for a row holding NaN, inf for one holding Inf
+    finite = np.isfinite(row_max)
+    over = np.flatnonzero(finite & (row_max > bound))
+    if over.size:
+        row = int(over[0])
+        raise FeatureFileError(shown_name(str(path)), _too_large(first_row + row, float(row_max[row]),
+                                                                array.shape[1]))
+    return finite
 
 
 def check_unchanged(path: Path | str, header_rows: int, rows: int) -> None:
@@ -213,7 +262,7 @@ def check_unchanged(path: Path | str, header_rows: int, rows: int) -> None:
 
 
 def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-    """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped.
+    """Files concatenated as float32 [rows, dim], rows with NaN/Inf dropped (``usable_row_mask``).
 
     ``file_rows``: each file's rows as the scan read them from its header. A file whose shape
     changed since (rewritten while the build runs) is an error naming it. Each file is copied into
@@ -228,7 +277,7 @@ def load_group(paths: Sequence[str], dim: int, file_rows: Sequence[int], out: np
     for path, expected in zip(paths, file_rows):
         array = load_features(path, dim, None if out is None else out[filled:])  # float32: read in place
         check_unchanged(path, expected, array.shape[0])
-        mask = finite_row_mask(array)
+        mask = usable_row_mask(path, array)
         rows = array if mask.all() else array[mask]
         if out is None:
             return rows

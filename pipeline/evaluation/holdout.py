@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from rvc_index.data.feature_set import FeatureSet
-from rvc_index.data.sources import finite_row_mask, load_features, resolve_experiment, scan_manifest
+from rvc_index.data.sources import load_features, resolve_experiment, scan_manifest, usable_row_mask
 from rvc_index.errors import RvcIndexError
 
 MIN_WINDOW = 50  # query frames are taken in runs of at least one second of audio
@@ -137,8 +137,9 @@ def choose_windows(file_rows: Sequence[int], files: Sequence[int], max_queries: 
 
 def finite_rows(features: FeatureSet, file: int) -> np.ndarray:
     """File ``file`` of ``features`` as the collection holds it: float32, rows with NaN/Inf dropped."""
-    array = load_features(features.manifest.path(features.manifest.files[file].name), features.dim)
-    mask = finite_row_mask(array)
+    path = features.manifest.path(features.manifest.files[file].name)
+    array = load_features(path, features.dim)
+    mask = usable_row_mask(path, array)
     return array if mask.all() else array[mask]
 
 
@@ -166,7 +167,7 @@ def holdout_from_folder(path: str | Path, max_queries: int, seed: int, dim: int 
     arrays, names = [], []
     for entry in manifest.files:
         array = load_features(manifest.path(entry.name), manifest.dim)
-        finite = array[finite_row_mask(array)]
+        finite = array[usable_row_mask(manifest.path(entry.name), array)]
         if len(finite):  # an all-NaN utterance has no frame to query with
             arrays.append(finite)
             names.append(entry.name)
