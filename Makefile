@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 COMPAT := .venv-compat
+APPLIO := .venv-applio
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint venv compat clean system
@@ -20,6 +21,13 @@ $(COMPAT)/.installed:
 	$(COMPAT)/bin/pip install --quiet "faiss-cpu==1.7.3" "numpy<2"
 	touch $@
 
+# Applio (offline and realtime) pins faiss-cpu 1.14.3: the consumer matrix replays its calls there too.
+compat: $(APPLIO)/.installed
+$(APPLIO)/.installed:
+	$(PYTHON) -m venv $(APPLIO)
+	$(APPLIO)/bin/pip install --quiet "faiss-cpu==1.14.3"
+	touch $@
+
 demo: venv
 	$(BIN)/rvc-index demo
 
@@ -36,10 +44,11 @@ system:
 	else echo "make system: not root or no apt-get: the SLURM and speech tests will skip"; fi
 
 test: venv compat system
-	RVC_INDEX_COMPAT_PYTHON=$(abspath $(COMPAT))/bin/python $(BIN)/python -m pytest -q
+	RVC_INDEX_COMPAT_PYTHON=$(abspath $(COMPAT))/bin/python RVC_INDEX_APPLIO_PYTHON=$(abspath $(APPLIO))/bin/python \
+		$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(COMPAT) demo-data .pytest_cache
+	rm -rf $(VENV) $(COMPAT) $(APPLIO) demo-data .pytest_cache

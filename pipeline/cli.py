@@ -127,7 +127,7 @@ def make_parser() -> argparse.ArgumentParser:
                       help="among configs meeting the target, the fastest (default) or the smallest")
     tune.add_argument("--holdout", type=float, default=0.05, metavar="FRACTION")
     tune.add_argument("--max-queries", type=int, default=1000)
-    tune.add_argument("--quick", action="store_true", help="fewer layouts (PQ{D}x4fs at two n_list sizes)")
+    tune.add_argument("--quick", action="store_true", help="fewer layouts (flat and fp16 lists, two n_list sizes)")
     tune.add_argument("--config", "-c", default="tips-plain",
                       help="base preset (default tips-plain: no expansion, so the blend stays closest to exact)")
     tune.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
@@ -294,22 +294,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
     features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file,
                                 resident=resident_fits(manifest, config.source.chunk_mb, True))
     target = Target(args.min_recall, args.max_us_per_frame, args.max_ram_mb, args.objective)
-    grid = layouts(features.dim, (1.0, 2.0), (1,), ()) if args.quick else None
+    grid = layouts(("flat", "fp16"), (1.0, 2.0), (1.0, 2.0)) if args.quick else None
     result = tune(features, config, target, select_backend(args.backend), layout_list=grid,
                   holdout_fraction=args.holdout, max_queries=args.max_queries, name=args.name)
     print(format_table([vars(t) | {"meets": t.meets(target)} for t in result.per_layout]))
     if not result.trials:
-        raise TuneError(f"no layout could be measured on {result.vectors:,} vectors (PQ layouts need "
-                        "index.min_pq_rows of them); drop --quick to try IVF-Flat too")
+        raise TuneError(f"no layout could be measured on {result.vectors:,} vectors (coded lists need "
+                        "index.min_coded_rows of them)")
     if result.chosen is None:
         closest = max(result.trials, key=lambda t: t.recall_at_k)
         raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "
-                        f"({closest.recipe}, n_list {closest.n_list}, pq_m {closest.pq_m}, nprobe {closest.nprobe}, "
-                        f"k_factor {closest.k_factor}, {closest.us_per_frame:.1f} us/frame)")
+                        f"({closest.lists} lists, n_list {closest.n_list}, nprobe {closest.nprobe}, "
+                        f"{closest.us_per_frame:.1f} us/frame)")
     path = write_preset(Path(args.out), result)
     chosen = result.chosen
-    print(f"chosen: {chosen.recipe} n_list {chosen.n_list} pq_m {chosen.pq_m} nprobe {chosen.nprobe} "
-          f"k_factor {chosen.k_factor}: recall@8 {chosen.recall_at_k:.3f}, {chosen.us_per_frame:.1f} us/frame, "
+    print(f"chosen: {chosen.lists} lists, n_list {chosen.n_list}, nprobe {chosen.nprobe}: recall@8 "
+          f"{chosen.recall_at_k:.3f}, blend error {chosen.blend_error:.4f}, {chosen.us_per_frame:.1f} us/frame, "
           f"{chosen.ram_mb:.1f} MB")
     print(f"config: {path}  (rvc-index build {args.path} --config {path})")
     return 0

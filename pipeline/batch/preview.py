@@ -43,7 +43,7 @@ def preview_job(job: Job, config: Config, config_fp: str, code_fp: str) -> Previ
         done = finished_build(read_report(files.report), files, build_fingerprint(manifest, config_fp, code_fp))
         if done is not None:
             return Preview(name, "skip", f"up to date: {done['index_file']}")
-        check_rows(manifest.rows, config.index, experiment.feature_dir.name)
+        check_rows(manifest.rows, experiment.feature_dir.name)
     except (RvcIndexError, OSError) as exc:
         return Preview(name, "fail", str(exc))
     skipped = f", {len(manifest.skipped)} bad files left out" if manifest.skipped else ""

@@ -16,7 +16,7 @@ from rvc_index.data.sources import Experiment, check_name_fits
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import read_json
 from rvc_index.runtime.progress import get_logger
-from rvc_index.stages.indexing import IVF_FLAT, PQ_BITS, IndexPlan
+from rvc_index.stages.indexing import IndexPlan
 
 INDEX_SUFFIX = ".index"
 REWRITTEN = "trained"  # RVC and Applio rewrite it to "added" when loading, and skip such files in lookups
@@ -101,8 +101,7 @@ def index_file_name(experiment: str, version: str, plan: IndexPlan, nprobe: int,
     whose path holds the model name and not "trained") still finds it."""
     if naming == "applio":
         return f"{experiment}{INDEX_SUFFIX}"
-    layout = "Flat" if plan.recipe == IVF_FLAT else f"PQ{plan.pq_m}x{PQ_BITS}fs_RFlat"
-    return f"added_IVF{plan.n_list}_{layout}_{preset}_nprobe_{nprobe}_{experiment}_{version}{INDEX_SUFFIX}"
+    return f"added_IVF{plan.n_list}_{plan.layout}_{preset}_nprobe_{nprobe}_{experiment}_{version}{INDEX_SUFFIX}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rvc_index.compute.backend import Backend
-from rvc_index.config.schema import Config
+from rvc_index.config.schema import SEARCH_K, Config
 from rvc_index.data.feature_set import check_estimate, resident_fits, stream_bytes
 from rvc_index.data.sources import Manifest
 from rvc_index.evaluation.evaluate import evaluate_estimate
@@ -79,7 +79,7 @@ class BuildPlan:
             lines.append(f"expansion: {self.expansion.neighbours} neighbours, {self.expansion.method} "
                          f"({self.expansion.reason}), {'spilled to disk' if self.expansion.spill else 'in memory'}")
         lines.append(f"index: {self.index.factory}, nprobe {self.index.nprobe}, "
-                     f"train on {self.index.train_rows:,} rows")
+                     f"train on {self.index.train_rows:,} rows, about {self.index.us_per_frame:,.0f} us per frame")
         lines.append(f"evaluation: up to {self.eval_queries:,} held-out query frames, sized to the build"
                      if self.eval_queries else "evaluation: off")
         return lines
@@ -102,7 +102,7 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     threads = os.cpu_count() or 1
     resident = resident_fits(manifest, chunk_mb, local) if resident is None else resident
     stream = 0 if resident else stream_bytes(manifest, chunk_mb, local)  # resident: passes read from memory
-    compression = plan_compression(n, config.compress)
+    compression = plan_compression(n, dim, config.compress, config.budget)
     kmeans = None
     if compression.apply and config.compress.method == "minibatch":
         kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
@@ -115,11 +115,11 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     if config.expand.enabled:
         expansion = plan_expansion(vectors, dim, config.expand, backend)
         stages.append(expand_estimate(expansion, threads, stream))
-    index = plan_index(vectors, dim, config.index)
+    index = plan_index(vectors, dim, config.index, config.budget)
     stages += [train_estimate(index, stream), add_estimate(index, config.index.add_batch_rows, stream)]
     queries = min(config.evaluate.recall_queries, n)
     if queries:
-        stages.append(evaluate_estimate(queries, vectors, dim, index.n_list, config.index.search_k, stream))
+        stages.append(evaluate_estimate(queries, vectors, dim, index.n_list, SEARCH_K, stream))
     stages.append(StageEstimate("write", stream if config.output.write_total_fea else 0, 0, "streamed"))
     return BuildPlan(n, dim, backend.name, chunk_mb, resident, compression, kmeans, expansion, index, queries,
                      tuple(stages))

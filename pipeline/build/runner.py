@@ -41,19 +41,21 @@ from rvc_index.build.retire import competing_indexes, settle_competitors
 from rvc_index.build.vectors import IndexVectors, prepare_vectors
 from rvc_index.compute.backend import Backend, select_backend
 from rvc_index.config.loading import config_to_dict, dump_config
-from rvc_index.config.schema import Config
+from rvc_index.config.schema import SEARCH_K, Config
 from rvc_index.data.feature_set import FeatureSet, open_feature_set
 from rvc_index.data.sources import Experiment, Manifest, resolve_experiment, scan_manifest
 from rvc_index.evaluation.evaluate import evaluate_build
 from rvc_index.evaluation.plots import write_report_png
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
 from rvc_index.evaluation.verdict import judge, replaced_index
+from rvc_index.inspection.consumers import holdings, static_problems
 from rvc_index.runtime.memory import peak_rss_mb
 from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic, writing
 from rvc_index.runtime.progress import DETAIL, Progress, get_logger, stage
 from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
     add_batches,
+    check_consumers,
     check_rows,
     describe_index,
     list_sizes,
@@ -151,14 +153,14 @@ class Build:
             if not self.force and previous is not None and previous.get("config_fingerprint") != config_fp:
                 raise OutputError(f"{files.report}: an index built with other settings is already there; "
                                   "use --force to replace it")
-            check_rows(manifest.rows, config.index, str(self.experiment.feature_dir))  # before any value is read
+            check_rows(manifest.rows, str(self.experiment.feature_dir))  # before any value is read
             guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, self.backend, self.client is None,
                                                           chunk_mb), config.source.chunk_mb, config.safety, name)
             kplan = guard.plan.kmeans  # the value check also draws the k-means init sample (no read of its own)
             features = open_feature_set(self.experiment, manifest, guard.plan.chunk_mb, config.source.on_bad_file,
                                         self.client, kplan.check_sample_rows if kplan else 0, config.seed,
                                         guard.plan.resident)
-            check_rows(features.n_rows, config.index, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
+            check_rows(features.n_rows, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
         guard.plan = make_plan(features.manifest, config, self.backend, self.client is None, guard.plan.chunk_mb,
                                features.n_rows, features.is_resident)  # for the rows that passed the value check
         plan = guard.plan
@@ -177,7 +179,8 @@ class Build:
         superseded = [files.index(previous_index)] if previous_index else []
         competitors = competing_indexes(self.out, name, files.index(index_name))  # one walk of the folder
         replaced = replaced_index(files.index(index_name), superseded[0] if superseded else None, competitors)
-        verdict = judge(evaluation, replaced, features, config, self.backend, self.client)
+        consumers = {"problems": static_problems(index, features.dim), "holdings": holdings(index)}
+        verdict = judge(evaluation, replaced, features, config, self.backend, self.client, consumers)
         self.write(index, index_name, previous_index, config_fp, files, prepared, features.dim, guard)
         retired = settle_competitors(self.out, name, files.index(index_name), superseded, config.output.retire_old,
                                      competitors)
@@ -205,11 +208,12 @@ class Build:
             add_batches(index, iter_batches(prepared.vectors, config.index.add_batch_rows, self.client), self.backend,
                         Progress(f"{name}: add", prepared.n_vectors, "vectors"))
         sizes = list_sizes(index)
-        nprobe = nprobe_for_k(sizes, config.index.search_k, plan.index.nprobe)
+        nprobe = nprobe_for_k(sizes, SEARCH_K, plan.index.nprobe)
         if nprobe != plan.index.nprobe:
             log.warning("%s: smallest lists hold %s vectors: nprobe raised from %d to %d so every k=%d search is "
-                        "filled", name, np.sort(sizes)[:3].tolist(), plan.index.nprobe, nprobe, config.index.search_k)
-        set_search_params(index, nprobe, plan.index.k_factor)
+                        "filled", name, np.sort(sizes)[:3].tolist(), plan.index.nprobe, nprobe, SEARCH_K)
+        set_search_params(index, nprobe)
+        check_consumers(index, plan.dim)
         return index, nprobe
 
     def evaluate(self, index: faiss.Index, features: FeatureSet, prepared: IndexVectors, plan: BuildPlan,
@@ -220,7 +224,7 @@ class Build:
         with self.stage("evaluate", guard):
             evaluation = evaluate_build(index, features, self.config.evaluate, self.backend, self.client,
                                         aligned=prepared.raw_rows, seed=self.config.seed,
-                                        stored_is_original=prepared.are_originals, k=self.config.index.search_k,
+                                        stored_is_original=prepared.are_originals, k=SEARCH_K,
                                         build_seconds=time.perf_counter() - self.started + self.head_start_s)
         log_evaluation(self.name, evaluation)
         return evaluation.to_dict()
@@ -273,7 +277,8 @@ class Build:
                          "n_centroids": compression.n_centroids, "method": config.compress.method,
                          "summary": f"{compression.n_centroids} centroids" if compression.apply else "none"},
             expansion=prepared.expansion.report() if prepared.expansion is not None else {"applied": False},
-            index={**describe_index(index), "factory": plan.index.factory, "recipe": plan.index.recipe,
+            index={**describe_index(index), "factory": plan.index.factory, "lists": plan.index.lists, "holdings": holdings(index),
+                   "us_per_frame_planned": plan.index.us_per_frame,
                    "pq_m": plan.index.pq_m, "nprobe_configured": plan.index.nprobe,
                    "train_rows": plan.index.train_rows, "notes": list(plan.index.notes)},
             evaluation=evaluation, plan=plan.to_dict(), backend=self.backend.describe(), timings=self.timings,

@@ -1,10 +1,10 @@
-"""Autotune: pick n_list, PQ size, nprobe and k_factor for a target, by measuring.
+"""Autotune: pick the list format, n_list and nprobe for a target, by measuring.
 
 The collection goes through the stages a build runs before indexing (compression and expansion, as
-the base config says). Then, for each layout (recipe, ``sqrt_factor`` -> n_list, PQ size), one index
-is trained and filled; nprobe and k_factor are search-time settings, so each layout is swept per
+the base config says). Then, for each layout (list format, ``sqrt_factor`` -> n_list), one index
+is trained and filled; nprobe is a search-time setting, so each layout is swept per
 search call: nprobe doubles from the smallest that fills every k=8 search (then bisects to the
-smallest that meets the recall target), for each k_factor. Queries are held-out utterances
+smallest that meets the recall target). Queries are held-out utterances
 (``rvc_index.evaluation.holdout``); recall is against exact search over the stored vectors, latency is single
 thread in one-second batches, RAM is the index's arrays. The cheapest trial meeting the target
 (lowest latency, or lowest RAM) becomes a preset that ``load_config`` reads.
@@ -26,7 +26,7 @@ from rvc_index.build.plan import make_plan
 from rvc_index.build.vectors import prepare_vectors
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import config_from_dict, config_to_dict
-from rvc_index.config.schema import Config, IndexConfig
+from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, Config, IndexConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.evaluate import (
@@ -44,8 +44,7 @@ from rvc_index.runtime.outputs import write_text_atomic
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
-    IVF_FLAT,
-    IVF_PQ_RFLAT,
+    FLAT,
     add_batches,
     list_sizes,
     nprobe_for_k,
@@ -54,10 +53,8 @@ from rvc_index.stages.indexing import (
 )
 
 SQRT_FACTORS = (1.0, 2.0, 4.0)  # n_list = sqrt_factor * sqrt(N) (capped at N / 39)
-PQ_DIVISORS = (1, 2)  # pq_m = D / divisor 4-bit sub-quantizers (D/4 and below rank too poorly to re-rank)
-FLAT_SQRT_FACTORS = (4.0, 16.0)  # IVF-Flat: the smallest RAM; 16 is RVC's rule
-K_FACTORS = (1, 2, 4, 8, 16, 32)
-PQ_MIN_ROWS = IndexConfig().min_pq_rows  # PQ layouts are measured above the schema's floor, whatever the preset prefers
+FLAT_SQRT_FACTORS = (1.0, 2.0, 4.0, 16.0)  # flat lists also at RVC's rule (16)
+CODED_MIN_ROWS = IndexConfig().min_coded_rows  # coded lists are measured above the schema's floor
 
 
 class TuneError(RvcIndexError, RuntimeError):
@@ -74,21 +71,19 @@ class Target:
 
 @dataclass(frozen=True)
 class Layout:
-    """What needs its own index: recipe, n_list rule factor, PQ sub-quantizers (0 for IVF-Flat)."""
+    """What needs its own index: the list format and the n_list rule factor."""
 
-    recipe: str
+    lists: str
     sqrt_factor: float
-    pq_m: int
 
 
 @dataclass(frozen=True)
 class Trial:
-    recipe: str
+    lists: str
     sqrt_factor: float
     n_list: int
     pq_m: int
     nprobe: int
-    k_factor: int
     recall_at_k: float
     missing_label_share: float
     blend_error: float
@@ -101,11 +96,11 @@ class Trial:
                 and (not target.max_ram_mb or self.ram_mb <= target.max_ram_mb))
 
 
-def layouts(dim: int, sqrt_factors: Sequence[float] = SQRT_FACTORS, pq_divisors: Sequence[int] = PQ_DIVISORS,
+def layouts(formats: Sequence[str] = LIST_FORMATS, sqrt_factors: Sequence[float] = SQRT_FACTORS,
             flat_sqrt_factors: Sequence[float] = FLAT_SQRT_FACTORS) -> list[Layout]:
-    """The layouts to build: IVF-PQ(D/divisor)x4fs,RFlat per n_list factor, and IVF-Flat."""
-    found = [Layout(IVF_PQ_RFLAT, f, dim // d) for f in sqrt_factors for d in pq_divisors if dim % d == 0]
-    return found + [Layout(IVF_FLAT, f, 0) for f in flat_sqrt_factors]
+    """The layouts to build: every coded list format per n_list factor, and flat lists."""
+    coded = [Layout(lists, f) for lists in formats if lists != FLAT for f in sqrt_factors]
+    return coded + ([Layout(FLAT, f) for f in flat_sqrt_factors] if FLAT in formats else [])
 
 
 def choose(trials: Sequence[Trial], target: Target) -> Trial | None:
@@ -131,53 +126,53 @@ def index_vectors(features: FeatureSet, config: Config, backend: Backend, client
 def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: Backend,
                  compressed: bool = False) -> faiss.Index:
     """Train and fill one index of ``layout`` the way a build does."""
-    index_config = dataclasses.replace(config.index, recipe=layout.recipe, sqrt_factor=layout.sqrt_factor,
-                                       pq_m=layout.pq_m, n_list=0)
-    plan = plan_index(vectors.shape[0], vectors.shape[1], index_config)
+    index_config = dataclasses.replace(config.index, lists=layout.lists, sqrt_factor=layout.sqrt_factor, n_list=0,
+                                       min_coded_rows=min(config.index.min_coded_rows, CODED_MIN_ROWS))
+    plan = plan_index(vectors.shape[0], vectors.shape[1], index_config, config.budget)
     index = train_index(vectors, plan, backend, index_config.train_iterations, config.seed, raw_rows=not compressed)
     add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
-                Progress(f"tune: add {layout.recipe} x{layout.sqrt_factor:g} pq{layout.pq_m}", vectors.shape[0],
+                Progress(f"tune: add {layout.lists} x{layout.sqrt_factor:g}", vectors.shape[0],
                          "vectors", step_percent=50))
     return index
 
 
 def sweep_layout(index: faiss.Index, layout: Layout, vectors: np.ndarray, queries: np.ndarray,
                  keep: np.ndarray | None, truth: np.ndarray, reference: np.ndarray, target: Target,
-                 k_factors: Sequence[int] = K_FACTORS, k: int = RVC_K) -> list[Trial]:
-    """Trials of one built index over nprobe (doubling, then bisecting) and k_factor."""
+                 k: int = RVC_K) -> list[Trial]:
+    """Trials of one built index over nprobe (doubling, then bisecting)."""
     sizes = list_sizes(index)
     n_list = len(sizes)
     start = nprobe_for_k(sizes, k, 1)
     ram_mb = index_ram_bytes(index) / 2**20
+    pq_m = int(faiss.downcast_index(index).pq.M) if layout.lists == "pq8" else 0
+    stored = index.reconstruct_n(0, index.ntotal)  # what a consumer blends (codes decoded)
     trials: list[Trial] = []
 
-    def trial(nprobe: int, k_factor: int) -> Trial:
-        scores, ids = index.search(queries, k, params=search_params(index, nprobe, keep, k_factor))
-        blended = rvc_blend(vectors[np.maximum(ids, 0)], rvc_weights(scores, ids))
-        timing = search_latency(index, queries, k, params=search_params(index, nprobe, k_factor=k_factor), repeats=2)
-        result = Trial(layout.recipe, layout.sqrt_factor, n_list, layout.pq_m, nprobe, k_factor,
+    def trial(nprobe: int) -> Trial:
+        scores, ids = index.search(queries, k, params=search_params(index, nprobe, keep))
+        blended = rvc_blend(stored[np.maximum(ids, 0)], rvc_weights(scores, ids))
+        timing = search_latency(index, queries, k, params=search_params(index, nprobe), repeats=2)
+        result = Trial(layout.lists, layout.sqrt_factor, n_list, pq_m, nprobe,
                        round(recall_at_k(ids, truth, k), 4), missing_label_share(ids),
                        round(float(blend_errors(blended, reference).mean()), 5), timing.us_per_frame,
                        round(ram_mb, 2))
         trials.append(result)
         return result
 
-    for k_factor in (k_factors if layout.recipe == IVF_PQ_RFLAT else (1,)):
-        previous, nprobe = None, start
-        while True:
-            current = trial(nprobe, k_factor)
-            too_slow = bool(target.max_us_per_frame) and current.us_per_frame > 2 * target.max_us_per_frame
-            if current.recall_at_k >= target.min_recall:
-                low, high = (previous.nprobe if previous else start - 1), nprobe
-                while high - low > 1:  # smallest nprobe meeting the recall target
-                    middle = (low + high) // 2
-                    low, high = (low, middle) if trial(middle, k_factor).recall_at_k >= target.min_recall \
-                        else (middle, high)
-                break
-            saturated = previous is not None and current.recall_at_k - previous.recall_at_k < 0.002
-            if nprobe >= n_list or too_slow or saturated:
-                break
-            previous, nprobe = current, min(2 * nprobe, n_list)
+    previous, nprobe = None, start
+    while True:
+        current = trial(nprobe)
+        too_slow = bool(target.max_us_per_frame) and current.us_per_frame > 2 * target.max_us_per_frame
+        if current.recall_at_k >= target.min_recall:
+            low, high = (previous.nprobe if previous else start - 1), nprobe
+            while high - low > 1:  # smallest nprobe meeting the recall target
+                middle = (low + high) // 2
+                low, high = (low, middle) if trial(middle).recall_at_k >= target.min_recall else (middle, high)
+            break
+        saturated = previous is not None and current.recall_at_k - previous.recall_at_k < 0.002
+        if nprobe >= n_list or too_slow or saturated:
+            break
+        previous, nprobe = current, min(2 * nprobe, n_list)
     return trials
 
 
@@ -195,10 +190,10 @@ class TuneResult:
 
 def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, client: Any | None = None,
          layout_list: Sequence[Layout] | None = None, holdout_fraction: float = 0.05, max_queries: int = 1000,
-         k_factors: Sequence[int] = K_FACTORS, name: str = "tuned") -> TuneResult:
+         name: str = "tuned") -> TuneResult:
     """Measure every layout on held-out utterances of ``features``; choose the cheapest meeting ``target``."""
     log = get_logger()
-    k = base.index.search_k
+    k = SEARCH_K
     holdout = holdout_from_features(features, holdout_fraction, max_queries, base.seed, client)
     queries = holdout.queries
     reference = exact_reference(backend, holdout, features, client, k)["blended"]
@@ -208,15 +203,15 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
         _, truth = exact_knn(backend, queries, [vectors], k, keep=keep)
         trials: list[Trial] = []
         per_layout: list[Trial] = []
-        for layout in layout_list or layouts(features.dim):
-            if layout.recipe == IVF_PQ_RFLAT and vectors.shape[0] < PQ_MIN_ROWS:
+        for layout in layout_list or layouts():
+            if layout.lists != FLAT and vectors.shape[0] < CODED_MIN_ROWS:
                 continue
             index = build_layout(vectors, layout, base, backend, compressed=not aligned)
-            found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k_factors, k)
+            found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k)
             best = choose(found, target)
             per_layout.append(best or max(found, key=lambda t: t.recall_at_k))
-            log.info("tune: %s x%g pq%d: %s", layout.recipe, layout.sqrt_factor, layout.pq_m,
-                     f"best nprobe {best.nprobe} k_factor {best.k_factor}: recall {best.recall_at_k:.3f}, "
+            log.info("tune: %s x%g: %s", layout.lists, layout.sqrt_factor,
+                     f"best nprobe {best.nprobe}: recall {best.recall_at_k:.3f}, blend error {best.blend_error:.4f}, "
                      f"{best.us_per_frame:.1f} us/frame" if best else
                      f"target not met (best recall {max(t.recall_at_k for t in found):.3f})")
             trials += found
@@ -230,18 +225,15 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
 
 
 def tuned_config(base: Config, trial: Trial, dim: int, name: str) -> Config:
-    """``base`` with the trial's index settings (n_list by rule and PQ size per dimension, so the
+    """``base`` with the trial's index settings (n_list by rule and the PQ size per dimension, so the
     preset scales with N and fits either feature width)."""
     data = config_to_dict(base)
     data["name"] = name
-    data["index"].update(recipe=trial.recipe, sqrt_factor=trial.sqrt_factor, n_list=0, nprobe=trial.nprobe,
-                         k_factor=trial.k_factor)
-    if trial.recipe == IVF_PQ_RFLAT:  # measured and chosen at this size: keep it from the base's flat floor
-        data["index"]["min_pq_rows"] = min(data["index"]["min_pq_rows"], PQ_MIN_ROWS)
-    if trial.pq_m:  # as dims per sub-quantizer where it divides, so the preset fits v1 and v2 alike
-        divides = dim % trial.pq_m == 0
-        data["index"].update(pq_m=0 if divides else trial.pq_m,
-                             pq_dims=dim // trial.pq_m if divides else data["index"]["pq_dims"])
+    data["index"].update(lists=trial.lists, sqrt_factor=trial.sqrt_factor, n_list=0, nprobe=trial.nprobe)
+    if trial.lists != FLAT:  # measured and chosen at this size: keep it from the base's flat floor
+        data["index"]["min_coded_rows"] = min(data["index"]["min_coded_rows"], CODED_MIN_ROWS)
+    if trial.pq_m:  # the default (D / 16) stays a default, so the preset fits v1 and v2 alike
+        data["index"]["pq_m"] = 0 if trial.pq_m == dim // 16 else trial.pq_m
     return config_from_dict(data)
 
 

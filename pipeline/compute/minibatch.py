@@ -5,13 +5,14 @@ Lloyd passes assembled from per-part sums. Memory depends on the batch and K, ne
 from __future__ import annotations
 
 from collections.abc import Iterable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from rvc_index.compute.backend import Backend
+from rvc_index.compute.backend import Backend, to_host
 from rvc_index.compute.kmeans import d2_sample, farthest, means_or_reseed, nearest_centres, segment_sums, squared_norms
-from rvc_index.compute.two_level import CentreTree, assign_two_level, build_tree, gather_rows
+from rvc_index.compute.two_level import CentreTree, assign_two_level, build_tree, fixed_tree, gather_rows
 
 
 @dataclass
@@ -31,11 +32,18 @@ class KMeansState:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))  # re-seeding draws
     spread: int = 1  # coarse cells each centre is listed in (two_level.build_tree)
     tree_buffer: Any = None  # a dropped tree's buffer, for the next one's grouped centres
+    offsets: np.ndarray | None = None  # host [k1 + 1]: fixed cells (the centres sorted by cell), or None: by nearness
 
     def current_tree(self, xp: Any) -> CentreTree | None:
         """The two-level grouping with the centres' current positions (None when exact)."""
         if self.coarse is None:
             return None
+        if self.offsets is not None:  # fixed cells: the tree views the centres (no grouped copy), norms refreshed
+            if self.tree is None:
+                self.tree = fixed_tree(xp, self.centres, self.coarse, self.offsets)
+            else:
+                self.tree.centres, self.tree.norms = self.centres, squared_norms(xp, self.centres)
+            return self.tree
         if self.tree is None or self.rows_since_tree >= 4 * self.centres.shape[0]:
             buffer = self.tree.buffer if self.tree is not None else self.tree_buffer
             self.tree, self.rows_since_tree = build_tree(xp, self.centres, self.coarse, self.spread, buffer), 0
@@ -120,7 +128,10 @@ def fit_minibatch(backend: Backend, batches: Iterable[Any], state: KMeansState, 
 
 @dataclass
 class PassStats:
-    """Per-centre sums [k, d] and counts [k] of (part of) a pass, its SSE, and its farthest rows."""
+    """Per-centre sums and counts [k] of (part of) a pass, its SSE, and its farthest rows.
+
+    ``sums`` is [k, d], or, for a part with far fewer rows than centres, [u, d] for the centres ``ids`` [u]
+    only (a chunk of 40,000 rows against 175,000 centres need not carry a [175,000, d] array)."""
 
     sums: Any
     counts: Any
@@ -128,42 +139,98 @@ class PassStats:
     rows: int
     far_rows: Any  # [<= n_far, d], farthest first: spares for centres that got no row
     far_dists: Any
+    ids: Any = None  # [u] the centres of ``sums``' rows; None: ``sums`` covers every centre
+    far_cells: Any = None  # [<= n_far] each far row's coarse cell (fixed cells: a spare stays in its cell)
+
+    def dense_sums(self, xp: Any) -> Any:
+        """[k, d] sums of every centre (the sparse rows scattered into zeros)."""
+        if self.ids is None:
+            return self.sums
+        dense = xp.zeros((self.counts.shape[0], self.sums.shape[1]), dtype=self.sums.dtype)
+        dense[self.ids] = self.sums
+        return dense
+
+
+SPARSE_RATIO = 2  # a part sums sparsely when the centres outnumber its rows this many times
 
 
 def pass_stats(xp: Any, centres: Any, tree: CentreTree | None, batch: Any, nprobe: int = 1,
                n_far: int = 64, cells: Any = None, norms: Any = None) -> PassStats:
     """Assign ``batch`` [b, d] (two-level with ``tree``, searching ``cells`` when given; else exactly)
     and sum it per centre (``norms`` [b]: its rows' squared norms, when known)."""
+    k = centres.shape[0]
     if tree is None:
         labels, dists = nearest_centres(xp, batch, centres, x_norms=norms)
     else:
         labels, dists = assign_two_level(xp, tree, batch, nprobe, cells, norms)
-    sums, counts = segment_sums(xp, labels, batch, centres.shape[0])
+    counts = xp.bincount(labels, minlength=k).astype(xp.float64)
+    ids = None
+    if k > SPARSE_RATIO * batch.shape[0]:
+        ids = xp.unique(labels)
+        sums, _ = segment_sums(xp, xp.searchsorted(ids, labels), batch, int(ids.shape[0]))
+    else:
+        sums, _ = segment_sums(xp, labels, batch, k)
     far = farthest(xp, dists, min(n_far, batch.shape[0]))
+    far_cells = cells[far, 0].astype(xp.int64) if cells is not None and tree is not None else None
     return PassStats(sums, counts, float(dists.astype(xp.float64).sum()), int(batch.shape[0]),
-                     batch[far].copy(), dists[far])
+                     batch[far].copy(), dists[far], ids, far_cells)
 
 
 def merge_stats(xp: Any, a: PassStats | None, b: PassStats) -> PassStats:
-    """The stats of two disjoint parts of a pass together (``a`` may be None; its sums are added to)."""
+    """The stats of two disjoint parts of a pass together (``a`` may be None; its sums are added to, and
+    become dense: the running total of a pass is one [k, d] array)."""
     if a is None:
-        return b
+        return dataclasses.replace(b, sums=b.dense_sums(xp).copy() if b.ids is not None else b.sums, ids=None)
     far_rows = xp.concatenate([a.far_rows, b.far_rows])
     far_dists = xp.concatenate([a.far_dists, b.far_dists])
+    far_cells = xp.concatenate([a.far_cells, b.far_cells]) if a.far_cells is not None and b.far_cells is not None \
+        else None
     keep = farthest(xp, far_dists, max(a.far_rows.shape[0], b.far_rows.shape[0]))
-    a.sums += b.sums  # in place: a pass's running total is its own array
+    if b.ids is None:
+        a.sums += b.sums  # in place: a pass's running total is its own array
+    else:
+        a.sums[b.ids] += b.sums  # ids are unique: no repeated index to lose
     a.counts += b.counts
-    return PassStats(a.sums, a.counts, a.sse + b.sse, a.rows + b.rows, far_rows[keep], far_dists[keep])
+    return PassStats(a.sums, a.counts, a.sse + b.sse, a.rows + b.rows, far_rows[keep], far_dists[keep],
+                     None, None if far_cells is None else far_cells[keep])
 
 
 def apply_pass(xp: Any, state: KMeansState, stats: PassStats) -> int:
     """Move every centre to the mean of its rows in the pass (Lloyd); empty ones take the farthest
-    rows. Returns the number re-seeded."""
-    state.centres, reseeded = means_or_reseed(xp, state.centres, stats.sums, stats.counts, stats.far_rows)
+    rows (with fixed cells: the farthest rows of their own cell, updated in place). Returns the number
+    re-seeded."""
+    sums = stats.dense_sums(xp)
+    if state.offsets is not None:
+        reseeded = update_in_cells(xp, state.centres, sums, stats.counts, state.offsets, stats.far_rows,
+                                   stats.far_cells)
+    else:
+        state.centres, reseeded = means_or_reseed(xp, state.centres, sums, stats.counts, stats.far_rows)
+        state.drop_tree()
     state.counts = stats.counts
     state.reseeded += reseeded
-    state.drop_tree()
     return reseeded
+
+
+def update_in_cells(xp: Any, centres: Any, sums: Any, counts: Any, offsets: np.ndarray, far_rows: Any,
+                    far_cells: Any) -> int:
+    """Lloyd's update of ``centres`` [k, d] in place (``sums`` [k, d] is overwritten by the means: no second
+    [k, d] array), each empty centre re-seeded on a far row of its own cell (``far_cells``), farthest first."""
+    sums /= xp.maximum(counts, 1.0).astype(sums.dtype)[:, None]
+    xp.copyto(centres, sums, where=(counts > 0)[:, None])
+    if far_cells is None or not far_rows.shape[0]:
+        return 0
+    empty = to_host(xp.nonzero(counts == 0)[0])
+    if not empty.size:
+        return 0
+    cell_of = np.searchsorted(offsets, empty, side="right") - 1  # offsets are host-side: a small host loop
+    free: dict[int, list[int]] = {}
+    for centre, cell in zip(empty.tolist(), cell_of.tolist()):
+        free.setdefault(cell, []).append(centre)
+    taken = [(row, free[cell].pop()) for row, cell in enumerate(to_host(far_cells).tolist()) if free.get(cell)]
+    if taken:
+        rows, targets = (xp.asarray(np.array(column, np.int64)) for column in zip(*taken))
+        centres[targets] = far_rows[rows]
+    return len(taken)
 
 
 def inertia(backend: Backend, batches: Iterable[np.ndarray], centres: Any) -> float:

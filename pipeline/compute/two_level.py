@@ -29,6 +29,7 @@ from rvc_index.compute.kmeans import (
 from rvc_index.runtime.stream import local_threads
 
 COARSE_ROWS = 64  # sample rows per coarse centre for the coarse k-means (a coarse cell only routes rows)
+HEAVY_CELL = 4  # a coarse cell given more centres than this many times the average is split
 
 
 def allocate(sizes: np.ndarray, total: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -130,6 +131,19 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1, buffer: Any 
     return CentreTree(coarse, coarse_norms, grouped, squared_norms(xp, centres)[ids], ids, offsets, buffer)
 
 
+def fixed_tree(xp: Any, centres: Any, coarse: Any, offsets: np.ndarray) -> CentreTree:
+    """The tree of centres [k, d] already sorted by cell (cell j's are ``centres[offsets[j]:offsets[j + 1]]``,
+    as :func:`two_level_init` makes them): it views ``centres`` (no grouped copy: at k = 175,000 x 768 one
+    copy is 537 MB) and keeps each centre in the cell it was initialised in, so a row meets the centres of
+    its own cell only (hierarchical k-means: the large-K route of ``stages.compress``)."""
+    coarse_norms = squared_norms(xp, coarse)
+    empty = np.flatnonzero(np.diff(offsets) == 0)
+    if empty.size:
+        coarse_norms[xp.asarray(empty)] = xp.inf
+    return CentreTree(coarse, coarse_norms, centres, squared_norms(xp, centres), xp.arange(centres.shape[0]),
+                      np.asarray(offsets, np.int64))
+
+
 def nearest_cells(xp: Any, scores: Any, probes: int) -> Any:
     """[n, probes] column indices of the ``probes`` smallest entries of each row of ``scores`` [n, k1]
     (any order); ``scores`` is overwritten. Up to 4 probes by repeated ``argmin``: 2 of 100 cells came
@@ -227,37 +241,75 @@ def sums_parallel(xp: Any, tree: CentreTree, x: Any, nprobe: int, cells: Any, x_
 
 
 class HierarchicalInit(NamedTuple):
-    centres: Any  # [k, d] float32
+    centres: Any  # [k, d] float32, sorted by the coarse cell they were initialised in
     counts: Any  # [k] sample rows per centre
     coarse: Any  # [k1, d] float32
     cells: Any  # int16 [n, 1]: each sample row's nearest coarse cell (``coarse_cells`` with one probe)
     norms: Any  # [n] the sample rows' squared norms
+    offsets: np.ndarray  # host [k1 + 1]: cell j's centres are ``centres[offsets[j]:offsets[j + 1]]``
+
+
+def split_heavy_cells(xp: Any, sample: Any, coarse: Any, cell: Any, dists: Any, heavy: np.ndarray,
+                      parts: np.ndarray, rng: np.random.Generator, iters: int) -> tuple[Any, Any, Any]:
+    """(coarse centres, cell per sample row, squared distance to it) with each cell ``heavy[i]`` split in
+    ``parts[i]`` by a small k-means of its own sample rows (its first part keeps the cell's number, the others
+    are appended). A host loop over the few heavy cells, not over centres."""
+    cell, dists, extra = cell.copy(), dists.copy(), []
+    next_id = coarse.shape[0]
+    coarse = coarse.copy()
+    for j, count in zip(heavy.tolist(), parts.tolist()):
+        members = xp.nonzero(cell == j)[0]
+        rows = sample[members]
+        count = min(int(count), int(rows.shape[0]))
+        if count < 2:
+            continue
+        sub, _ = lloyd(xp, rows, d2_init(xp, rows, count, rng), iters)  # D^2: never two parts on one duplicate
+        part, part_dists = nearest_centres(xp, rows, sub)
+        coarse[j] = sub[0]
+        cell[members] = xp.where(part == 0, j, next_id + part - 1).astype(cell.dtype)
+        dists[members] = part_dists
+        extra.append(sub[1:])
+        next_id += count - 1
+    return xp.concatenate([coarse, *extra]) if extra else coarse, cell, dists
 
 
 def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method: str,
-                   rng: np.random.Generator, iters: int, coarse_iters: int = 10) -> HierarchicalInit:
+                   rng: np.random.Generator, iters: int, coarse_iters: int = 10,
+                   coarse_rows: int = COARSE_ROWS, reseed_empty: bool = True) -> HierarchicalInit:
     """Hierarchical k-means on ``sample`` [n >= k, d].
 
-    Coarse k-means (on ``COARSE_ROWS`` rows per coarse centre), then each coarse cell gets centres,
+    Coarse k-means (on ``coarse_rows`` rows per coarse centre), then each coarse cell gets centres,
     initialised there (``random``, or for ``kmeans++`` k-means++'s D^2 weighting in batched rounds,
     ``init.d2_init``, on at most 8 rows per centre) and refined by ``iters``
     Lloyd iterations on the cell's rows (n * k / k1 distances per iteration, not n * k). ``random``
     shares the centres in proportion to the cells' rows; ``kmeans++`` in proportion to their squared
     distances to the coarse centre (k-means++'s D^2 mass: a cell of duplicates gets one centre, a
-    cell of many small clusters many, not its share of rows). Centres left without rows (duplicates
-    give one centre all their rows) are re-seeded on sample rows drawn in proportion to their squared
-    distance.
+    cell of many small clusters many, not its share of rows). A cell given more than ``HEAVY_CELL`` times the
+    average (speech's long pauses can be one cell with an eighth of the rows and of the centres) is split by a
+    small k-means of its rows into cells of about the average: the per-cell work (rows x centres) stays
+    balanced. Centres left without rows (duplicates give one centre all their rows) are re-seeded on sample
+    rows drawn in proportion to their squared distance (``reseed_empty``; else they stay for the passes to
+    re-seed in their cell).
     """
     n = sample.shape[0]
     n_coarse = max(1, min(n_coarse, n_clusters))
-    sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, COARSE_ROWS * n_coarse)]))]
+    sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, coarse_rows * n_coarse)]))]
     coarse, _ = lloyd(xp, sub, init_centres(xp, sub, n_coarse, "random", rng), coarse_iters)
     norms = squared_norms(xp, sample)
     cell, dists = nearest_centres(xp, sample, coarse, x_norms=norms)
+    average = -(-n_clusters // n_coarse)
+    for split in range(3):  # a split cell's parts are rarely heavy again: two rounds of splits at most
+        sizes = to_host(xp.bincount(cell, minlength=coarse.shape[0]))
+        sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=coarse.shape[0]))
+        alloc = allocate(sizes, n_clusters, sse if method == "kmeans++" else None)
+        heavy = np.flatnonzero(alloc > HEAVY_CELL * average)
+        if not heavy.size or split == 2:
+            break
+        coarse, cell, dists = split_heavy_cells(xp, sample, coarse, cell, dists, heavy, -(-alloc[heavy] // average),
+                                                rng, coarse_iters)
+    n_coarse = coarse.shape[0]
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
-    sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=n_coarse))
-    alloc = allocate(np.diff(offsets), n_clusters, sse if method == "kmeans++" else None)
     cells = np.flatnonzero(alloc)
     seeds = rng.integers(2**63, size=cells.size)  # one generator per cell: the same centres on any thread count
 
@@ -274,11 +326,12 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     centres = xp.concatenate([c for c, _ in fitted]).astype(xp.float32)
     counts = xp.concatenate([n for _, n in fitted])
     coarse = coarse.astype(xp.float32)
-    empty = xp.nonzero(counts == 0)[0]
+    empty = xp.nonzero(counts == 0)[0] if reseed_empty else xp.zeros(0, dtype=xp.int64)
     if empty.size:
         _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1, x_norms=norms)
         centres[empty] = sample[d2_sample(xp, found, int(empty.size), rng)]
-    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16), norms)
+    offsets = np.concatenate([[0], np.cumsum(alloc)]).astype(np.int64)
+    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16), norms, offsets)
 
 
 class Refined(NamedTuple):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from rvc_index.config.schema import Config, ConfigError, shown
+from rvc_index.config.schema import RETIRED_KEYS, Config, ConfigError, shown
 
 MAX_CONFIG_BYTES = 2**20
 MAX_DEPTH = 8  # a config nests two levels; values may be short lists
@@ -131,6 +131,8 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{shown(key)[1:-1] if isinstance(key, str) else shown(key)}"
         if key not in names:
+            if dotted in RETIRED_KEYS:
+                raise ConfigError(f"config key '{dotted}' is no longer used: {RETIRED_KEYS[dotted]}")
             close = difflib.get_close_matches(str(key)[:100], names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{dotted}'{hint}")

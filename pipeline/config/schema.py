@@ -30,6 +30,17 @@ def shown(value: Any) -> str:
 INT_LIMIT = 2**31 - 1  # faiss and numpy take most settings as 32-bit ints
 WIDE_INT_KEYS = {"compress.row_threshold": 2**62}  # row counts: "never compress" may be written as a huge number
 MAX_NAME_CHARS = 64  # the config's name is in output file names (rvc-index-<exp>-<name>.config.yaml)
+SEARCH_K = 8  # RVC, Applio and the deiteris fork search 8 neighbours, w-okada 1: not a setting (docs/consumers.md)
+# Keys a config may still carry from an older release, and why they are gone (an error names the replacement).
+RETIRED_KEYS = {
+    "index.recipe": "replaced by index.lists (flat | fp16 | sq8 | pq8 | auto): the IVF-PQ FastScan + RFlat recipe "
+                    "broke Applio realtime (no nprobe on IndexRefineFlat) and GPU voice changers (not clonable)",
+    "index.k_factor": "gone with the RFlat re-ranking wrapper (index.lists replaces index.recipe)",
+    "index.pq_dims": "gone with 4-bit PQ: index.lists=pq8 takes index.pq_m sub-quantizers of 8 bits",
+    "index.min_pq_rows": "replaced by index.min_coded_rows",
+    "index.search_k": f"every consumer searches k={SEARCH_K} (w-okada k=1): the row minimum, nprobe and the "
+                      "verdict hold for both, whatever a key says",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,8 @@ class SourceConfig:
 @dataclass(frozen=True)
 class CompressConfig:
     enabled: bool = True
-    row_threshold: int = 200_000  # compress when the collection has more rows than this
-    n_centroids: int = 10_000
+    row_threshold: int = 0  # compress when the collection has more rows than this; 0 = more than the budget holds
+    n_centroids: int = 0  # 0 = as many as the budget holds (RVC's recipe: 10,000 above 200,000 rows)
     method: Literal["minibatch", "sklearn"] = "minibatch"  # sklearn = RVC's exact call
     init: Literal["kmeans++", "random"] = "kmeans++"  # per coarse cell when coarse_centres > 1 (random: by rows)
     batch_rows: int = 32768  # rows per mini-batch step (100 MB at D=768)
@@ -84,21 +95,32 @@ class ExpandConfig:
     spill_mb: float = 1024.0  # [N, D] buffers above this go to temporary memory-mapped .npy files; 0 = always
 
 
+LIST_FORMATS = ("flat", "fp16", "sq8", "pq8")  # every one an IndexIVF that every consumer loads (docs/consumers.md)
+
+
 @dataclass(frozen=True)
 class IndexConfig:
-    recipe: Literal["ivf-flat", "ivf-pq-fastscan-rflat"] = "ivf-flat"
+    lists: Literal["auto", "flat", "fp16", "sq8", "pq8"] = "flat"  # how the inverted lists store vectors; auto: the
+    # lowest blend error within budget.us_per_frame (stages/indexing.py)
     n_list: int = 0  # 0 = max(1, min(int(sqrt_factor * sqrt(N)), N // min_rows_per_list))
     sqrt_factor: float = 16.0
     min_rows_per_list: int = 39
-    pq_m: int = 0  # 0 = dim // pq_dims sub-quantizers of 4 bits
-    pq_dims: int = 2  # dims per 4-bit sub-quantizer when pq_m is 0 (1: 16 levels for every dim)
+    pq_m: int = 0  # pq8: sub-quantizers of 8 bits; 0 = dim // 16 (48 at 768, 16 at 256: both cloned by faiss-gpu)
     nprobe: int = 1
-    k_factor: int = 1
-    search_k: int = 8  # neighbours RVC asks for: every query must get this many
     train_iterations: int = 10
     max_train_rows_per_list: int = 256
     add_batch_rows: int = 8192
-    min_pq_rows: int = 1000  # fewer rows: the PQ recipe falls back to IVF-Flat
+    min_coded_rows: int = 10_000  # fewer stored vectors: flat lists (codes would save little and cost blend error)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """What a tool that loads the index must hold, per frame and in all (docs/consumers.md): the plan stores as many
+    vectors as fit (all the frames, or as many k-means centroids), and searches within ``us_per_frame``."""
+
+    big_mb: float = 512.0  # reconstruct_n's float32 copy of the stored vectors (ntotal x D x 4), in the tool's RAM
+    gpu_mb: float = 1024.0  # Applio realtime's GPU: that copy and its transpose (2 x big) and a norm per vector
+    us_per_frame: float = 500.0  # one-thread faiss search of a frame (k=8, the stored nprobe), as the plan estimates
 
 
 @dataclass(frozen=True)
@@ -152,19 +174,20 @@ class SafetyConfig:
 
 
 POSITIVE_KEYS = (
-    "source.chunk_mb", "compress.row_threshold", "compress.n_centroids", "compress.batch_rows", "compress.nprobe",
+    "source.chunk_mb", "compress.batch_rows", "compress.nprobe",
     "compress.spread", "compress.lloyd_passes",
     "expand.num_expand", "expand.max_nprobe", "expand.train_iterations", "expand.tile_mb",
-    "index.sqrt_factor", "index.min_rows_per_list", "index.nprobe", "index.k_factor", "index.pq_dims",
-    "index.search_k", "index.train_iterations", "index.max_train_rows_per_list", "index.add_batch_rows",
+    "index.sqrt_factor", "index.min_rows_per_list", "index.nprobe",
+    "index.train_iterations", "index.max_train_rows_per_list", "index.add_batch_rows",
+    "budget.big_mb", "budget.gpu_mb", "budget.us_per_frame",
     "cluster.job_threads", "cluster.jobs", "cluster.cores", "cluster.walltime_minutes",
 )
 NON_NEGATIVE_KEYS = (
-    "compress.epochs", "compress.final_passes", "compress.coarse_centres", "compress.sample_rows",
+    "compress.row_threshold", "compress.n_centroids", "compress.epochs", "compress.final_passes", "compress.coarse_centres", "compress.sample_rows",
     "compress.init_iters",
     "compress.dead_threshold", "compress.device_budget_mb", "compress.stream_passes",
     "expand.exact_max_rows", "expand.n_list", "expand.nprobe", "expand.recall_queries",
-    "expand.spill_mb", "index.n_list", "index.pq_m", "index.min_pq_rows", "evaluate.recall_queries",
+    "expand.spill_mb", "index.n_list", "index.pq_m", "index.min_coded_rows", "evaluate.recall_queries",
     "cluster.stream_above_mb", "cluster.max_streaming",
 )
 
@@ -177,6 +200,7 @@ class Config:
     compress: CompressConfig = field(default_factory=CompressConfig)
     expand: ExpandConfig = field(default_factory=ExpandConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -197,11 +221,9 @@ class Config:
             raise ConfigError(f"evaluate.max_share must be in (0, 1], got {self.evaluate.max_share}")
         if not 0.0 < self.evaluate.holdout_fraction < 1.0:
             raise ConfigError(f"evaluate.holdout_fraction must be in (0, 1), got {self.evaluate.holdout_fraction}")
-        if self.compress.enabled and self.compress.n_centroids < self.index.search_k:
-            raise ConfigError(
-                f"compress.n_centroids ({self.compress.n_centroids}) must be >= "
-                f"index.search_k ({self.index.search_k})"
-            )
+        if self.compress.enabled and 0 < self.compress.n_centroids < SEARCH_K:
+            raise ConfigError(f"compress.n_centroids ({self.compress.n_centroids}) must be 0 (from the budget) or "
+                              f">= {SEARCH_K}: RVC and Applio search {SEARCH_K} neighbours")
         self._validate_compress()
         expand = self.expand
         if not 0.0 <= expand.alpha < float("inf"):
@@ -248,7 +270,7 @@ class Config:
         if compress.sample_rows and compress.sample_rows < compress.n_centroids:
             raise ConfigError(f"compress.sample_rows ({compress.sample_rows}) must be 0 (auto) or >= "
                               f"compress.n_centroids ({compress.n_centroids})")
-        if compress.coarse_centres > compress.n_centroids:
+        if compress.n_centroids and compress.coarse_centres > compress.n_centroids:
             raise ConfigError(f"compress.coarse_centres ({compress.coarse_centres}) must be <= "
                               f"compress.n_centroids ({compress.n_centroids})")
 

@@ -22,6 +22,8 @@ from rvc_index.evaluation.holdout import HoldoutError, holdout_from_features
 from rvc_index.evaluation.index_file import IndexFileError, read_index_file
 from rvc_index.evaluation.measure import RVC_K, reconstruct_blocks
 
+MIB = 2**20
+
 GRADES = ("good", "fair", "poor")
 RECALL_GOOD, RECALL_FAIR = 0.95, 0.80  # share of exact search's neighbours found
 BLEND_GOOD, BLEND_FAIR = 0.05, 0.15  # mean relative error of RVC's blend against the exact blend
@@ -39,11 +41,32 @@ def _pct(share: float) -> str:
     return f"{text[:-2] if text.endswith('.0') else text} %"
 
 
-def verdict_lines(evaluation: Mapping[str, Any], replaced: Mapping[str, Any] | None = None) -> list[str]:
-    """A few plain sentences on ``evaluation`` (and the ``replaced`` index's measures, when given)."""
+def consumer_lines(consumers: Mapping[str, Any], evaluation: Mapping[str, Any]) -> list[str]:
+    """Which tools keep retrieval on with the index and what each holds (``consumers``: ``problems`` and
+    ``holdings`` from ``inspection.consumers``; the measured latency when ``evaluation`` has it)."""
+    problems, held = consumers.get("problems") or {}, consumers.get("holdings") or {}
+    if problems:
+        lines = [f"{name} cannot use it: {problem}" for name, problem in problems.items()]
+    else:
+        lines = ["every tool that loads it keeps retrieval on: RVC and Applio (offline and realtime), the w-okada "
+                 "and deiteris voice changers (an IndexIVF faiss-gpu clones)"]
+    if held:
+        latency = (evaluation.get("latency") or {}).get("us_per_frame")
+        speed = f", a frame's search takes {latency:,.0f} us at one thread (measured)" if latency else ""
+        lines.append(f"they hold {held['big'] / MIB:,.0f} MB of stored vectors (reconstruct_n) plus the "
+                     f"{held['index'] / MIB:,.0f} MB index in RAM; Applio realtime {held['gpu_applio'] / MIB:,.0f} MB "
+                     f"on its GPU{speed}")
+    return lines
+
+
+def verdict_lines(evaluation: Mapping[str, Any], replaced: Mapping[str, Any] | None = None,
+                  consumers: Mapping[str, Any] | None = None) -> list[str]:
+    """A few plain sentences on ``evaluation`` (the ``replaced`` index's measures and the tools that load it,
+    when given)."""
+    extra = consumer_lines(consumers, evaluation) if consumers else []
     if "recall_at_k" not in evaluation:
         why = evaluation.get("skipped", "evaluation off (evaluate.recall_queries=0)")
-        return [f"verdict: not measured: {why}"]
+        return [f"verdict: not measured: {why}", *extra]
     k, recall, missing = evaluation["k"], float(evaluation["recall_at_k"]), float(evaluation["missing_label_share"])
     blend = float(evaluation["blend_error"]["mean"]) if evaluation.get("blend_error") else None
     grades = [_grade(recall, RECALL_GOOD, RECALL_FAIR, True),
@@ -64,7 +87,7 @@ def verdict_lines(evaluation: Mapping[str, Any], replaced: Mapping[str, Any] | N
                      f"average (blend error {blend:.4f}; under {_pct(BLEND_GOOD)} is good)")
     if replaced:
         lines.append(replaced_line(replaced, k))
-    return lines
+    return lines + extra
 
 
 def replaced_line(replaced: Mapping[str, Any], k: int = RVC_K) -> str:
@@ -107,15 +130,15 @@ def measure_replaced(path: Path, features: FeatureSet, config: EvaluateConfig, b
 
 
 def judge(evaluation: dict[str, Any], replaced: Path | None, features: FeatureSet, config: Config, backend: Backend,
-          client: Any | None = None) -> list[str]:
+          client: Any | None = None, consumers: Mapping[str, Any] | None = None) -> list[str]:
     """The verdict of a build (stored as ``evaluation["verdict"]``, with the ``replaced`` index's measures as
-    ``evaluation["replaced"]``, when the build was evaluated); its lines, for the end of the log."""
+    ``evaluation["replaced"]``, when the build was evaluated); its lines, for the end of the log. The
+    searches are RVC's k=8 (every consumer's; w-okada's k=1 is filled whenever k=8 is), whatever the config."""
     measured = None
     if replaced is not None and "recall_at_k" in evaluation:
-        measured = measure_replaced(replaced, features, config.evaluate, backend, client, config.seed,
-                                    config.index.search_k)
+        measured = measure_replaced(replaced, features, config.evaluate, backend, client, config.seed, RVC_K)
         evaluation["replaced"] = measured
-    lines = verdict_lines(evaluation, measured)
+    lines = verdict_lines(evaluation, measured, consumers)
     if "recall_at_k" in evaluation:
         evaluation["verdict"] = lines
     return lines

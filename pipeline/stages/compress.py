@@ -37,7 +37,7 @@ from rvc_index.compute.minibatch import (
     new_state,
 )
 from rvc_index.compute.two_level import refine, two_level_init
-from rvc_index.config.schema import CompressConfig
+from rvc_index.config.schema import BudgetConfig, CompressConfig
 from rvc_index.data.feature_set import DrawnRows, FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate, release_freed_memory
@@ -57,15 +57,36 @@ class CompressPlan:
     apply: bool
     n_centroids: int
     reason: str
+    budget_vectors: int = 0  # the most vectors the budget holds (docs/consumers.md)
 
 
-def plan_compression(n_rows: int, config: CompressConfig) -> CompressPlan:
-    """Decide whether to compress ``n_rows`` rows and to how many centroids."""
+MIB = 2**20
+
+
+def budget_vectors(dim: int, budget: BudgetConfig) -> int:
+    """The most vectors a consumer can hold within ``budget``: ``big`` (ntotal x D x 4 bytes of
+    ``reconstruct_n``) within ``big_mb``, and Applio realtime's GPU copy (big, its transpose and a norm per
+    vector) within ``gpu_mb``."""
+    by_ram = budget.big_mb * MIB / (F32 * dim)
+    by_gpu = budget.gpu_mb * MIB / (2 * F32 * dim + F32)
+    return max(1, int(min(by_ram, by_gpu)))
+
+
+def plan_compression(n_rows: int, dim: int, config: CompressConfig, budget: BudgetConfig) -> CompressPlan:
+    """Decide whether to compress ``n_rows`` rows of ``dim`` and to how many centroids: as many as the budget
+    holds (``compress.n_centroids=0``), above as many rows as it holds (``compress.row_threshold=0``), or the
+    numbers the config names (RVC's recipe: 10,000 above 200,000 rows)."""
+    cap = budget_vectors(dim, budget)
+    held = f"budget {budget.big_mb:g} MB of vectors / {budget.gpu_mb:g} MB of GPU holds {cap:,} vectors"
     if not config.enabled:
-        return CompressPlan(False, 0, "compression disabled")
-    if n_rows <= config.row_threshold:
-        return CompressPlan(False, 0, f"{n_rows:,} rows <= threshold {config.row_threshold:,}")
-    n_centroids = config.n_centroids
+        return CompressPlan(False, 0, "compression disabled" + (f" ({n_rows:,} rows: over the {held})"
+                                                                if n_rows > cap else ""), cap)
+    threshold = config.row_threshold or cap
+    if n_rows <= threshold:
+        why = f"{n_rows:,} rows fit the {held}" if not config.row_threshold else \
+            f"{n_rows:,} rows <= compress.row_threshold {config.row_threshold:,}"
+        return CompressPlan(False, 0, why, cap)
+    n_centroids = config.n_centroids or cap
     if n_centroids > n_rows:
         if config.on_too_few_rows == "error":
             raise CompressError(
@@ -73,8 +94,13 @@ def plan_compression(n_rows: int, config: CompressConfig) -> CompressPlan:
             )
         get_logger().warning("compress.n_centroids=%d > %d rows: clamped to %d", n_centroids, n_rows, n_rows)
         n_centroids = n_rows
-    return CompressPlan(True, n_centroids,
-                        f"{n_rows:,} rows > threshold {config.row_threshold:,}: {n_centroids:,} centroids")
+    why = (f"{n_rows:,} rows > the {held}: {n_centroids:,} centroids" if not config.n_centroids else
+           f"{n_rows:,} rows > {'compress.row_threshold ' + format(threshold, ',') if config.row_threshold else held}: "
+           f"{n_centroids:,} centroids (compress.n_centroids)")
+    return CompressPlan(True, n_centroids, why, cap)
+
+
+CELL_ROWS_PER_CENTRE = 32  # fewer rows per centre: hierarchical k-means in fixed cells (the large-K route)
 
 
 @dataclass(frozen=True)
@@ -90,6 +116,13 @@ class KMeansPlan:
     lloyd_passes: int = 1  # Lloyd passes over every row after the epochs
     route: str = "minibatch"  # minibatch | device (full-batch Lloyd, rows resident or streamed: compute.device_kmeans)
     route_reason: str = ""
+    fixed_cells: bool = False  # each centre stays in the coarse cell it was initialised in (no grouped copy)
+    spread: int = 4  # coarse cells each centre is listed in
+    nprobe: int = 1  # coarse cells each row searches
+    init_iters: int = 2  # Lloyd iterations per coarse cell on the sample
+    refine_iters: int = 2  # then over the whole sample, across cell borders
+    coarse_rows: int = 64  # sample rows per coarse centre for the coarse k-means
+    coarse_iters: int = 10
 
     @property
     def check_sample_rows(self) -> int:
@@ -99,9 +132,12 @@ class KMeansPlan:
     def describe(self) -> str:
         if self.route == "device":
             return f"k={self.n_centroids:,}, route device ({self.route_reason})"
-        assign = f"two-level ({self.n_coarse} coarse cells)" if self.two_level else "exact"
-        return (f"k={self.n_centroids:,}, init sample {self.sample_rows:,} rows, coarse {self.n_coarse}, "
-                f"assignment {assign}, {self.steps} mini-batch steps of {self.batch_rows:,} rows, "
+        assign = ("exact" if not self.two_level else
+                  f"in fixed cells ({self.n_coarse} coarse cells: {self.n_centroids / max(self.n_coarse, 1):,.0f} "
+                  "centres each, few rows per centre)" if self.fixed_cells else
+                  f"two-level ({self.n_coarse} coarse cells, nprobe {self.nprobe}, spread {self.spread})")
+        return (f"k={self.n_centroids:,}, init sample {self.sample_rows:,} rows, assignment {assign}, "
+                f"{self.steps} mini-batch steps of {self.batch_rows:,} rows, "
                 f"{self.lloyd_passes} Lloyd passes over every row"
                 + (f", route minibatch ({self.route_reason})" if self.route_reason else ""))
 
@@ -111,7 +147,13 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     (16 rows per centre, at least 65,536, at most max(N / 2, 65,536): the passes over all rows refine it),
     two-level assignment on the CPU, exact on a GPU, and ``epochs`` mini-batch passes up to
     ``MINIBATCH_MAX_ROWS`` rows (above, the reads dominate: the value check draws the sample and one
-    Lloyd pass follows the init)."""
+    Lloyd pass follows the init).
+
+    With fewer than ``CELL_ROWS_PER_CENTRE`` rows per centre (a budget of 175,000 vectors over a few hundred
+    thousand frames) the two-level route becomes hierarchical k-means in fixed cells: a sample of 1.5 K rows, one
+    Lloyd iteration per cell on it, no cross-cell refinement, and the passes over every row in the cells
+    (spread 1, nprobe 1): the sums of a centre come from its own cell's rows, so the centres are updated in
+    place and no grouped copy of them exists (memory: 2 x K x D, not 5 x)."""
     n_coarse = config.coarse_centres or (round(2 * math.sqrt(n_centroids)) if n_centroids >= 256 else 1)
     n_coarse = max(1, min(n_coarse, n_centroids))
     if config.assign == "auto":
@@ -119,13 +161,20 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     else:
         two_level = config.assign == "two-level" and n_coarse > 1
     sample_rows = config.sample_rows or min(max(16 * n_centroids, 65_536), max(n_rows // 2, 65_536))
-    sample_rows = min(n_rows, max(sample_rows, n_centroids))
     batch_rows = min(config.batch_rows, n_rows)
     steps = int(config.epochs * n_rows) // batch_rows if n_rows <= MINIBATCH_MAX_ROWS else 0
     passes = config.final_passes if n_rows <= MINIBATCH_MAX_ROWS else min(config.final_passes, 1)
     route, reason = kmeans_route(config, backend)
+    fixed = two_level and route == "minibatch" and n_rows < CELL_ROWS_PER_CENTRE * n_centroids
+    if fixed:  # 1.5 rows per centre: allocation can leave a cell of duplicates (digital silence) one centre
+        sample_rows = config.sample_rows or 3 * n_centroids // 2
+        return KMeansPlan(n_centroids, n_coarse, two_level, min(n_rows, max(sample_rows, n_centroids)), batch_rows,
+                          0, max(passes, 1), route, reason, fixed_cells=True, spread=1, nprobe=1,
+                          init_iters=min(config.init_iters, 1) or 1, refine_iters=0, coarse_rows=16, coarse_iters=4)
+    sample_rows = min(n_rows, max(sample_rows, n_centroids))
     return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, 0 if route == "device" else steps,
-                      passes, route, reason)
+                      passes, route, reason, spread=config.spread, nprobe=config.nprobe,
+                      init_iters=config.init_iters, refine_iters=config.init_iters)
 
 
 def kmeans_route(config: CompressConfig, backend: Backend) -> tuple[str, str]:
@@ -149,6 +198,10 @@ def compress_estimate(n_rows: int, dim: int, plan: CompressPlan, kplan: KMeansPl
         rows = 0 if on_gpu else n_rows * row
         transient = rows + stream + 4 * k * row + 2 * distance_tile_rows(k) * k * F32
         what = f"full-batch passes over {'device-resident' if on_gpu else 'host-resident'} rows, {k:,} centres"
+    elif kplan.fixed_cells:  # the centres and one running sum, updated in place; per-cell tiles are small
+        sample = kplan.sample_rows * row
+        transient = sample + stream + 2 * k * row + 4 * distance_tile_rows(kplan.n_coarse) * kplan.n_coarse * F32
+        what = f"sample {kplan.sample_rows:,} rows, {k:,} centres in {kplan.n_coarse:,} fixed cells"
     else:
         tile = distance_tile_rows(k) * k * F32  # one [rows, centres] distance tile
         sample = kplan.sample_rows * row  # filled in place from the chunks in flight (stream.take_rows)
@@ -177,17 +230,20 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
     rows = backend.asarray(sample)
     reseed = int(rng.integers(2**31))
     if plan.n_coarse > 1:
-        centres, counts, coarse, cells, norms = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse,
-                                                               config.init, rng, config.init_iters)
+        init = two_level_init(xp, rows, plan.n_centroids, plan.n_coarse, config.init, rng, plan.init_iters,
+                              plan.coarse_iters, plan.coarse_rows, reseed_empty=not plan.fixed_cells)
+        centres, counts, coarse, cells, norms = init.centres, init.counts, init.coarse, init.cells, init.norms
         buffer = None
-        if plan.two_level and config.init_iters:  # every sample row against its nprobe nearest cells
+        if plan.two_level and plan.refine_iters:  # every sample row against its nprobe nearest cells
             release_freed_memory()  # the per-cell threads' freed arrays, before the whole-sample passes
-            centres, counts, buffer = refine(xp, rows, centres, coarse, config.init_iters, config.nprobe,
-                                             config.spread, cells, norms)
+            centres, counts, buffer = refine(xp, rows, centres, coarse, plan.refine_iters, plan.nprobe,
+                                             plan.spread, cells, norms)
         del norms
-        state = new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=config.spread)
+        state = new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=plan.spread)
         state.tree_buffer = buffer  # the passes' trees group the centres where the refinement's did
-        return state, cells if plan.two_level and config.nprobe == 1 else None
+        if plan.fixed_cells:
+            state.offsets = init.offsets
+        return state, cells if plan.two_level and plan.nprobe == 1 else None
     return new_state(xp, init_centres(xp, rows, plan.n_centroids, config.init, rng), seed=reseed), None
 
 
@@ -213,7 +269,7 @@ def minibatch_epochs(features: FeatureSet, state: KMeansState, kplan: KMeansPlan
             progress.advance(batch.shape[0])
 
     batches = shuffled_batches(features, kplan.batch_rows, kplan.steps * kplan.batch_rows, rng, client)
-    fit_minibatch(backend, counted(batches), state, config.decay, config.nprobe, config.dead_threshold)
+    fit_minibatch(backend, counted(batches), state, config.decay, kplan.nprobe, config.dead_threshold)
 
 
 def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,
@@ -238,14 +294,15 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
     cache = PassCache(keep_norms=kplan.lloyd_passes > 1)
     if sample_cells is not None:  # the first pass finds the coarse cells of the other rows only
         cache.seed_cells(xp, features.chunk_rows, drawn.ids, sample_cells)
-    if client is None and not backend.is_gpu and local_threads() > 1 and not features.is_resident:
+    if client is None and not backend.is_gpu and local_threads() > 1 and not features.is_resident \
+            and not kplan.fixed_cells:  # (fixed cells: the sample is larger than the chunks in flight: freed)
         # the threaded passes read the chunks into its pages (a kept collection is read by none)
         cache.adopt(drawn.rows, features.max_chunk_rows, local_threads())
     del drawn, sample_cells  # the phases below hold a batch or chunks (some in the sample's memory)
     release_freed_memory()
-    log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, config.init_iters,
-             f", then {config.init_iters} over the sample, nprobe {config.nprobe}, spread {config.spread}"
-             if kplan.two_level and config.init_iters else "")
+    log.info("compress: init done (%s, %d Lloyd iterations per coarse cell%s)", config.init, kplan.init_iters,
+             f", then {kplan.refine_iters} over the sample, nprobe {kplan.nprobe}, spread {kplan.spread}"
+             if kplan.two_level and kplan.refine_iters else "")
     if features.n_rows > MINIBATCH_MAX_ROWS and (config.epochs or config.final_passes > 1):
         log.info("compress: no mini-batch epoch and one Lloyd pass above %s rows (2 reads in all)",
                  f"{MINIBATCH_MAX_ROWS:,}")
@@ -256,9 +313,10 @@ def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig
 
     for number in range(1, kplan.lloyd_passes + 1):
         progress = Progress(f"compress: Lloyd pass {number}/{kplan.lloyd_passes}", features.n_rows)
-        stats = final_pass_stats(features, state, backend, config.nprobe, client, progress, cache)
-        reseeded = apply_pass(xp, state, stats)
+        stats = final_pass_stats(features, state, backend, kplan.nprobe, client, progress, cache)
+        reseeded, rows, msd = apply_pass(xp, state, stats), stats.rows, stats.sse / max(stats.rows, 1)
+        del stats  # the next pass's running total replaces its sums (two [k, d] arrays at once otherwise)
         log.info("compress: Lloyd pass %d/%d over %s rows, mean squared distance %.4g (%s assignment), "
-                 "%d empty centres re-seeded", number, kplan.lloyd_passes, f"{stats.rows:,}",
-                 stats.sse / max(stats.rows, 1), "two-level" if state.coarse is not None else "exact", reseeded)
+                 "%d empty centres re-seeded", number, kplan.lloyd_passes, f"{rows:,}", msd,
+                 "two-level" if state.coarse is not None else "exact", reseeded)
     return state

@@ -1,8 +1,11 @@
 """Index stage: choose the layout, train (GPU or CPU), assemble the CPU index, add, check k=8.
 
-The file written is always a CPU index: ``IVF{n_list},Flat`` or ``IVF{n_list},PQ{m}x4fs,RFlat``.
-On a GPU, faiss GPU flat indexes do the expensive parts (coarse k-means assignment while
-training, list assignment while adding); the 4-bit FastScan and RFlat parts exist only on the CPU.
+The file written is always a CPU ``IndexIVF`` over an ``IndexFlatL2`` coarse quantizer, whose inverted
+lists hold the vectors as they are (``flat``), as float16 (``fp16``) or 8-bit scalar codes (``sq8``) of
+their residuals, or as 8-bit product codes (``pq8``): every layout every consumer loads and faiss-gpu
+clones (docs/consumers.md; ``inspection.consumers`` checks each index before it is written). On a GPU,
+faiss GPU flat indexes do the expensive parts (coarse k-means assignment while training, list assignment
+while adding).
 """
 
 from __future__ import annotations
@@ -17,18 +20,28 @@ import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import replace_ivf_quantizer
 from rvc_index.compute.backend import Backend, faiss_threads
-from rvc_index.config.schema import IndexConfig
+from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, BudgetConfig, IndexConfig
 from rvc_index.errors import RvcIndexError
+from rvc_index.inspection.consumers import static_problems
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import write_atomic, writing
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.stream import sample_row_ids, take_rows
 
-IVF_FLAT = "ivf-flat"
-IVF_PQ_RFLAT = "ivf-pq-fastscan-rflat"
-PQ_BITS = 4
-PQ_CENTROIDS = 2**PQ_BITS
-PQ_TRAIN_POINTS_PER_CENTROID = 64
+FLAT = "flat"
+PQ_DIMS = 16  # pq8's default sub-quantizer width: 48 x 8 bits at 768-D, 16 at 256-D (faiss-gpu clones both)
+PQ_CENTROIDS = 256  # 8-bit codes
+CODE_BYTES = {"flat": F32, "fp16": 2, "sq8": 1}  # per dimension; pq8: pq_m bytes per vector
+FACTORY = {"flat": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}  # index_factory's names (pq8: PQ{m})
+SQ_TYPES = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
+
+# The plan's estimate of one frame's search at one thread (k=8, batches of 50 frames, as RVC searches a second
+# of audio): the coarse quantizer (a GEMM over the n_list centroids) plus the probed lists, whose scan is bound
+# by memory bandwidth (the bytes of the codes), and a fixed part. Calibrated on the project's 2-core VM
+# (docs/benchmarks.md, "Search cost per frame"); the build's evaluation measures the real figure.
+SEARCH_FIXED_US = 20.0
+SEARCH_COARSE_US_PER_MDIM = 25.0  # per million centroid dimensions (n_list x D)
+SEARCH_SCAN_US_PER_MB = {"flat": 330.0, "fp16": 330.0, "sq8": 520.0, "pq8": 900.0}  # decode costs more than bytes
 
 
 class IndexBuildError(RvcIndexError, ValueError):
@@ -37,23 +50,31 @@ class IndexBuildError(RvcIndexError, ValueError):
 
 @dataclass(frozen=True)
 class IndexPlan:
-    """What will be built, decided from the row count, the width and the config."""
+    """What will be built, decided from the row count, the width, the config and the budget."""
 
-    recipe: str
+    lists: str  # flat | fp16 | sq8 | pq8
     dim: int
-    n_rows: int
+    n_rows: int  # vectors stored
     n_list: int
-    pq_m: int  # 0 for IVF-Flat
+    pq_m: int  # 0 unless pq8
     nprobe: int  # the configured search breadth (the k-reachability check may raise it)
-    k_factor: int
     train_rows: int
+    us_per_frame: float  # the plan's estimate of one frame's search at one thread
     notes: tuple[str, ...] = ()
 
     @property
+    def layout(self) -> str:
+        """The list format as index_factory and RVC's file names spell it: Flat, SQfp16, SQ8, PQ48."""
+        return f"PQ{self.pq_m}" if self.lists == "pq8" else FACTORY[self.lists]
+
+    @property
     def factory(self) -> str:
-        if self.recipe == IVF_FLAT:
-            return f"IVF{self.n_list},Flat"
-        return f"IVF{self.n_list},PQ{self.pq_m}x{PQ_BITS}fs,RFlat"
+        return f"IVF{self.n_list},{self.layout}"
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes one stored vector's code takes in an inverted list."""
+        return self.pq_m if self.lists == "pq8" else CODE_BYTES[self.lists] * self.dim
 
 
 def rule_n_list(n_rows: int, sqrt_factor: float, min_rows_per_list: int) -> int:
@@ -61,24 +82,31 @@ def rule_n_list(n_rows: int, sqrt_factor: float, min_rows_per_list: int) -> int:
     return max(1, min(int(sqrt_factor * math.sqrt(n_rows)), n_rows // min_rows_per_list))
 
 
-def check_rows(n_rows: int, config: IndexConfig, where: str = "") -> None:
-    """Raise IndexBuildError when fewer rows than the ``search_k`` RVC asks for (``where``: their folder)."""
-    if n_rows < config.search_k:
+def check_rows(n_rows: int, where: str = "") -> None:
+    """Raise IndexBuildError when fewer rows than the k=8 RVC asks for (``where``: their folder)."""
+    if n_rows < SEARCH_K:
         raise IndexBuildError(
-            f"only {n_rows} rows{f' in {where}' if where else ''}: RVC searches k={config.search_k} neighbours, "
-            f"so at least {config.search_k} rows are needed"
+            f"only {n_rows} rows{f' in {where}' if where else ''}: RVC and Applio search k={SEARCH_K} neighbours, "
+            f"so at least {SEARCH_K} rows are needed"
         )
 
 
-def plan_index(n_rows: int, dim: int, config: IndexConfig) -> IndexPlan:
-    """Choose recipe, n_list, PQ size and training rows; lower what the data cannot support."""
-    check_rows(n_rows, config)
+def search_us(lists: str, dim: int, n_rows: int, n_list: int, nprobe: int, pq_m: int = 0) -> float:
+    """The plan's estimate of one frame's search at one thread, in microseconds (see SEARCH_* above)."""
+    per_vector = pq_m if lists == "pq8" else CODE_BYTES[lists] * dim
+    scanned_mb = min(nprobe, n_list) * (n_rows / max(n_list, 1)) * per_vector / 1e6
+    return (SEARCH_FIXED_US + SEARCH_COARSE_US_PER_MDIM * n_list * dim / 1e6
+            + SEARCH_SCAN_US_PER_MB[lists] * scanned_mb)
+
+
+def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig | None = None) -> IndexPlan:
+    """Choose the list format, n_list, PQ size and training rows; lower what the data cannot support.
+
+    ``index.lists=auto`` takes the first of flat, fp16, sq8, pq8 (lowest blend error first: docs/benchmarks.md)
+    whose estimated search fits ``budget.us_per_frame``, and the fastest when none does."""
+    check_rows(n_rows)
+    budget = budget or BudgetConfig()
     notes = []
-    recipe = config.recipe
-    if recipe == IVF_PQ_RFLAT and n_rows < max(config.min_pq_rows, PQ_CENTROIDS):  # faiss needs 16 rows per codebook
-        notes.append(f"{n_rows} rows < index.min_pq_rows={max(config.min_pq_rows, PQ_CENTROIDS)}: "
-                     "IVF-Flat instead of PQ")
-        recipe = IVF_FLAT
     if n_rows < config.min_rows_per_list:
         notes.append(f"{n_rows} rows < index.min_rows_per_list={config.min_rows_per_list}: a single inverted "
                      "list (every search scans all rows)")
@@ -91,37 +119,45 @@ def plan_index(n_rows: int, dim: int, config: IndexConfig) -> IndexPlan:
             n_list = max_lists
     else:
         n_list = rule_n_list(n_rows, config.sqrt_factor, config.min_rows_per_list)
-    pq_m = 0
-    if recipe == IVF_PQ_RFLAT:
-        if not config.pq_m and dim % config.pq_dims:
-            raise IndexBuildError(f"index.pq_dims={config.pq_dims} must divide the feature width {dim}")
-        pq_m = config.pq_m or dim // config.pq_dims
-        if pq_m <= 0 or dim % pq_m:
-            raise IndexBuildError(f"index.pq_m={pq_m} must divide the feature width {dim}")
     nprobe = min(config.nprobe, n_list)
+    pq_m = config.pq_m or max(1, dim // PQ_DIMS)
+    if dim % pq_m:
+        raise IndexBuildError(f"index.pq_m={pq_m} must divide the feature width {dim}")
+    candidates = list(LIST_FORMATS) if config.lists == "auto" else [config.lists]
+    if n_rows < config.min_coded_rows and candidates != [FLAT]:
+        notes.append(f"{n_rows:,} vectors < index.min_coded_rows={config.min_coded_rows:,}: flat lists")
+        candidates = [FLAT]
+    costs = {lists: search_us(lists, dim, n_rows, n_list, nprobe, pq_m) for lists in candidates}
+    fitting = [lists for lists in candidates if costs[lists] <= budget.us_per_frame]
+    lists = fitting[0] if fitting else min(candidates, key=costs.__getitem__)
+    if config.lists == "auto" and lists != FLAT:
+        notes.append(f"{lists} lists: flat would search in about {search_us(FLAT, dim, n_rows, n_list, nprobe):,.0f} "
+                     f"us per frame, over budget.us_per_frame={budget.us_per_frame:g}")
+    if costs[lists] > budget.us_per_frame:
+        notes.append(f"about {costs[lists]:,.0f} us per frame: over budget.us_per_frame={budget.us_per_frame:g}")
     train_rows = min(n_rows, n_list * config.max_train_rows_per_list)
-    if recipe == IVF_PQ_RFLAT:
-        train_rows = max(train_rows, min(n_rows, PQ_CENTROIDS * config.max_train_rows_per_list))
-    return IndexPlan(recipe, dim, n_rows, n_list, pq_m, nprobe, config.k_factor, train_rows, tuple(notes))
+    if lists == "pq8":
+        train_rows = max(train_rows, min(n_rows, PQ_CENTROIDS * config.min_rows_per_list))
+    return IndexPlan(lists, dim, n_rows, n_list, pq_m if lists == "pq8" else 0, nprobe, train_rows,
+                     round(costs[lists], 1), tuple(notes))
 
 
 FAISS_BLOCK = 4096 * 1024  # faiss's exhaustive search block (queries x database) of float32 distances
-LIST_GROWTH = 1.5  # inverted lists and the refine store grow as std::vectors (capacity up to 2x)
+LIST_GROWTH = 1.5  # inverted lists grow as std::vectors (capacity up to 2x)
 
 
 def train_estimate(plan: IndexPlan, stream: int) -> StageEstimate:
-    """Training: the sample (filled from chunks in flight, shuffled into a copy, + PQ residuals); keeps the lists."""
+    """Training: the sample (filled from chunks in flight, shuffled into a copy, + codec residuals); keeps the lists."""
     row = plan.dim * F32
     sample = plan.train_rows * row
-    train = max(sample + stream, 2 * sample) + (sample if plan.recipe != IVF_FLAT else 0) + 2 * plan.n_list * row
+    train = max(sample + stream, 2 * sample) + (sample if plan.lists != FLAT else 0) + 2 * plan.n_list * row
     return StageEstimate("train", train, plan.n_list * row, f"{plan.train_rows:,} training rows, {plan.n_list:,} lists")
 
 
 def add_estimate(plan: IndexPlan, add_batch_rows: int, stream: int) -> StageEstimate:
     """Adding: a batch and its assignment block while streaming; keeps the filled index."""
     row = plan.dim * F32
-    per_vector = row + 8 + (plan.pq_m // 2 if plan.recipe != IVF_FLAT else 0)
-    index = int(plan.n_rows * per_vector * LIST_GROWTH)
+    index = int(plan.n_rows * (plan.code_bytes + 8) * LIST_GROWTH)
     batch = add_batch_rows * row * 2 + min(add_batch_rows * plan.n_list, FAISS_BLOCK) * F32
     return StageEstimate("add", batch + stream, index,
                          f"index of {plan.n_rows:,} x {plan.dim} vectors ({index / 2**20:,.0f} MB with list growth)")
@@ -139,35 +175,27 @@ def train_coarse(sample: np.ndarray, n_list: int, backend: Backend, iterations: 
     return faiss.vector_to_array(clustering.centroids).reshape(n_list, dim)
 
 
-def assemble_index(plan: IndexPlan, centroids: np.ndarray, pq_sample: np.ndarray | None = None) -> faiss.Index:
+def assemble_index(plan: IndexPlan, centroids: np.ndarray, codec_sample: np.ndarray | None = None) -> faiss.Index:
     """Empty, trained CPU index with ``centroids`` as its coarse quantizer.
 
-    For the PQ recipe the 4-bit codebooks are trained on residuals of ``pq_sample`` (cheap:
-    16 centres per sub-space) and the IVF-PQ FastScan index is wrapped in ``IndexRefineFlat``.
-    """
+    The codes of fp16, sq8 (per-dimension ranges of the residuals) and pq8 (8-bit codebooks of the residuals)
+    are trained on ``codec_sample``; flat lists need no training."""
     quantizer = faiss.IndexFlatL2(plan.dim)
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    if plan.recipe == IVF_FLAT:
+    if plan.lists == FLAT:
         ivf = faiss.IndexIVFFlat(quantizer, plan.dim, plan.n_list, faiss.METRIC_L2)
+    elif plan.lists == "pq8":
+        ivf = faiss.IndexIVFPQ(quantizer, plan.dim, plan.n_list, plan.pq_m, 8, faiss.METRIC_L2)
     else:
-        ivf = faiss.IndexIVFPQFastScan(quantizer, plan.dim, plan.n_list, plan.pq_m, PQ_BITS, faiss.METRIC_L2)
+        qtype = getattr(faiss.ScalarQuantizer, SQ_TYPES[plan.lists])
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, plan.dim, plan.n_list, qtype, faiss.METRIC_L2)
     ivf.own_fields = True
     quantizer.this.disown()
-    if plan.recipe == IVF_FLAT:
-        return ivf
-    if pq_sample is None:
-        raise IndexBuildError("the PQ recipe needs a training sample")
-    # quantizer is trained: PQ only. Its D/pq_dims k-means of 16 centres are tiny: 64 points per
-    # centre reach the recall of faiss's default 256 at a quarter of the time, and OpenMP threads
-    # only wait on each other there (minutes instead of seconds on a busy machine).
-    ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS_PER_CENTROID
-    with faiss_threads(1):
-        ivf.train(np.ascontiguousarray(pq_sample, dtype=np.float32))
-    index = faiss.IndexRefineFlat(ivf)
-    index.own_fields = True
-    ivf.this.disown()
-    return index
-
+    if plan.lists != FLAT:  # the quantizer is trained: this trains the codes only
+        if codec_sample is None:
+            raise IndexBuildError(f"{plan.lists} lists need a training sample")
+        ivf.train(np.ascontiguousarray(codec_sample, dtype=np.float32))
+    return ivf
 
 
 def train_index(vectors: Any, plan: IndexPlan, backend: Backend, iterations: int, seed: int, raw_rows: bool,
@@ -215,11 +243,17 @@ def nprobe_for_k(sizes: np.ndarray, k: int, nprobe: int) -> int:
     return max(nprobe, needed)
 
 
-def set_search_params(index: faiss.Index, nprobe: int, k_factor: int) -> None:
-    """Bake search settings into the file: nprobe on the inner IVF, k_factor on the refine wrapper."""
+def set_search_params(index: faiss.Index, nprobe: int) -> None:
+    """Bake the search breadth into the file: nprobe on the top-level IVF."""
     faiss.extract_index_ivf(index).nprobe = nprobe
-    if isinstance(index, faiss.IndexRefine):
-        index.k_factor = float(k_factor)
+
+
+def check_consumers(index: faiss.Index, dim: int) -> None:
+    """Refuse to write an index some consumer cannot use (docs/consumers.md): a safety net under the plan."""
+    problems = static_problems(index, dim)
+    if problems:
+        said = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        raise IndexBuildError(f"the index built would break a tool that loads it, so it is not written ({said})")
 
 
 def write_index(index: faiss.Index, path: Path) -> Path:

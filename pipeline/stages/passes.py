@@ -17,7 +17,7 @@ from rvc_index.compute.backend import Backend
 from rvc_index.compute.kmeans import distance_tile_rows, squared_norms
 from rvc_index.compute.lloyd import N_FAR
 from rvc_index.compute.minibatch import KMeansState, PassStats, merge_stats, pass_stats
-from rvc_index.compute.two_level import CentreTree, build_tree, coarse_cells
+from rvc_index.compute.two_level import CentreTree, build_tree, coarse_cells, fixed_tree
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.stream import block_tasks, iter_blocks, load_chunks, local_threads
@@ -52,10 +52,16 @@ def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: 
 
 
 def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int,
-                spread: int = 1) -> PassStats:
-    """One chunk's per-centre sums against ``centres`` (numpy): what a Dask worker computes."""
-    tree = build_tree(np, centres, coarse, spread) if coarse is not None else None
-    return pass_stats(np, centres, tree, np.ascontiguousarray(block, dtype=np.float32), nprobe, N_FAR)
+                spread: int = 1, offsets: np.ndarray | None = None) -> PassStats:
+    """One chunk's per-centre sums against ``centres`` (numpy): what a Dask worker computes (``offsets``:
+    the centres' fixed cells, else grouped by nearness)."""
+    tree = None
+    if coarse is not None:
+        tree = fixed_tree(np, centres, coarse, offsets) if offsets is not None else build_tree(np, centres, coarse,
+                                                                                                spread)
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    cells = coarse_cells(np, tree, block, nprobe) if offsets is not None else None  # fixed cells: spares keep theirs
+    return pass_stats(np, centres, tree, block, nprobe, N_FAR, cells)
 
 
 @dataclass
@@ -151,7 +157,7 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
         shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True,
                                 hash=False)  # own keys: the last pass's, being cancelled, may hold the same data
         coarse_f = shared[1] if len(shared) > 1 else None
-        tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe, state.spread)
+        tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe, state.spread, state.offsets)
                  for block in block_tasks(features.array)]
         window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
         pending: deque[Any] = deque()
