@@ -312,26 +312,28 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
     cells = np.flatnonzero(alloc)
     seeds = rng.integers(2**63, size=cells.size)  # one generator per cell: the same centres on any thread count
+    starts = np.concatenate([[0], np.cumsum(alloc)]).astype(np.int64)  # cell j's centres: starts[j]:starts[j + 1]
+    centres = xp.empty((n_clusters, sample.shape[1]), dtype=xp.float32)  # filled in place, cell by cell
+    counts = xp.zeros(n_clusters, dtype=xp.float64)
 
-    def fit_cell(i: int) -> tuple[Any, Any]:
+    def fit_cell(i: int) -> None:
         j, cell_rng = cells[i], np.random.default_rng(seeds[i])
         rows = sample[order[int(offsets[j]):int(offsets[j + 1])]]
         k, pool = int(alloc[j]), rows
         if method == "kmeans++" and rows.shape[0] > 8 * k:  # k-means++ is k sequential passes: seed on 8k rows
             pool = rows[xp.asarray(np.sort(cell_rng.permutation(rows.shape[0])[:8 * k]))]
         start = d2_init(xp, pool, k, cell_rng) if method == "kmeans++" else init_centres(xp, pool, k, method, cell_rng)
-        return lloyd(xp, rows, start, iters)
+        fitted, fitted_counts = lloyd(xp, rows, start, iters)
+        centres[starts[j]:starts[j + 1]] = fitted
+        counts[starts[j]:starts[j + 1]] = fitted_counts
 
-    fitted = thread_map(xp, fit_cell, range(cells.size))
-    centres = xp.concatenate([c for c, _ in fitted]).astype(xp.float32)
-    counts = xp.concatenate([n for _, n in fitted])
+    thread_map(xp, fit_cell, range(cells.size))
     coarse = coarse.astype(xp.float32)
     empty = xp.nonzero(counts == 0)[0] if reseed_empty else xp.zeros(0, dtype=xp.int64)
     if empty.size:
         _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1, x_norms=norms)
         centres[empty] = sample[d2_sample(xp, found, int(empty.size), rng)]
-    offsets = np.concatenate([[0], np.cumsum(alloc)]).astype(np.int64)
-    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16), norms, offsets)
+    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16), norms, starts)
 
 
 class Refined(NamedTuple):

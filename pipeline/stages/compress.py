@@ -239,7 +239,8 @@ def initial_state(sample: np.ndarray, plan: KMeansPlan, config: CompressConfig, 
             centres, counts, buffer = refine(xp, rows, centres, coarse, plan.refine_iters, plan.nprobe,
                                              plan.spread, cells, norms)
         del norms
-        state = new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=plan.spread)
+        state = new_state(xp, centres, counts, coarse if plan.two_level else None, seed=reseed, spread=plan.spread,
+                          adopt=True)
         state.tree_buffer = buffer  # the passes' trees group the centres where the refinement's did
         if plan.fixed_cells:
             state.offsets = init.offsets
