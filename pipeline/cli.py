@@ -167,8 +167,10 @@ def build_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_unretire(args: argparse.Namespace) -> int:
     from rvc_index.build.retire import unretire
 
-    restored = unretire(Path(args.folder))
-    print("\n".join([*(f"{a.name} -> {b.name}" for a, b in restored), f"{len(restored)} restored in {args.folder}"]))
+    folder = Path(args.folder).absolute()
+    restored = unretire(folder)
+    print("\n".join([*(f"{a.relative_to(folder)} -> {b.name}" for a, b in restored),
+                     f"{len(restored)} restored in {args.folder}"]))
     return 0
 
 

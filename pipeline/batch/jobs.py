@@ -156,6 +156,18 @@ def shard_jobs(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
     return sorted(shards[index], key=lambda j: j.name)
 
 
+def one_name_per_folder(folders: Mapping[str, Path]) -> list[str]:
+    """The names of ``folders``, one per folder: a folder reached by two names (a link beside it) is one experiment,
+    built once under its own name (built under both, each build retired the other's index on every run)."""
+    kept: dict[Path, str] = {}
+    for name, path in sorted(folders.items(), key=lambda item: (item[1].is_symlink(), item[0])):
+        real = path.resolve()
+        if real in kept:
+            get_logger().warning("%s: the same folder as %s: built once, as %s", path, folders[kept[real]], kept[real])
+        kept.setdefault(real, name)
+    return sorted(kept.values())
+
+
 def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, only: Sequence[str] = (),
               shard: tuple[int, int] | None = None) -> list[Job]:
     """The experiments to build, each with its output folder and run mode.
@@ -166,7 +178,7 @@ def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, o
     folders = {p.name: p for p in discover(root)}
     threshold = config.cluster.stream_above_mb * 2**20
     jobs = []
-    for name in select(list(folders), only):
+    for name in one_name_per_folder({name: folders[name] for name in select(list(folders), only)}):
         problem = None
         try:
             files, size = feature_size(folders[name])
