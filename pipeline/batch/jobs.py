@@ -43,6 +43,7 @@ from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import FEATURE_DIRS, SourceError
 from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.outputs import check_output_folder
 from rvc_index.runtime.progress import get_logger
 
 REPORT_EVERY_S = 5.0
@@ -175,6 +176,7 @@ def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, o
     An experiment whose feature folder cannot be listed (permissions) is planned with its
     ``problem``: it fails alone, the others build.
     """
+    out = check_output_folder("--out", out) if out is not None else None  # "" is not the current folder
     folders = {p.name: p for p in discover(root)}
     threshold = config.cluster.stream_above_mb * 2**20
     jobs = []
