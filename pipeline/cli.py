@@ -31,6 +31,8 @@ def require_faiss() -> None:
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
+        if "rvc-index[" in str(exc):  # rvc_index.runtime.faiss_guard already named the fix
+            raise FaissMissing(f"faiss cannot be imported: {exc}") from None
         raise FaissMissing(f'faiss cannot be imported ({exc}): pip install "rvc-index[cpu]" (or [gpu])') from None
 
 
