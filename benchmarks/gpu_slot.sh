@@ -6,7 +6,8 @@
 #      itself a virtual environment holding CuPy: a venv made from it would not see CuPy); the project itself
 #      from the working tree that travelled (its carried wheel when that fails); the 1M-row collection written
 #      in the background meanwhile;
-#   1. the `gpu`-marked test files, named one by one (never tests/batch: it imports distributed, dask_jobqueue);
+#   1. the `gpu`-marked test files (and `cupy`: the stand-in's facts against the real CuPy), named one by one
+#      (never tests/batch: it imports distributed and dask_jobqueue);
 #   2. the benchmarks in priority order, each under its own time limit (benchmarks/slot_step.py): exact 8-NN
 #      (bench_knn), k-means (a compile run, the measured warm run, the CPU backend: bench_kmeans), end to end
 #      (`rvc-index build --config tips-plain`: GPU with a cold kernel cache, GPU warm, CPU) and one read of the
@@ -105,8 +106,8 @@ DATASET=$!
 pack
 
 # 1. the gpu tests --------------------------------------------------------------------------------------------
-GPU_TESTS=$(grep -rlE 'mark\.gpu' tests --include='test_*.py' | grep -v '^tests/batch/' | sort)
-step tests_gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu --timeout 120 $GPU_TESTS
+GPU_TESTS=$(grep -rlE 'mark\.(gpu|cupy)\b' tests --include='test_*.py' | grep -v '^tests/batch/' | sort)
+step tests_gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m "gpu or cupy" --timeout 120 $GPU_TESTS
 
 # 2. benchmarks, in priority order ----------------------------------------------------------------------------
 step knn 90 "$PY" -m benchmarks.bench_knn --rows "$KNN_ROWS" --dim "$DIM" --k 8 --backend "$BACKEND" \

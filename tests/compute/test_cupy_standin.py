@@ -101,6 +101,7 @@ def test_host_data_reaching_the_device_is_counted_as_uploads():
     assert target.tolist() == host.tolist()
 
 
+@pytest.mark.cupy
 def test_the_facts_match_the_installed_cupy():
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed here (the facts were read from 14.2.0)")
     import make_cupy_names
