@@ -1,7 +1,8 @@
 """One step of the GPU slot (``benchmarks/gpu_slot.sh``): a command under its own time limit.
 
-The command runs in a process group of its own, so a step that runs out of time is stopped with every
-process it started (a benchmark's children too): SIGTERM, then SIGKILL 10 s later. Writes
+The command runs in a process group of its own; a step that runs out of time is stopped with every
+process it started, those that left its group too (``bench_kmeans`` measures its children in sessions of
+their own): SIGTERM, then SIGKILL 10 s later. Writes
 ``NAME.json`` (command, exit code, wall seconds, whether it timed out, the peak RSS of its largest
 process) beside ``NAME.log`` (its output), and prints one line.
 
@@ -10,6 +11,7 @@ process) beside ``NAME.log`` (its output), and prints one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -19,7 +21,18 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 GRACE_S = 10.0
+
+
+def _signal(group: int, processes: list[psutil.Process], sig: int) -> None:
+    """``sig`` to the step's process group and to each of ``processes`` still alive."""
+    for target in processes:
+        with contextlib.suppress(psutil.Error):
+            target.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
 
 
 def run_step(prefix: Path, limit_s: float, cmd: list[str]) -> dict:
@@ -32,12 +45,15 @@ def run_step(prefix: Path, limit_s: float, cmd: list[str]) -> dict:
             rc = proc.wait(timeout=max(limit_s, 1.0))
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(proc.pid, signal.SIGTERM)
+            tree = psutil.Process(proc.pid).children(recursive=True)  # before the group goes: its sessions too
+            _signal(proc.pid, tree, signal.SIGTERM)
+            _, alive = psutil.wait_procs(tree, timeout=GRACE_S)
             try:
                 rc = proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                rc = proc.wait()
+                rc = None
+            _signal(proc.pid, alive, signal.SIGKILL)
+            rc = proc.wait() if rc is None else rc
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     record = {"cmd": cmd, "rc": rc, "seconds": round(time.perf_counter() - started, 2), "timed_out": timed_out,
               "limit_s": round(limit_s), "max_rss_mib": round(peak_mib)}
