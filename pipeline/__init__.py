@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from rvc_index.runtime.faiss_guard import guard_faiss_import
+
 __version__ = "0.5.0"
 
 _EXPORTS = {
@@ -25,6 +27,7 @@ _EXPORTS = {
     "RvcIndexError": "rvc_index.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
+guard_faiss_import()  # before any of our modules imports faiss: a half-installed faiss-gpu falls back
 
 
 def __getattr__(name: str) -> Any:

@@ -13,12 +13,12 @@ Every function raises ``rvc_index.RvcIndexError`` for what a user can fix (bad i
 
 from __future__ import annotations
 
-import tempfile
+import os
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from rvc_index.batch.summary import BatchReport
 from rvc_index.build.record import BuildResult
 from rvc_index.config.loading import load_config
@@ -28,12 +28,43 @@ from rvc_index.evaluation.result import Evaluation
 from rvc_index.runtime.progress import ProgressEvent, progress_listener
 
 DEFAULT_PRESET = "tips-plain"
-ARRAY_FILE_ROWS = 500  # an in-memory array is stored as 10 s pseudo-utterances, so evaluation can hold some out
+PATH = (str, os.PathLike)
+MAYBE_PATH = (str, os.PathLike, type(None))
+
+
+class ArgumentError(RvcIndexError, TypeError):
+    """An argument of the wrong type; the message names the function and the argument."""
+
+
+def _check(function: str, **arguments: tuple[object, tuple[type, ...] | Callable[[object], bool], str]) -> None:
+    """Raise ArgumentError for the first argument whose value is not of its kinds (a tuple of types, or a test)."""
+    for name, (value, kinds, what) in arguments.items():
+        fits = kinds(value) if callable(kinds) else isinstance(value, kinds) and not (
+            isinstance(value, bool) and bool not in kinds)
+        if not fits:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ArgumentError(f"{function}: {name} must be {what}, got {type(value).__name__} {shown}")
+
+
+def _strings(value: object) -> bool:
+    """A sequence of strings that is not itself a string (``["index.nprobe=4"]``, not ``"index.nprobe=4"``)."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and all(isinstance(v, str)
+                                                                                       for v in value)
+
+
+def _common(function: str, preset: object, overrides: object, backend: object, force: object,
+            progress: object) -> None:
+    _check(function, preset=(preset, (str, os.PathLike, Config), "a preset name, a YAML path or a Config"),
+           overrides=(overrides, _strings, "a list of 'section.key=value' strings (a str is one: wrap it in [])"),
+           backend=(backend, (str,), "'auto', 'cpu' or 'gpu'"), force=(force, (bool,), "True or False"),
+           progress=(progress, lambda v: v is None or callable(v), "a callable taking a ProgressEvent, or None"))
 
 
 def load_preset(preset: str | Path = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> Config:
     """A shipped preset by name (``tips-plain``, ``tips``, ``rvc-classic``) or a YAML file, with
     ``section.key=value`` overrides applied."""
+    _check("load_preset", preset=(preset, PATH, "a preset name or a YAML path"),
+           overrides=(overrides, _strings, "a list of 'section.key=value' strings (a str is one: wrap it in [])"))
     return load_config(preset, overrides)
 
 
@@ -50,43 +81,41 @@ def _listening(stack: ExitStack, progress: Callable[[ProgressEvent], None] | Non
         stack.enter_context(progress_listener(progress))
 
 
-def build_index(source: str | Path | np.ndarray, out: str | Path | None = None, *,
+def build_index(source: str | Path | Any, out: str | Path | None = None, *,
                 preset: str | Path | Config = DEFAULT_PRESET, overrides: Sequence[str] = (),
                 name: str | None = None, index_path: str | Path | None = None, backend: str = "auto",
                 force: bool = False, progress: Callable[[ProgressEvent], None] | None = None) -> BuildResult:
     """Build one index.
 
     ``source``: ``logs/<exp>``, its ``3_feature256|768`` (or Applio ``extracted``) folder, any folder of
-    ``.npy`` files, or an in-memory float [N, D] array (then ``out`` and ``name`` are required; it is
-    rebuilt every call: its temporary files are new each time, so the input fingerprint never matches).
+    ``.npy`` files, or float [N, D] rows in memory: a numpy array, a list of rows, a memoryview, anything
+    with ``__array__`` (then ``out`` and ``name`` are required; rebuilt every call, and its rows are staged
+    in a hidden folder inside ``out``, removed afterwards: errors name rows of "the array").
     ``out``: the output folder (default: the experiment folder, where RVC looks). Returns the result with
     the index path and the typed record.
     """
-    from rvc_index.build.runner import build_experiment
+    from rvc_index.build.arrays import as_frames, staged_array
+    from rvc_index.build.runner import build_experiment, check_output_dir
     from rvc_index.compute.backend import select_backend
 
+    _check("build_index", out=(out, MAYBE_PATH, "a folder path or None"),
+           name=(name, (str, type(None)), "a str or None"),
+           index_path=(index_path, MAYBE_PATH, "an .index file path or None"))
+    _common("build_index", preset, overrides, backend, force, progress)
     config = _config(preset, overrides)
     with ExitStack() as stack:
         _listening(stack, progress)
-        if isinstance(source, np.ndarray):
+        if not isinstance(source, PATH):
+            frames = as_frames(source)
             if out is None or not name:
                 raise RvcIndexError("build_index from an array needs out= (the output folder) and name= (the voice)")
-            source = _array_folder(stack, source, name)  # new files each call: the fingerprint always differs
+            if not str(out).strip():
+                raise RvcIndexError("build_index: out '' is an empty path; name the output folder")
+            folder = Path(out).expanduser().absolute()
+            check_output_dir(folder)  # the rows are staged inside it: nothing is written elsewhere
+            source = stack.enter_context(staged_array(frames, folder)).folder
         return build_experiment(source, config, out, select_backend(backend), force=force, name=name,
                                 index_path=index_path)
-
-
-def _array_folder(stack: ExitStack, frames: np.ndarray, name: str) -> Path:
-    """``frames`` [N, D] written as RVC's layout in a temporary folder removed when ``stack`` closes."""
-    if frames.ndim != 2 or frames.shape[0] == 0 or not np.issubdtype(frames.dtype, np.floating):
-        raise RvcIndexError(f"build_index: expected a non-empty float [N, D] array, got {frames.dtype} "
-                            f"{tuple(frames.shape)}")
-    root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rvc-index-array-")))
-    folder = root / "array" / f"3_feature{frames.shape[1]}"
-    folder.mkdir(parents=True)
-    for number, start in enumerate(range(0, frames.shape[0], ARRAY_FILE_ROWS)):
-        np.save(folder / f"{number:06d}.npy", np.asarray(frames[start:start + ARRAY_FILE_ROWS], dtype=np.float32))
-    return folder
 
 
 def build_batch(root: str | Path, out: str | Path | None = None, *, preset: str | Path | Config = DEFAULT_PRESET,
@@ -99,6 +128,12 @@ def build_batch(root: str | Path, out: str | Path | None = None, *, preset: str 
     batch report (``.records``, ``.exit_code``)."""
     from rvc_index.batch.root import run_root
 
+    _check("build_batch", root=(root, PATH, "a folder path"), out=(out, MAYBE_PATH, "a folder path or None"),
+           cluster=(cluster, (str,), "'local', 'cuda', 'slurm', a scheduler address or file"),
+           workers=(workers, (int, type(None)), "a whole number or None"),
+           only=(only, _strings, "a list of glob patterns (a str is one: wrap it in [])"),
+           report=(report, MAYBE_PATH, "a file path or None"))
+    _common("build_batch", preset, overrides, backend, force, progress)
     config = _config(preset, overrides)
     with ExitStack() as stack:
         _listening(stack, progress)
@@ -114,5 +149,10 @@ def evaluate_index(index_path: str | Path, features: str | Path, *, holdout: flo
     from rvc_index.compute.backend import select_backend
     from rvc_index.evaluation.evaluate import evaluate_files
 
+    _check("evaluate_index", index_path=(index_path, PATH, "an .index file path"),
+           features=(features, PATH, "a folder path"), holdout=(holdout, (float, int), "a number"),
+           queries=(queries, MAYBE_PATH, "a folder path or None"), max_queries=(max_queries, (int,), "a whole number"),
+           seed=(seed, (int,), "a whole number"), backend=(backend, (str,), "'auto', 'cpu' or 'gpu'"),
+           sweep=(sweep, (bool,), "True or False"))
     return evaluate_files(index_path, features, select_backend(backend), fraction=holdout, queries_dir=queries,
                           max_queries=max_queries, seed=seed, sweep=sweep)

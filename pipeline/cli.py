@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +13,8 @@ from rvc_index import __version__
 from rvc_index.config.loading import resolve_config_path
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import avoid_compaction_stalls, keep_freed_memory
-from rvc_index.runtime.progress import DETAIL, configure_logging, get_logger
+from rvc_index.runtime.outputs import check_output_file, check_output_folder, check_working_folder
+from rvc_index.runtime.progress import DETAIL, configure_logging, get_logger, tolerate_console_encoding
 from rvc_index.runtime.tables import format_table
 
 EXIT_FAILED = 1
@@ -31,6 +31,8 @@ def require_faiss() -> None:
     try:
         import faiss  # noqa: F401
     except ImportError as exc:
+        if "rvc-index[" in str(exc):  # rvc_index.runtime.faiss_guard already named the fix
+            raise FaissMissing(f"faiss cannot be imported: {exc}") from None
         raise FaissMissing(f'faiss cannot be imported ({exc}): pip install "rvc-index[cpu]" (or [gpu])') from None
 
 
@@ -167,8 +169,10 @@ def build_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_unretire(args: argparse.Namespace) -> int:
     from rvc_index.build.retire import unretire
 
-    restored = unretire(Path(args.folder))
-    print("\n".join([*(f"{a.name} -> {b.name}" for a, b in restored), f"{len(restored)} restored in {args.folder}"]))
+    folder = Path(args.folder).absolute()
+    restored = unretire(folder)
+    print("\n".join([*(f"{a.relative_to(folder)} -> {b.name}" for a, b in restored),
+                     f"{len(restored)} restored in {args.folder}"]))
     return 0
 
 
@@ -185,10 +189,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from rvc_index.tools.synth import SpeakerSpec, generate_collection
+    from rvc_index.tools.synth import generate_collection, speaker_specs
 
-    specs = [SpeakerSpec(f"speaker{i:02d}", args.rows, args.dim) for i in range(args.speakers)]
-    for folder in generate_collection(Path(args.root), specs, args.seed):
+    specs = speaker_specs(args.speakers, args.rows, args.dim)
+    root = check_output_folder("ROOT", args.root)
+    for folder in generate_collection(root, specs, args.seed):
         print(folder)
     return 0
 
@@ -264,6 +269,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rvc_index.evaluation.plots import summary_lines, write_report_png
     from rvc_index.runtime.outputs import write_json_atomic
 
+    given = {"--json": args.json, "--png": args.png}
+    outputs = {option: check_output_file(option, value) for option, value in given.items() if value is not None}
     result = evaluate_files(args.index, args.feature_dir, select_backend(args.backend), fraction=args.holdout,
                             queries_dir=args.queries, max_queries=args.max_queries, seed=args.seed,
                             sweep=not args.no_sweep).to_dict()
@@ -271,10 +278,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"held out: {result['holdout']['note']}")
     if result.get("nprobe_sweep"):
         print(format_table(result["nprobe_sweep"]))
-    if args.json:
-        write_json_atomic(Path(args.json), result)
-    if args.png:
-        write_report_png(Path(args.png), result, Path(args.index).name, result["index"])
+    if "--json" in outputs:
+        write_json_atomic(outputs["--json"], result)
+    if "--png" in outputs:
+        write_report_png(outputs["--png"], result, Path(args.index).name, result["index"])
     return 0
 
 
@@ -286,14 +293,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rvc_index.data.sources import resolve_experiment, scan_manifest
 
     config = load_config(resolve_config_path(args.config), args.overrides)
-    folder = Path(args.out).absolute().parent  # checked before minutes of tuning, not after
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise TuneError(f"--out {args.out}: {folder} is not a folder this user can write to")
+    out = check_output_file("--out", args.out)  # checked before minutes of tuning, not after
+    target = Target(args.min_recall, args.max_us_per_frame, args.max_ram_mb, args.objective)  # checks itself
     experiment = resolve_experiment(args.path)
     manifest = scan_manifest(experiment, config.source.on_bad_file)
     features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file,
                                 resident=resident_fits(manifest, config.source.chunk_mb, True))
-    target = Target(args.min_recall, args.max_us_per_frame, args.max_ram_mb, args.objective)
     grid = layouts(("flat", "fp16"), (1.0, 2.0), (1.0, 2.0)) if args.quick else None
     result = tune(features, config, target, select_backend(args.backend), layout_list=grid,
                   holdout_fraction=args.holdout, max_queries=args.max_queries, name=args.name)
@@ -306,7 +311,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "
                         f"({closest.lists} lists, n_list {closest.n_list}, nprobe {closest.nprobe}, "
                         f"{closest.us_per_frame:.1f} us/frame)")
-    path = write_preset(Path(args.out), result)
+    path = write_preset(out, result)
     chosen = result.chosen
     print(f"chosen: {chosen.lists} lists, n_list {chosen.n_list}, nprobe {chosen.nprobe}: recall@8 "
           f"{chosen.recall_at_k:.3f}, blend error {chosen.blend_error:.4f}, {chosen.us_per_frame:.1f} us/frame, "
@@ -322,10 +327,12 @@ COMMANDS = {"build": cmd_build, "inspect": cmd_inspect, "synth": cmd_synth, "dem
 def main(argv: Sequence[str] | None = None) -> int:
     memory = [avoid_compaction_stalls(), keep_freed_memory()]  # before anything imports numpy
     args = make_parser().parse_args(argv)
+    tolerate_console_encoding()
     configure_logging(-1 if args.quiet else args.verbose)
     for note in filter(None, memory):
         get_logger().info("%s", note, extra=DETAIL)
     try:
+        check_working_folder()
         if args.command in NEEDS_FAISS:
             require_faiss()
         return COMMANDS[args.command](args)

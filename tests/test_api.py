@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -53,6 +54,75 @@ def test_build_from_an_array(tmp_path):
         rvc_index.build_index(frames, tmp_path / "out")
     with pytest.raises(rvc_index.RvcIndexError, match="float"):
         rvc_index.build_index(np.zeros((10, 4), dtype=np.int32), tmp_path / "out", name="x")
+
+
+class Tensor:
+    """A tensor-like object that numpy reads through ``__array__`` (a CPU torch tensor), or cannot (a CUDA one)."""
+
+    def __init__(self, rows: np.ndarray, on_device: bool = False) -> None:
+        self.rows, self.on_device = rows, on_device
+
+    def __array__(self, dtype=None, copy=None):
+        if self.on_device:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+        return self.rows if dtype is None else self.rows.astype(dtype)
+
+
+def test_the_array_api_takes_array_likes_and_names_rows_of_the_array(tmp_path, monkeypatch):
+    """Issue 24 G: a list, a memoryview or a tensor was read as a path (TypeError: expected str), overrides as
+    a str letter by letter; rows were staged in TMPDIR (a full TMPDIR gave a raw OSError) and errors named
+    those files, already deleted. Now: array-likes build, wrong types are refused by name, errors name rows
+    of "the array", and nothing is written outside the output folder."""
+    temp = tmp_path / "tmpdir"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # TMPDIR: must stay empty
+    frames = np.concatenate(list(utterances(1200, 256, [2, 256])))[:1200]
+    out = tmp_path / "out"
+    for source in (frames.tolist(), memoryview(frames), Tensor(frames)):
+        result = rvc_index.build_index(source, out, name="likes", overrides=FAST, backend="cpu", force=True)
+        assert faiss.read_index(str(result.index_path)).ntotal == 1200, type(source)
+    refused = [(dict(source=Tensor(frames, on_device=True)), "source Tensor is neither a folder"),
+               (dict(source=frames[:, 0]), "must be a non-empty float [N, D] array, got float32 of shape (1200,)"),
+               (dict(source=frames, overrides="index.nprobe=4"), "overrides must be a list of 'section.key=value'"),
+               (dict(source=frames, preset=7), "preset must be a preset name, a YAML path or a Config, got int 7"),
+               (dict(source=frames, out=3.5), "out must be a folder path or None, got float 3.5"),
+               (dict(source=frames, force="yes"), "force must be True or False"),
+               (dict(source=frames, progress="print"), "progress must be a callable")]
+    for given, message in refused:
+        with pytest.raises(rvc_index.RvcIndexError) as caught:
+            rvc_index.build_index(**{"out": out, "name": "likes", "backend": "cpu", **given})
+        assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    with pytest.raises(TypeError, match="build_batch: only must be a list of glob patterns"):
+        rvc_index.build_batch(tmp_path, only="spk*")
+    huge = frames.copy()
+    huge[1000] *= 1e18
+    with pytest.raises(rvc_index.RvcIndexError, match=r"^the array: row 1000 holds a value of magnitude"):
+        rvc_index.build_index(huge, out, name="huge", overrides=FAST, backend="cpu")
+    few = np.full((20, 256), np.nan, np.float32)
+    few[[2, 9, 15]] = frames[:3]
+    with pytest.raises(rvc_index.RvcIndexError) as caught:
+        rvc_index.build_index(few, out, name="few", overrides=FAST, backend="cpu")
+    assert "only 3 rows in the array" in str(caught.value) and ".npy" not in str(caught.value)
+    assert list(temp.iterdir()) == [] and not [p for p in out.iterdir() if p.name.startswith(".rvc-index-array")]
+
+
+def test_a_full_disk_while_staging_the_array_is_the_usual_write_error(tmp_path):
+    """The rows are staged inside the output folder: past the file size limit, the usual one-line write error."""
+    script = textwrap.dedent(f"""
+        import resource, signal
+        import numpy as np, rvc_index
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        rows = np.random.default_rng(0).standard_normal((3000, 256)).astype(np.float32)
+        try:
+            rvc_index.build_index(rows, {str(tmp_path / "out")!r}, name="full", backend="cpu")
+        except rvc_index.RvcIndexError as exc:
+            print(type(exc).__name__, exc)
+        """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "OutputWriteError " in run.stdout and "the array could not be written there for the build (File too " \
+        "large); nothing was replaced, no partial file left" in run.stdout, run.stdout + run.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []
 
 
 @pytest.mark.slow

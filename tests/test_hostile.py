@@ -30,6 +30,7 @@ from rvc_index.data.sources import (
 )
 from rvc_index.evaluation.holdout import holdout_from_folder
 from rvc_index.evaluation.index_file import IndexFileError, read_index_file
+from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["evaluate.recall_queries=100", "evaluate.plot=false", "evaluate.nprobe_sweep=false"]
@@ -419,3 +420,91 @@ def test_eval_refuses_a_corrupted_ntotal(layout, tmp_path):
         proc = _eval_cli(path, folder, timeout=60)
         assert proc.returncode == 1 and "corrupted: vector counts disagree" in proc.stderr, proc.stderr[-2000:]
     assert read_index_file(_index_over(folder, tmp_path / "fine.index")).ntotal == 400
+
+
+# --- round 2 (issue 24): output options, console encodings, arguments and environment -----------------------
+
+def test_output_options_are_checked_before_any_work(tmp_path, capsys):
+    """Each ran the whole job, then failed naming a temporary file; ``--out ""`` wrote into this folder."""
+    folder = folder_of(tmp_path, {"a.npy": rows(500), "b.npy": rows(500, seed=1)})
+    index = _index_over(folder, tmp_path / "x.index")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir.index").mkdir()
+    missing = tmp_path / "missing" / "m.json"
+    cases = [
+        (["eval", str(index), str(folder), "--json", str(missing)], f"--json {missing}: {missing.parent} is not a "
+                                                                     "folder (it does not exist)"),
+        (["eval", str(index), str(folder), "--png", str(tmp_path / "adir")], f"--png {tmp_path / 'adir'}: is a folder"),
+        (["tune", str(folder), "--quick", "--out", str(tmp_path / "adir")], f"--out {tmp_path / 'adir'}: is a folder"),
+        (["build", str(folder), "--index-path", str(tmp_path / "adir.index")], "adir.index: is a folder"),
+        (["build", str(folder), "--out", ""], "--out '': an empty path"),
+        (["batch", str(tmp_path), "--out", ""], "--out '': an empty path"),
+        (["batch", str(tmp_path), "--report", str(tmp_path / "adir")], f"--report {tmp_path / 'adir'}: is a folder"),
+        (["batch", str(tmp_path), "--performance-report", str(missing)], f"--performance-report {missing}: "),
+    ]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for args, message in cases:
+        started = time.perf_counter()
+        assert main(["-q", *args, "--backend", "cpu"]) == 1, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
+        assert time.perf_counter() - started < 3, args
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, anywhere
+
+
+def test_a_successful_build_exits_0_on_any_console_encoding(tmp_path):
+    """A Windows pipe, file or GUI wrapper gets the ANSI code page: printing ``Zoë歌`` raised UnicodeEncodeError
+    after the index was written (a traceback, exit 1). Now what the encoding lacks is escaped."""
+    write_speaker(tmp_path / "logs", SpeakerSpec("Zoë歌", 1500, 256))
+    sets = [a for item in FAST for a in ("--set", item)]
+    for encoding in ("cp1252", "ascii"):
+        env = {**os.environ, "PYTHONIOENCODING": encoding}
+        for command in (["build", str(tmp_path / "logs" / "Zoë歌"), "--out", str(tmp_path / encoding)],
+                        ["batch", str(tmp_path / "logs"), "--out", str(tmp_path / f"batch-{encoding}"),
+                         "--workers", "1"])[:2 if encoding == "cp1252" else 1]:
+            proc = subprocess.run([sys.executable, "-m", "rvc_index", *command, "--config", "rvc-classic",
+                                   "--backend", "cpu", *sets], env=env, capture_output=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr.decode(encoding, "replace")[-3000:]
+            assert b"\\u6b4c" in proc.stdout and b"Traceback" not in proc.stderr  # 歌, escaped
+    assert len(list((tmp_path / "ascii").glob("*.index"))) == 1
+
+
+@pytest.mark.parametrize("option, value", [("--min-recall", "nan"), ("--min-recall", "-0.5"),
+                                           ("--min-recall", "1.01"), ("--max-us-per-frame", "-1"),
+                                           ("--max-ram-mb", "inf")])
+def test_tune_targets_are_checked_before_any_measurement(option, value, tmp_path, capsys, monkeypatch):
+    def measured(*args, **kwargs):
+        raise AssertionError("the value check ran for a target that cannot be met")
+
+    monkeypatch.setattr("rvc_index.data.feature_set.open_feature_set", measured)
+    folder = folder_of(tmp_path, {"a.npy": rows(500), "b.npy": rows(500, seed=1)})
+    assert main(["-q", "tune", str(folder), "--quick", "--backend", "cpu", "--out", str(tmp_path / "t.yaml"),
+                 option, value]) == 1
+    err = capsys.readouterr().err
+    assert f"{option} " in err and "must be a number" in err and err.count("\n") == 1
+
+
+def test_a_deleted_current_folder_is_one_line(tmp_path):
+    """``batch`` started from a deleted folder printed seven Dask tracebacks, ``build`` a bare ``[Errno 2]``."""
+    folder = folder_of(tmp_path, {"a.npy": rows(500), "b.npy": rows(500, seed=1)})
+    gone = tmp_path / "gone"
+    for command in (["build", str(folder)], ["batch", str(tmp_path)]):
+        gone.mkdir()
+        proc = subprocess.run(["bash", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$0" "$@"', sys.executable,
+                               "-m", "rvc_index", *command, "--out", str(tmp_path / "out"), "--backend", "cpu"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+        assert "the current folder cannot be found" in proc.stderr and "cd into a folder" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [(["--dim", "0"], "--dim 0: at least 64"),
+                                           (["--rows", "0"], "--rows 0: at least 1"),
+                                           (["--speakers", "-1"], "--speakers -1: at least 1"),
+                                           (["--dim", "32"], "--dim 32: at least 64")])
+def test_synth_arguments_are_checked(args, message, tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "s"), *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+    assert main(["synth", "", "--rows", "10"]) == 1 and "ROOT '': an empty path" in capsys.readouterr().err

@@ -43,6 +43,7 @@ from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import FEATURE_DIRS, SourceError
 from rvc_index.errors import RvcIndexError
+from rvc_index.runtime.outputs import check_output_folder
 from rvc_index.runtime.progress import get_logger
 
 REPORT_EVERY_S = 5.0
@@ -156,6 +157,18 @@ def shard_jobs(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
     return sorted(shards[index], key=lambda j: j.name)
 
 
+def one_name_per_folder(folders: Mapping[str, Path]) -> list[str]:
+    """The names of ``folders``, one per folder: a folder reached by two names (a link beside it) is one experiment,
+    built once under its own name (built under both, each build retired the other's index on every run)."""
+    kept: dict[Path, str] = {}
+    for name, path in sorted(folders.items(), key=lambda item: (item[1].is_symlink(), item[0])):
+        real = path.resolve()
+        if real in kept:
+            get_logger().warning("%s: the same folder as %s: built once, as %s", path, folders[kept[real]], kept[real])
+        kept.setdefault(real, name)
+    return sorted(kept.values())
+
+
 def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, only: Sequence[str] = (),
               shard: tuple[int, int] | None = None) -> list[Job]:
     """The experiments to build, each with its output folder and run mode.
@@ -163,10 +176,11 @@ def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, o
     An experiment whose feature folder cannot be listed (permissions) is planned with its
     ``problem``: it fails alone, the others build.
     """
+    out = check_output_folder("--out", out) if out is not None else None  # "" is not the current folder
     folders = {p.name: p for p in discover(root)}
     threshold = config.cluster.stream_above_mb * 2**20
     jobs = []
-    for name in select(list(folders), only):
+    for name in one_name_per_folder({name: folders[name] for name in select(list(folders), only)}):
         problem = None
         try:
             files, size = feature_size(folders[name])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rvc_index.batch.jobs import Job
 from rvc_index.batch.summary import TABLE_WIDTH, printable, short_error
-from rvc_index.build.naming import build_files
+from rvc_index.build.naming import build_files, check_files_are_ours
 from rvc_index.build.resume import build_fingerprint, code_fingerprint, config_fingerprint, finished_build, read_report
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import resolve_experiment, scan_manifest
@@ -40,6 +40,7 @@ def preview_job(job: Job, config: Config, config_fp: str, code_fp: str) -> Previ
         experiment = resolve_experiment(job.path)
         manifest = scan_manifest(experiment, config.source.on_bad_file)
         files = build_files(Path(job.out).absolute(), experiment.name, config)
+        check_files_are_ours(files, experiment.name)  # another experiment's report under these names: would fail
         done = finished_build(read_report(files.report), files, build_fingerprint(manifest, config_fp, code_fp))
         if done is not None:
             return Preview(name, "skip", f"up to date: {done['index_file']}")

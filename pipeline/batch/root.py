@@ -17,6 +17,7 @@ from rvc_index.batch.jobs import BatchError, Job, run_batch, stop_on_signals
 from rvc_index.batch.quiet import quiet_dask_noise
 from rvc_index.batch.summary import BatchReport, prepare_report, report_file
 from rvc_index.config.schema import Config
+from rvc_index.runtime.outputs import check_output_file
 from rvc_index.runtime.progress import get_logger
 
 
@@ -37,7 +38,10 @@ def run_root(root: str | Path, config: Config, out: str | Path | None = None, *,
     if retries < 0:
         raise BatchError(f"--retries {retries}: must be 0 or more")
     planned = list(jobs) if jobs is not None else plan_jobs(root, config, out, only, shard)
-    report_path = Path(report).absolute() if report else report_file(root, out, shard)
+    report_path = check_output_file("--report", report, make_folder=True) if report is not None else \
+        report_file(root, out, shard)
+    if performance_report is not None:
+        check_output_file("--performance-report", performance_report, make_folder=True)  # before the cluster
     history = prepare_report(report_path)
     meta = {"root": str(Path(root).absolute()), "out": str(Path(out).absolute()) if out else None,
             "config": config.name, "config_file": str(config_file) if config_file else None,

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from rvc_index.batch.jobs import BatchError, plan_jobs
-from rvc_index.batch.summary import REPORT_NAME, BatchRecord, BatchReport, prepare_report, printable, write_report
+from rvc_index.batch.summary import (
+    REPORT_NAME,
+    BatchRecord,
+    BatchReport,
+    json_type_problem,
+    prepare_report,
+    printable,
+    write_report,
+)
 from rvc_index.config.loading import load_config
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import read_json
@@ -37,20 +45,42 @@ class ShardReport:
         return self.data.get("slurm_job")
 
 
-def find_shard_reports(folder: Path, job: str | None = None) -> list[ShardReport]:
-    """The shard reports of array job ``job`` in ``folder`` (default: the newest report's job and N)."""
-    found = []
+SHARD_FIELDS: dict[str, Any] = {"finished": bool | None, "stopped": str | None, "seconds": float | None,
+                                "started": str | None, "slurm_job": str | int | None, "experiments": list | None}
+
+
+def shard_problem(data: dict[str, Any]) -> str | None:
+    """The first field of a shard report whose value is of the wrong type (``experiments[2].rows: ...``)."""
+    for key, kind in SHARD_FIELDS.items():
+        if (problem := json_type_problem(data.get(key), kind)) is not None:
+            return f"{key}: {problem}"
+    for number, record in enumerate(data.get("experiments") or []):
+        problem = json_type_problem(record, dict) or BatchRecord.json_problem(record)
+        if problem is not None:
+            return f"experiments[{number}]" + ("." if ":" in problem.split(" ")[0] else ": ") + problem
+    return None
+
+
+def find_shard_reports(folder: Path, job: str | None = None) -> tuple[list[ShardReport], list[str]]:
+    """The shard reports of array job ``job`` in ``folder`` (default: the newest report's job and N), and a
+    note naming each shard file that cannot be read (not JSON: truncated; a field of the wrong type): such
+    a shard counts as not reported, the others are merged."""
+    found, unusable = [], []
     for path in sorted(folder.glob("batch_report.shard-*-of-*.json")):
-        match = SHARD_FILE.match(path.name)
-        data = read_json(path) if match else None
-        if match and data is not None:
+        if not (match := SHARD_FILE.match(path.name)):
+            continue
+        data = read_json(path)
+        problem = "not a JSON report (truncated?)" if data is None else shard_problem(data)
+        if problem is None:
             found.append(ShardReport(int(match[1]), int(match[2]), path, data))
+        else:
+            unusable.append((int(match[2]), f"{path}: {problem}: counted as not reported"))
     if job is not None:
-        return [s for s in found if str(s.job) == str(job)]
-    if not found:
-        return []
-    newest = max(found, key=lambda s: (str(s.data.get("started") or ""), s.path.stat().st_mtime))
-    return [s for s in found if s.count == newest.count and s.job == newest.job]
+        found = [s for s in found if str(s.job) == str(job)]
+    elif found:
+        newest = max(found, key=lambda s: (str(s.data.get("started") or ""), s.path.stat().st_mtime))
+        found = [s for s in found if s.count == newest.count and s.job == newest.job]
+    return found, [note for count, note in unusable if not found or count == found[0].count]
 
 
 def missing_records(shards: list[ShardReport], missing: list[int], status: str, error: str | None) -> list[BatchRecord]:
@@ -75,15 +105,15 @@ def merge_shards(folder: str | Path, job: str | None = None, final: bool = False
     folder = Path(folder).expanduser().absolute()
     if (folder / REPORT_NAME).is_file() and not list(folder.glob("batch_report.shard-*.json")):
         raise BatchError(f"{folder}: no shard reports; the batch's own report is {folder / REPORT_NAME}")
-    shards = find_shard_reports(folder, job)
+    shards, notes = find_shard_reports(folder, job)
     if not shards:
         raise BatchError(f"{folder}: no shard reports (batch_report.shard-K-of-N.json)"
-                         + (f" of array job {job}" if job else "") + "; if the batch had --out, pass that folder")
+                         + (f" of array job {job}" if job else "") + "; if the batch had --out, pass that folder"
+                         + "".join(f"\n  {note}" for note in notes))
     count = shards[0].count
     reported = {s.index for s in shards}
     missing = [k for k in range(count) if k not in reported]
     records: list[BatchRecord] = []
-    notes = []
     running = [s.index for s in shards if not s.data.get("finished")]
     for shard in sorted(shards, key=lambda s: s.index):
         for data in shard.data.get("experiments") or []:

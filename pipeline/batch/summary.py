@@ -7,8 +7,10 @@ newest last), so a rerun never loses the record of what was built before.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,31 @@ class BatchRecord:
     def from_json(cls, data: dict[str, Any]) -> BatchRecord:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def json_problem(cls, data: dict[str, Any]) -> str | None:
+        """The first field of ``data`` (a record read back) whose value is not of its type, with the reason."""
+        for name, kind in typing.get_type_hints(cls).items():
+            problem = json_type_problem(data.get(name), kind)
+            if problem is not None:
+                return f"{name}: {problem}"
+        return None
+
+
+JSON_KINDS = {type(None): "null", str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+              list: "a list", dict: "an object"}
+
+
+def json_type_problem(value: object, kind: Any) -> str | None:
+    """Why ``value``, read from JSON, is not of the annotated type ``kind`` (``float | None``, ...); None if it is."""
+    allowed = typing.get_args(kind) or (kind,)
+    for option in allowed:
+        if (value is None and option is type(None)) or (option is float and isinstance(value, (int, float))
+                                                         and not isinstance(value, bool)) \
+                or (option is int and isinstance(value, int) and not isinstance(value, bool)) \
+                or (option in (str, bool, list, dict) and isinstance(value, option)):
+            return None
+    return f"expected {' or '.join(JSON_KINDS[k] for k in allowed)}, got {json.dumps(value, default=str)[:40]}"
 
 
 def lost_record(name: str, mode: str, exc: BaseException) -> BatchRecord:

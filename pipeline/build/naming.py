@@ -10,6 +10,7 @@ import hashlib
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import Experiment, check_name_fits
@@ -122,8 +123,12 @@ def output_place(experiment: Experiment, out_dir: str | Path | None = None, inde
         if not name.strip() or any(c in name for c in "/\\\0") or name in (".", ".."):
             raise OutputError(f"--name {name!r}: not a plain name (no slashes)")
         experiment = dataclasses.replace(experiment, name=name)
+    if out_dir is not None and not str(out_dir).strip():
+        raise OutputError(f"--out {str(out_dir)!r}: an empty path; name the output folder (. for this one)")
     if index_path is not None:
         path = Path(index_path).expanduser().absolute()
+        if path.is_dir():
+            raise OutputError(f"--index-path {path}: is a folder; name the .index file to write")
         if out_dir is not None and path.parent != Path(out_dir).expanduser().absolute():
             raise OutputError(f"--index-path {path} and --out {out_dir}: give one of them")
         if not path.name.endswith(INDEX_SUFFIX) or path.name == INDEX_SUFFIX:
@@ -146,6 +151,26 @@ def fixed_index_name(place: OutputPlace, config: Config) -> str | None:
     return None
 
 
+def report_owner(report: dict[str, Any]) -> tuple[object, object]:
+    """(experiment, preset) a build report records (either may be missing from a foreign file)."""
+    config = report.get("config")
+    return report.get("experiment"), config.get("name") if isinstance(config, dict) else None
+
+
+def check_files_are_ours(files: BuildFiles, experiment: str) -> None:
+    """Refuse, before any work and whatever ``--force`` says, when the report at this build's file names is
+    another build's: ``rvc-index-<exp>-<preset>`` reads the same for experiment ``alice`` with preset
+    ``tips-plain`` and ``alice-tips`` with ``plain``, and this build would replace that one's files."""
+    report = read_json(files.report)
+    owner, preset = report_owner(report) if report is not None else (None, None)
+    if not isinstance(owner, str) or (owner == experiment and preset in (files.preset, None)):
+        return  # ours, or a file that names no experiment (the settings check says what to do with it)
+    raise OutputError(f"{files.report}: the report of experiment {owner!r} (preset {preset}), not of this build "
+                      f"(experiment {experiment!r}, preset {files.preset}): both builds' files are named "
+                      f"rvc-index-{files.stem}-{files.preset}.*; give this one another --name or --out "
+                      "(--force would replace the other build's index and report)")
+
+
 def check_not_claimed(files: BuildFiles, index_name: str | None, force: bool) -> None:
     """Refuse, before any work, a fixed index name that another preset's or experiment's build in this
     folder wrote (its report names it): building would replace that build's index."""
@@ -155,10 +180,10 @@ def check_not_claimed(files: BuildFiles, index_name: str | None, force: bool) ->
         report = read_json(report_file)
         if report_file == files.report or report is None or report.get("index_file") != index_name:
             continue
-        preset = (report.get("config") or {}).get("name", "?")
-        raise OutputError(f"{files.out / index_name}: written by another build here ({report_file.name}, preset "
-                          f"{preset}); this build would replace it: give it its own file with --index-path or "
-                          "--set output.naming=rvc, or replace it with --force")
+        owner, preset = report_owner(report)
+        raise OutputError(f"{files.out / index_name}: written by another build here ({report_file.name}: "
+                          f"experiment {owner!r}, preset {preset}); this build would replace it: give it its own "
+                          "file with --index-path or --set output.naming=rvc, or replace it with --force")
 
 
 def is_plain_name(name: object) -> bool:

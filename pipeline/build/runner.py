@@ -19,6 +19,7 @@ from rvc_index.build.naming import (
     BuildFiles,
     OutputError,
     build_files,
+    check_files_are_ours,
     check_names,
     check_not_claimed,
     file_stem,
@@ -125,6 +126,15 @@ class Build:
     def name(self) -> str:
         return self.experiment.name
 
+    @property
+    def voices(self) -> tuple[str, ...]:
+        """The voice's names for RVC's and Applio's lookups: the experiment's, and the one its files carry."""
+        return tuple(dict.fromkeys((self.name, file_stem(self.name, self.config))))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.config.name})"
+
     @contextmanager
     def stage(self, name: str, guard: MemoryGuard | None = None) -> Iterator[None]:
         """A timed stage, refused first if the memory it needs is no longer available."""
@@ -138,6 +148,7 @@ class Build:
         config, name = self.config, self.name
         remove_stale_temps(self.out)
         files = build_files(self.out, name, config)
+        check_files_are_ours(files, name)  # another experiment's report under this build's names: refuse
         check_not_claimed(files, self.index_file, self.force)  # another preset's file: refuse before any work
         with self.stage("scan"):
             manifest = scan_manifest(self.experiment, config.source.on_bad_file)
@@ -147,7 +158,8 @@ class Build:
             done = None if self.force else finished_build(previous, files, fingerprint)
             if done is not None:
                 log.info("%s: up to date (%s), skipped", name, done["index_file"])
-                settle_competitors(self.out, name, files.index(done["index_file"]), [], config.output.retire_old)
+                settle_competitors(self.out, self.voices, files.index(done["index_file"]), [], config.output.retire_old,
+                                   by=self.label)
                 record = BuildRecord.from_dict(done)  # finished_build checked that it is one
                 return BuildResult(name, "skipped", files.index(done["index_file"]), files.report, record)
             if not self.force and previous is not None and previous.get("config_fingerprint") != config_fp:
@@ -177,13 +189,13 @@ class Build:
         prior = (previous or {}).get("index_file")
         previous_index = prior if is_plain_name(prior) and prior.endswith(".index") else None  # never a path elsewhere
         superseded = [files.index(previous_index)] if previous_index else []
-        competitors = competing_indexes(self.out, name, files.index(index_name))  # one walk of the folder
+        competitors = competing_indexes(self.out, self.voices, files.index(index_name))  # one walk of the folder
         replaced = replaced_index(files.index(index_name), superseded[0] if superseded else None, competitors)
         consumers = {"problems": static_problems(index, features.dim), "holdings": holdings(index)}
         verdict = judge(evaluation, replaced, features, config, self.backend, self.client, consumers)
         self.write(index, index_name, previous_index, config_fp, files, prepared, features.dim, guard)
-        retired = settle_competitors(self.out, name, files.index(index_name), superseded, config.output.retire_old,
-                                     competitors)
+        retired = settle_competitors(self.out, self.voices, files.index(index_name), superseded,
+                                     config.output.retire_old, competitors, self.label)
         record = self.record(features, manifest, plan, prepared, index, index_name, evaluation, guard, files,
                              fingerprint, config_fp)
         record.retired = retired

@@ -13,6 +13,7 @@ thread in one-second batches, RAM is the index's arrays. The cheapest trial meet
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,18 @@ class Target:
     max_us_per_frame: float = 0.0  # 0 = no limit
     max_ram_mb: float = 0.0  # 0 = no limit
     objective: Literal["latency", "memory"] = "latency"
+
+    def __post_init__(self) -> None:
+        """Refuse, before any measurement, a target no layout can meet or that means nothing (NaN, negative,
+        a recall above 1), naming the option."""
+        for option, value, high in (("--min-recall", self.min_recall, 1.0), ("--max-us-per-frame",
+                                    self.max_us_per_frame, math.inf), ("--max-ram-mb", self.max_ram_mb, math.inf)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high \
+                    or math.isinf(value):
+                limits = "from 0 to 1" if high == 1.0 else "0 (no limit) or more, finite"
+                raise TuneError(f"{option} {value!r}: must be a number {limits}")
+        if self.objective not in ("latency", "memory"):
+            raise TuneError(f"objective {self.objective!r}: must be latency or memory")
 
 
 @dataclass(frozen=True)

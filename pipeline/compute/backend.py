@@ -262,8 +262,36 @@ def faiss_gpu_status(cupy: ModuleType, device: int) -> tuple[int, str]:
     return gpus, ""
 
 
+def kernel_problem(cupy: ModuleType) -> str:
+    """Why CuPy cannot compile a kernel or run a matrix product on the current device ("" when it can).
+
+    CuPy compiles its kernels with NVRTC on first use and multiplies with cuBLAS: a ``cupy-cuda12x``
+    installed without its CUDA toolkit wheels on a driver-only host imports and sees the GPU, then fails
+    at the first kernel, in the middle of a build. One tiny kernel and one product here fail first.
+    """
+    try:
+        x = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+        doubled = cupy.ElementwiseKernel("float32 x", "float32 y", "y = 2.0f * x", "rvc_index_probe")(x)
+        product = (doubled @ x).get()  # [[4, 6], [12, 22]]
+    except Exception as exc:  # noqa: BLE001 - whatever fails here (no NVRTC, no cuBLAS, no kernel image) says why
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return "" if np.array_equal(product, [[4, 6], [12, 22]]) else f"a 2 x 2 product returned {product.tolist()}"
+
+
+def cupy_fix(cupy: ModuleType) -> str:
+    """The install that brings NVRTC and cuBLAS for this CuPy's CUDA major version."""
+    try:
+        major = int(cupy.cuda.runtime.runtimeGetVersion()) // 1000
+    except Exception:  # noqa: BLE001 - the version is only for the message
+        major = 12
+    extra = "gpu-cu13" if major >= 13 else "gpu"
+    return f'pip install "rvc-index[{extra}]" (cupy-cuda{major}x[ctk]: NVRTC, cuBLAS) or install the CUDA toolkit'
+
+
 def select_backend(name: BackendName = "auto", device: int = 0) -> Backend:
-    """Pick the device: ``gpu`` needs CuPy with a CUDA device; ``auto`` uses one if present."""
+    """Pick the device: ``gpu`` needs CuPy with a CUDA device that compiles and runs a kernel; ``auto`` uses
+    one if present and falls back to the CPU (one logged line naming the fix) when it cannot compile."""
     if name not in ("auto", "cpu", "gpu"):
         raise BackendError(f"unknown backend {name!r}: use auto, cpu or gpu")
     log = get_logger()
@@ -278,6 +306,13 @@ def select_backend(name: BackendName = "auto", device: int = 0) -> Backend:
             )
         return Backend("cpu", np)
     cupy.cuda.Device(device).use()
+    problem = kernel_problem(cupy)
+    if problem:
+        line = f"GPU {device}: CuPy cannot compile and run kernels ({problem}): {cupy_fix(cupy)}"
+        if name == "gpu":
+            raise BackendError(f"backend 'gpu' was requested but {line}")
+        log.warning("%s; running on the CPU", line)
+        return Backend("cpu", np)
     gpus, note = faiss_gpu_status(cupy, device)
     if not gpus:
         log.warning("GPU %d: CuPy runs the array work; faiss runs on the CPU because %s", device, note)

@@ -243,13 +243,13 @@ def usable_row_mask(path: Path | str, array: np.ndarray, first_row: int = 0) -> 
     bound = value_bound(array.shape[1])
     if array.size and -bound <= array.min() and array.max() <= bound:  # NaN fails both comparisons
         return np.ones(array.shape[0], dtype=bool)
-    with np.errstate(invalid="ignore"):
-        row_max = np.abs(array).max(axis=1)  # NaN for a row holding NaN, inf for one holding Inf
-    finite = np.isfinite(row_max)
-    over = np.flatnonzero(finite & (row_max > bound))
+    high, low = array.max(axis=1), array.min(axis=1)  # NaN for a row holding NaN, +-inf for one holding Inf
+    finite = np.isfinite(high) & np.isfinite(low)
+    over = np.flatnonzero(finite & ((high > bound) | (low < -bound)))
     if over.size:
         row = int(over[0])
-        raise FeatureFileError(shown_name(str(path)), _too_large(first_row + row, float(row_max[row]),
+        raise FeatureFileError(shown_name(str(path)), _too_large(first_row + row, max(float(high[row]),
+                                                                                      -float(low[row])),
                                                                 array.shape[1]))
     return finite
 

@@ -20,6 +20,57 @@ class OutputWriteError(RvcIndexError, OSError):
     """An output could not be written (disk full, quota, read-only); nothing was replaced."""
 
 
+class OutputPathError(RvcIndexError, ValueError):
+    """An option names an output that cannot be written: checked before any work."""
+
+
+def _given(option: str, path: str | os.PathLike[str]) -> Path:
+    if not str(path).strip():
+        raise OutputPathError(f"{option} {str(path)!r}: an empty path; name where to write")
+    return Path(path).expanduser().absolute()
+
+
+def _writable_folder(option: str, path: str | os.PathLike[str], folder: Path, make: bool) -> None:
+    """Raise OutputPathError unless ``folder`` (``make``: or the nearest folder above it that exists, the
+    rest being created) is a folder this user can write to."""
+    while make and not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"{option} {path}: {folder} is not a folder" + (
+            "" if os.path.lexists(folder) else " (it does not exist)"))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {path}: {folder} is not a folder this user can write to")
+
+
+def check_output_file(option: str, path: str | os.PathLike[str], make_folder: bool = False) -> Path:
+    """The absolute path of an output file an option names, checked before any work: not empty, not a
+    folder, in a folder this user can write to (``make_folder``: one that can be created). Raises
+    OutputPathError naming the option."""
+    target = _given(option, path)
+    if target.is_dir():
+        raise OutputPathError(f"{option} {path}: is a folder; name the file to write in it")
+    _writable_folder(option, path, target.parent, make_folder)
+    return target
+
+
+def check_output_folder(option: str, path: str | os.PathLike[str]) -> Path:
+    """The absolute path of an output folder an option names, checked before any work: not empty, and
+    the folder (or the nearest one above it that exists: the rest is created) writable."""
+    target = _given(option, path)
+    _writable_folder(option, path, target, make=True)
+    return target
+
+
+def check_working_folder() -> None:
+    """Raise OutputPathError when the current folder is gone (deleted or moved while a shell stood in it):
+    relative paths, Dask's worker processes and faiss's temporary files all need it."""
+    try:
+        os.getcwd()
+    except OSError as exc:
+        raise OutputPathError(f"the current folder cannot be found ({exc.strerror or exc}: deleted or moved?); "
+                              "cd into a folder that exists and run again") from None
+
+
 def _write_failure(final: Path, tmp: Path, exc: BaseException) -> OutputWriteError | None:
     """``exc`` as an OutputWriteError naming ``final`` when it is a failure to write the file."""
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and exc.filename in (None, str(tmp)):  # see writing()

@@ -41,6 +41,18 @@ def slurm_tag() -> str:
     return f"[job {job}_{task}] " if task else f"[job {job}] "
 
 
+def tolerate_console_encoding() -> None:
+    """Show what the console's encoding cannot encode as ``\\x..`` escapes instead of failing: on Windows a
+    pipe, a file or a GUI wrapper gets the ANSI code page, where printing an experiment named ``Zoë歌``
+    raised UnicodeEncodeError after its build had succeeded. Child processes (Dask workers) inherit it."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    encoding = os.environ.get("PYTHONIOENCODING", "")
+    if encoding and ":" not in encoding:
+        os.environ["PYTHONIOENCODING"] = f"{encoding}:backslashreplace"
+
+
 def configure_logging(verbosity: int = 0) -> None:
     """Log to stderr with timestamps; ``verbosity`` 0 = INFO without detail lines, 1 = INFO with them
     (stages, progress), 2+ = DEBUG, -1 = WARNING."""

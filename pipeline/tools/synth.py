@@ -8,11 +8,13 @@ Per-dimension spread is about 0.4, so a frame's norm is about ``0.4 * sqrt(D)``.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import write_atomic
 
 N_PHONES = 48
@@ -21,11 +23,38 @@ MIN_FRAMES, MAX_FRAMES = 50, 750
 INVENTORY_SEED = 20260401  # the phone inventory is shared by every speaker of every collection
 
 
+class SynthError(RvcIndexError, ValueError):
+    """Arguments no synthetic collection can be written from (the message names the option)."""
+
+
+def _count(value: object, least: int, what: str) -> int:
+    """``value`` as an int of at least ``least``, else SynthError saying ``what`` it is."""
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise SynthError(f"{what} {value!r}: a whole number is needed") from None
+    if number < least:
+        raise SynthError(f"{what} {number}: at least {least}" + (
+            f" (the frames' phone space spans {RANK} dimensions)" if least == RANK else ""))
+    return number
+
+
 @dataclass(frozen=True)
 class SpeakerSpec:
     name: str
     rows: int
     dim: int = 768
+
+    def __post_init__(self) -> None:
+        _count(self.rows, 1, f"{self.name}: rows")
+        _count(self.dim, RANK, f"{self.name}: dim")
+
+
+def speaker_specs(speakers: int, rows: int, dim: int) -> list[SpeakerSpec]:
+    """``synth``'s speakers (``speaker00``, ...), checked before anything is written: the message names the option."""
+    count = _count(speakers, 1, "--speakers")
+    rows, dim = _count(rows, 1, "--rows"), _count(dim, RANK, "--dim")
+    return [SpeakerSpec(f"speaker{i:02d}", rows, dim) for i in range(count)]
 
 
 def feature_dir_name(dim: int) -> str:

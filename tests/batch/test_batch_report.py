@@ -108,6 +108,41 @@ def test_status_merges_the_shards_of_one_array_job(tmp_path, bank, capsys):
     assert "no shard reports" in capsys.readouterr().err
 
 
+BAD_SHARDS = {  # how a shard report can be broken: (change its JSON text, the note's field and problem)
+    "truncated": (lambda text: text[: len(text) // 2], "not a JSON report (truncated?)"),
+    "rows": (lambda text: text.replace('"rows": 2000', '"rows": "many"'),
+             'experiments[0].rows: expected a whole number or null, got "many"'),
+    "experiments": (lambda text: json.dumps({**json.loads(text), "experiments": "spk1"}),
+                    'experiments: expected a list or null, got "spk1"'),
+    "record": (lambda text: json.dumps({**json.loads(text), "experiments": [7]}),
+               "experiments[0]: expected an object, got 7"),
+    "seconds": (lambda text: json.dumps({**json.loads(text), "seconds": [1]}),
+                "seconds: expected a number or null, got [1]"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BAD_SHARDS))
+def test_status_names_a_broken_shard_report_and_merges_the_others(broken, tmp_path, bank, capsys):
+    """Issue 24 H: a wrong-typed field was a traceback, a truncated report silently counted as missing."""
+    root = copy(bank, tmp_path / "logs", "spk0", "spk1", "spk2")
+    out = tmp_path / "out"
+    out.mkdir()
+    shards = {k: [j.name for j in plan_jobs(root, fast_config(), out, shard=(k, 3))] for k in range(3)}
+    for k in range(3):
+        shard_report(out, k, 3, "88", [BatchRecord(shards[k][0], "built", rows=2000)], True, root)
+    path = out / "batch_report.shard-1-of-3.json"
+    change, problem = BAD_SHARDS[broken]
+    path.write_text(change(path.read_text()))
+    report, notes = merge_shards(out)
+    assert notes[0] == f"{path}: {problem}: counted as not reported"
+    assert {r.experiment: r.status for r in report.records} == {
+        shards[0][0]: "built", shards[1][0]: "pending", shards[2][0]: "built"}  # planned again, as if lost
+    assert main(["status", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert f"{path.name}: {problem}" in printed.out and "Traceback" not in printed.err
+    assert main(["status", str(out), "--final"]) == 1  # the array ended: that shard's experiment failed
+
+
 def test_a_lost_shard_that_cannot_be_planned_again_still_fails_the_final_report(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

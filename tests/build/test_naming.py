@@ -66,3 +66,27 @@ def test_bad_index_paths_and_names_are_refused(tmp_path):
         output_place(experiment, name="a/b")
     place = output_place(experiment, index_path=tmp_path / "sub" / "x.index", name="voice")
     assert (place.out, place.index_file, place.experiment.name) == (tmp_path / "sub", "x.index", "voice")
+
+
+def test_per_experiment_names_that_meet_say_whose_the_report_is(tmp_path, capsys):
+    """Issue 24 C: ``rvc-index-<exp>-<preset>.*`` is the same for experiment ``alice`` with preset ``tips-plain``
+    and ``alice-tips`` with preset ``plain``: the second build is refused before any work, naming the first
+    build's experiment and preset, even with --force (which deleted alice's index); alice's files stay."""
+    logs = tmp_path / "logs"
+    for name in ("alice", "alice-tips"):
+        write_speaker(logs, SpeakerSpec(name, 1500, 256))
+    out = tmp_path / "shared"
+    assert main(["-q", "build", str(logs / "alice"), "--out", str(out), *FAST]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for force in ([], ["--force"]):
+        assert main(["-q", "build", str(logs / "alice-tips"), "--out", str(out), "--set", "name=plain", *FAST,
+                     *force]) == 1
+        err = capsys.readouterr().err
+        assert "rvc-index-alice-tips-plain.report.json: the report of experiment 'alice' (preset tips-plain)" in err
+        assert "experiment 'alice-tips', preset plain" in err and "--name or --out" in err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".rvc-index.lock"} == \
+            {name: data for name, data in before.items() if name != ".rvc-index.lock"}
+    assert main(["-q", "build", str(logs / "alice-tips"), "--out", str(tmp_path / "own"), "--set", "name=plain",
+                 *FAST]) == 0
+    assert main(["-q", "build", str(logs / "alice"), "--out", str(out), *FAST]) == 0  # alice's: up to date

@@ -8,12 +8,13 @@ sorted and in reversed order: a competitor that either order lets win is a real 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
-from rvc_index.build.retire import competing_indexes, original_name, retire, unretire
+from rvc_index.build.retire import MANIFEST_NAME, competing_indexes, original_name, retire, unretire
 from rvc_index.build.runner import build_experiment
 from rvc_index.cli import main
 from rvc_index.compute.backend import select_backend
@@ -111,3 +112,71 @@ def test_competitors_in_subfolders_and_names(tmp_path):
     with pytest.raises(OSError, match="cannot be restored"):
         unretire(folder)  # alice.index is taken: nothing is renamed
     assert (folder / "alice.index").read_text() == "new" and (folder / "alice.index.retired").exists()
+
+
+def _build(exp: Path, *args: str) -> int:
+    return main(["-q", "build", str(exp), "--config", "rvc-classic", "--backend", "cpu", "--retire-old",
+                 *[a for item in FAST for a in ("--set", item)], *args])
+
+
+def test_retiring_stays_with_this_voice_in_a_shared_folder(tmp_path):
+    """Issue 24 B: RVC's ``assets/indices`` (reached with --index-path) and a shared --out hold other voices'
+    indexes: only files named for this voice are retired, never one another experiment's report names."""
+    logs = tmp_path / "logs"
+    for name in ("alice", "alice-tips", "bob"):
+        write_speaker(logs, SpeakerSpec(name, 1200, 256))
+    indices = tmp_path / "assets" / "indices"
+    indices.mkdir(parents=True)
+    theirs = ["bob.index", "bob_IVF40_Flat_nprobe_1_bob_v1.index", "alice-tips.index", "notes_alice.index"]
+    mine = "alice_IVF40_Flat_nprobe_1_alice_v1.index"  # RVC's link of alice's old index
+    for name in [*theirs, mine]:
+        (indices / name).write_text(name)
+    assert _build(logs / "alice", "--index-path", str(indices / "alice.index")) == 0
+    assert sorted(p.name for p in indices.glob("*.index*")) == sorted([*theirs, "alice.index", mine + ".retired"])
+
+    shared = tmp_path / "shared"
+    for name in ("alice-tips", "bob"):  # their reports name their indexes (which hold "alice" / sit beside)
+        assert _build(logs / name, "--out", str(shared)) == 0
+    built = sorted(p.name for p in shared.glob("*.index"))
+    (shared / "added_IVF40_Flat_nprobe_1_alice_v1.index").write_text("alice's, by RVC")
+    assert _build(logs / "alice", "--out", str(shared)) == 0
+    left = sorted(p.name for p in shared.glob("*.index"))
+    assert set(built) < set(left) and len(left) == 3  # the other two experiments' indexes stay
+    assert [p.name for p in shared.glob("*.retired")] == ["added_IVF40_Flat_nprobe_1_alice_v1.index.retired"]
+
+
+def test_a_folder_reached_by_two_names_is_one_experiment_in_a_batch(tmp_path, client, capsys):
+    """Issue 24 B: ``logs/alias -> alice``: built under both names, each build retired the other's index, so
+    every rerun rebuilt and ``.retired`` copies piled up. Now it is built once, and a rerun skips it."""
+    logs = tmp_path / "logs"
+    write_speaker(logs, SpeakerSpec("alice", 1200, 256))
+    (logs / "alias").symlink_to(logs / "alice", target_is_directory=True)
+    args = ["-q", "batch", str(logs), "--config", "rvc-classic", "--cluster", client.scheduler.address,
+            "--backend", "cpu", "--retire-old", *[a for item in FAST for a in ("--set", item)]]
+    for status in ("built", "skipped"):
+        assert main(args) == 0
+        report = json.loads((logs / "batch_report.json").read_text())
+        assert [(r["experiment"], r["status"]) for r in report["experiments"]] == [("alice", status)]
+    assert len(list((logs / "alice").glob("*.index"))) == 1 and not list((logs / "alice").rglob("*.retired*"))
+    assert "the same folder as" in capsys.readouterr().err
+
+
+def test_unretire_restores_everything_a_build_retired_including_subfolders(logs, capsys):
+    """Issue 24 B: an old index in a subfolder was retired and ``unretire`` then restored 0 files. What a build
+    retires is recorded beside its reports; ``unretire`` restores it all (and older versions' ``.retired``)."""
+    folder = logs / "myvoice"
+    (folder / "old" / "deep").mkdir(parents=True)
+    (folder / "old" / "deep" / "myvoice_v1.index").write_text("older still")
+    (folder / "old" / "left.index.retired").write_text("retired by an older version")
+    assert _build(folder) == 0
+    record = json.loads((folder / MANIFEST_NAME).read_text())["retired"]
+    assert sorted(e["original"] for e in record) == sorted(["old/deep/myvoice_v1.index", RVC_OWN])
+    assert all(e["by"] == "myvoice (rvc-classic)" for e in record)
+    capsys.readouterr()
+    assert main(["unretire", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "old/deep/myvoice_v1.index.retired -> myvoice_v1.index" in printed and "3 restored in" in printed
+    assert (folder / "old" / "deep" / "myvoice_v1.index").read_text() == "older still"
+    assert (folder / RVC_OWN).read_bytes() == b"an older index" and (folder / "old" / "left.index").exists()
+    assert not list(folder.rglob("*.retired*")) and not (folder / MANIFEST_NAME).exists()
+    assert main(["unretire", str(folder)]) == 0 and "0 restored in" in capsys.readouterr().out

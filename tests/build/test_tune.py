@@ -102,8 +102,8 @@ def test_tune_cli_writes_a_loadable_preset(speaker, tmp_path):
     assert "chosen:" in proc.stdout and "meets" in proc.stdout
     config = load_config(out)
     assert config.name == "mine" and config.index.recipe == IVF_PQ_RFLAT and not config.expand.enabled
-    proc = run_cli("tune", str(speaker), "--quick", "--min-recall", "1.01", "--out", str(tmp_path / "no.yaml"),
-                   "--backend", "cpu", "--set", "expand.enabled=false")
+    proc = run_cli("tune", str(speaker), "--quick", "--min-recall", "1", "--max-us-per-frame", "0.001", "--out",
+                   str(tmp_path / "no.yaml"), "--backend", "cpu", "--set", "expand.enabled=false")  # 1 ns: never met
     assert proc.returncode == 1 and "no configuration met the target" in proc.stderr
     assert not (tmp_path / "no.yaml").exists()
 

@@ -1,4 +1,7 @@
+import logging
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -6,6 +9,7 @@ from rvc_index.compute.backend import (
     BackendError,
     _cupy_with_device,
     cuda_mismatch,
+    kernel_problem,
     loaded_cuda_majors,
     select_backend,
     thread_map,
@@ -85,3 +89,43 @@ def test_thread_map_keeps_order_and_runs_numpy_work_on_every_core():
     assert thread_map(np, work, []) == []
     cores = os.cpu_count() or 1
     assert (threading.main_thread().ident not in seen) == (cores > 1)  # a pool of one thread per core
+
+
+class DynamicLibNotFoundError(RuntimeError):
+    """What CuPy 14.2 raises at its first kernel without NVRTC: ``cupy_backends/cuda/libs/_cnvrtc.pxi`` asks
+    ``cuda.pathfinder.load_nvidia_dynamic_lib('nvrtc')``, whose error is this RuntimeError subclass."""
+
+
+def _cupy_without_nvrtc() -> types.ModuleType:
+    """A CuPy that imports and sees one GPU, as ``cupy-cuda12x`` without ``[ctk]`` on a driver-only host does,
+    and fails at its first kernel compile with CuPy's own error."""
+
+    def no_nvrtc(*args, **kwargs):
+        raise DynamicLibNotFoundError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12": No such file: '
+                                      "libnvrtc.so.13 or libnvrtc.so.12")
+
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 12080)
+    device = types.SimpleNamespace(use=lambda: None)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda index=0: device)
+    cupy.float32, cupy.arange = np.float32, np.arange
+    cupy.ElementwiseKernel = lambda *args, **kwargs: no_nvrtc
+    return cupy
+
+
+def test_a_cupy_that_cannot_compile_falls_back_to_the_cpu_naming_the_fix(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "cupy", _cupy_without_nvrtc())
+    with caplog.at_level(logging.WARNING, logger="rvc_index"):
+        assert select_backend("auto").name == "cpu"
+    line = caplog.messages[-1]
+    assert "\n" not in line and "CuPy cannot compile and run kernels (DynamicLibNotFoundError: Failure finding" in line
+    assert 'pip install "rvc-index[gpu]" (cupy-cuda12x[ctk]: NVRTC, cuBLAS)' in line and "running on the CPU" in line
+    with pytest.raises(BackendError, match=r"backend 'gpu' was requested but GPU 0: CuPy cannot compile.*ctk"):
+        select_backend("gpu")
+
+
+@pytest.mark.gpu
+def test_cupy_compiles_a_kernel_here():
+    import cupy
+
+    assert kernel_problem(cupy) == ""

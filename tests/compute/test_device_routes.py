@@ -1,0 +1,119 @@
+"""Every device route under the counting CuPy stand-in (``cupy_standin.py``), on a ``Backend("gpu", XP)``:
+the init, pinned staging, the device k-means route end to end, the evaluation's exact neighbours and the
+IVF expansion. Each must run without a call CuPy 14.2 would refuse, and its device-to-host transfers
+(hidden synchronisations included) must not grow with K, the list count or the row count.
+"""
+
+import numpy as np
+import pytest
+from cupy_standin import XP, DeviceArray, measure, with_cupyx
+from rvc_index.compute.backend import Backend
+from rvc_index.compute.init import d2_init, random_init
+from rvc_index.compute.neighbours import exact_neighbours, ivf_neighbours, probe_lists, probe_recall
+from rvc_index.config.schema import CompressConfig
+from rvc_index.evaluation.metrics import exact_knn
+from rvc_index.stages.compress import compress, plan_compression
+
+GPU = Backend("gpu", XP)
+
+
+@pytest.fixture(autouse=True)
+def _cupyx(monkeypatch):
+    with_cupyx(monkeypatch)
+
+
+def rows(n, dim=16, seed=0, unit=False):
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True) if unit else x
+
+
+def test_device_init_costs_a_fixed_number_of_calls_and_no_transfer():
+    costs = set()
+    for n, k in [(4000, 16), (16000, 64), (32000, 256)]:
+        x = XP.asarray(rows(n))
+        d2 = measure(lambda x=x, k=k: d2_init(XP, x, k, np.random.default_rng(1)))
+        uploads = DeviceArray.counts.uploads  # one host draw of uniforms per round
+        plain = measure(lambda x=x, k=k: random_init(XP, x, k, np.random.default_rng(1)))
+        costs.add((d2, uploads, plain))
+    assert len(costs) == 1, costs
+    (calls, transfers), uploads, plain = costs.pop()
+    assert transfers == 0 and plain[1] == 0 and uploads == 8 and calls < 200
+
+
+@pytest.mark.parametrize("sizes", [[1000] * 6, [1000, 1200, 900, 1300, 1100, 1000]])
+def test_pinned_staging_copies_each_block_once_and_reads_nothing_back(sizes):
+    blocks = [rows(n, 8, seed=i).astype(np.float64) for i, n in enumerate(sizes)]
+    out = XP.empty((sum(sizes), 8), dtype=XP.float32)
+    calls, transfers = measure(lambda: [None for _ in GPU.stage(blocks, out=out)])
+    counts = DeviceArray.counts
+    assert (calls, transfers, counts.uploads) == (0, 0, len(blocks))  # one pinned copy per block, no kernel
+    assert counts.waits == len(blocks) - 1  # the host waits for a buffer's previous copy, not for the compute
+    assert counts.pinned <= 2 + sum(b > max(sizes[:i], default=0) for i, b in enumerate(sizes))
+    np.testing.assert_array_equal(out.get(), np.concatenate(blocks).astype(np.float32))
+    staged = [s.get() for s in GPU.stage(blocks)]  # without ``out``: each valid until the next is asked for
+    assert all(np.array_equal(s, b.astype(np.float32)) for s, b in zip(staged, blocks))
+
+
+def test_the_device_kmeans_route_reads_back_a_fixed_number_of_times(make_experiment, feature_set):
+    seen = {}
+    for n, k, budget in [(4000, 64, 64), (12000, 256, 64), (12000, 256, 4)]:  # 4 MiB: the streamed route
+        features = feature_set(make_experiment(f"s{n}_{k}_{budget}", n, 64))
+        config = CompressConfig(row_threshold=100, n_centroids=k, route="device", device_budget_mb=budget,
+                                lloyd_passes=3, stream_passes=1)
+        centres = {}
+        seen[(n, k, budget)] = measure(lambda f=features, c=config, out=centres: out.setdefault(
+            "c", compress(f, plan_compression(f.n_rows, c), c, GPU, seed=0)))[1]
+        assert centres["c"].shape == (k, 64) and np.isfinite(centres["c"]).all()
+    # resident: the passes' mean squared distances once and the centres once; streamed: one more MSD read
+    assert seen == {(4000, 64, 64): 2, (12000, 256, 64): 2, (12000, 256, 4): 3}
+
+
+def test_the_evaluations_exact_neighbours_cost_a_fixed_number_of_calls_per_tile():
+    queries = rows(100)
+    cost = {}
+    for n in (3000, 12000):
+        blocks = [rows(n // 3, seed=i) for i in range(3)]
+        cost[n] = measure(lambda b=blocks, n=n: exact_knn(GPU, queries, b, 8, tile_rows=1000, keep=np.ones(n, bool)))
+    per_tile = (cost[12000][0] - cost[3000][0]) / 9
+    assert cost[3000][1] == cost[12000][1] == 2 and per_tile == int(per_tile) and per_tile < 30, cost
+
+
+def ivf_cost(n_list, n=8000, nprobe=4):
+    unit = XP.asarray(rows(n, unit=True, seed=5))
+    centres = unit[XP.arange(n_list)].copy()
+    probes = probe_lists(XP, unit, centres, nprobe, 1 << 26)
+    truth = exact_neighbours(XP, unit[:50], unit, 8, 1 << 26)
+    probing = measure(lambda: probe_lists(XP, unit, centres, nprobe, 1 << 26))
+    recall = measure(lambda: probe_recall(XP, unit, centres, XP.arange(50), truth, nprobe))
+    search = measure(lambda: ivf_neighbours(XP, unit, probes, n_list, 8))
+    return probing, recall, search
+
+
+def test_ivf_probing_and_recall_cost_do_not_grow_with_the_lists():
+    small, large = ivf_cost(20), ivf_cost(80)
+    assert small[:2] == large[:2] and small[0][1] == 0 and small[1][1] == 2  # recall: bincount's sync + result
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "compute/neighbours.py ivf_neighbours (the IVF expansion route on a GPU without faiss-gpu) runs a Python "
+    "loop over every list at every probe rank: ~100 launches per list, and at ranks > 0 one xp.nonzero per "
+    "list (line 'better = xp.nonzero(...)'), which CuPy answers by reading the count back (a sync): "
+    "n_list x nprobe iterations, 3 syncs per list here"))
+def test_ivf_search_transfers_do_not_grow_with_the_lists():
+    small, large = ivf_cost(20)[2], ivf_cost(80)[2]
+    assert large[1] == small[1], (small, large)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "compress.route=minibatch on a GPU (the CPU k-means engine on the device) reads back per Lloyd iteration "
+    "and per coarse cell: compute/kmeans.py segment_sums xp.bincount (CuPy syncs: int(cupy.max(x)) + 1), "
+    "kmeans.lloyd int((counts == 0).sum()), kmeans.means_or_reseed xp.nonzero(counts == 0) and "
+    "'if empty.size', minibatch.py float(dists...sum()) per batch, two_level.py xp.nonzero/to_host(bincount)"))
+def test_the_minibatch_route_on_a_device_reads_back_a_fixed_number_of_times(make_experiment, feature_set):
+    seen = []
+    for n, k in [(4000, 64), (12000, 256)]:
+        features = feature_set(make_experiment(f"m{n}_{k}", n, 64))
+        config = CompressConfig(row_threshold=100, n_centroids=k, route="minibatch", epochs=1.0, init="random")
+        seen.append(measure(lambda f=features, c=config: compress(f, plan_compression(f.n_rows, c), c, GPU,
+                                                                  seed=0))[1])
+    assert seen[0] == seen[1], seen
