@@ -1,4 +1,4 @@
-"""Shared fixtures: a real LocalCluster, synthetic experiments, RVC's faiss-1.7.3 check."""
+"""Shared fixtures: a real LocalCluster, synthetic experiments, every consumer's calls under every faiss they pin."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rvc_index.tools import rvc_compat
+from rvc_index.inspection import consumers
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
-COMPAT_SCRIPT = REPO / "pipeline" / "tools" / "rvc_compat.py"
+CONSUMERS_SCRIPT = REPO / "pipeline" / "inspection" / "consumers.py"
+# The faiss releases the consumers pin (../shared/docs/rvc-contract.md): RVC 20240604 and w-okada 1.7.3 (numpy < 2),
+# Applio 1.14.3; each in an environment of its own (`make compat`), named by `make test` (CI) through these variables.
+FAISS_ENVS = {"1.7.3": ("RVC_INDEX_COMPAT_PYTHON", ".venv-compat"),
+              "1.14.3": ("RVC_INDEX_APPLIO_PYTHON", ".venv-applio")}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,40 +54,54 @@ def make_experiment(tmp_path):
     return make
 
 
-def compat_python() -> str:
-    """The interpreter of the faiss-cpu 1.7.3 / numpy<2 environment (``make compat``)."""
-    configured = os.environ.get("RVC_INDEX_COMPAT_PYTHON")
-    path = configured or str(REPO / ".venv-compat" / "bin" / "python")
+def faiss_python(version: str) -> str:
+    """The interpreter of the environment holding faiss-cpu ``version`` (``make compat``)."""
+    variable, folder = FAISS_ENVS[version]
+    configured = os.environ.get(variable)
+    path = configured or str(REPO / folder / "bin" / "python")
     if not Path(path).exists():
         if configured:  # `make test` (CI) names it: missing there is a failure, not a skip
-            pytest.fail(f"no faiss-1.7.3 environment at {path}: run `make compat` (make test does)")
-        pytest.skip(f"skipped: no compat env (faiss-cpu 1.7.3 at {path}; `make compat` builds it where pip can)")
+            pytest.fail(f"no faiss-{version} environment at {path}: run `make compat` (make test does)")
+        pytest.skip(f"skipped: no faiss-{version} environment at {path} (`make compat` builds it where pip can)")
     return path
 
 
+def replay_everywhere(index_path, queries, vectors=None, dim=None, workdir: Path | None = None) -> dict[str, dict]:
+    """Every consumer's calls on ``index_path`` under each pinned faiss (subprocesses) and the current one (in
+    process): ``{faiss version: replay result}``; fails naming the consumer, the faiss and the problem."""
+    workdir = Path(workdir or ".")
+    qpath = workdir / "consumer_queries.npy"
+    np.save(qpath, np.ascontiguousarray(queries, dtype=np.float32))
+    args = [str(index_path), "--queries", str(qpath)]
+    if vectors is not None:
+        vpath = workdir / "consumer_vectors.npy"
+        np.save(vpath, np.ascontiguousarray(vectors, dtype=np.float32))
+        args += ["--vectors", str(vpath)]
+    if dim is not None:
+        args += ["--dim", str(dim)]
+    results = {}
+    for version in FAISS_ENVS:
+        proc = subprocess.run([faiss_python(version), str(CONSUMERS_SCRIPT), *args], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.stdout.strip(), f"faiss-{version} replay crashed: {proc.stderr[-2000:]}"
+        results[version] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert results[version]["faiss"].startswith(version), results[version]
+    current = consumers.replay(str(index_path), queries, vectors, dim)
+    results[current["faiss"]] = current
+    broken = [f"faiss {v}: {name}: {c['problem']}" for v, r in results.items()
+              for name, c in r["consumers"].items() if not c["ok"]]
+    broken += [f"faiss {v}: {check} failed" for v, r in results.items() for check, ok in r["checks"].items() if not ok]
+    assert not broken, "; ".join(broken)
+    return results
+
+
 @pytest.fixture
-def rvc_check(tmp_path):
-    """``rvc_check(index_path, queries, vectors=None, dim=None)``: RVC's retrieval under faiss 1.7.3
-    (subprocess) and under the current faiss (in process); returns both results, asserting ok."""
+def consumer_check(tmp_path):
+    """``consumer_check(index_path, queries, vectors=None, dim=None)``: every consumer of the contract keeps
+    retrieval on, under faiss 1.7.3, 1.14.3 and the current one; returns ``{faiss version: result}``."""
 
     def check(index_path, queries, vectors=None, dim=None):
-        qpath = tmp_path / "compat_queries.npy"
-        np.save(qpath, np.ascontiguousarray(queries, dtype=np.float32))
-        cmd = [compat_python(), str(COMPAT_SCRIPT), str(index_path), "--queries", str(qpath)]
-        if vectors is not None:
-            vpath = tmp_path / "compat_vectors.npy"
-            np.save(vpath, np.ascontiguousarray(vectors, dtype=np.float32))
-            cmd += ["--vectors", str(vpath)]
-        if dim is not None:
-            cmd += ["--dim", str(dim)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert proc.stdout.strip(), f"faiss-1.7.3 check crashed: {proc.stderr[-2000:]}"
-        old = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert old["faiss"].startswith("1.7.3"), old
-        assert old["ok"], f"faiss 1.7.3: {old}"
-        new = rvc_compat.rvc_retrieval_check(str(index_path), queries, vectors, dim)
-        assert new["ok"], f"faiss {new['faiss']}: {new}"
-        return old, new
+        return replay_everywhere(index_path, queries, vectors, dim, tmp_path)
 
     return check
 

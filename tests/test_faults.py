@@ -261,13 +261,13 @@ def test_case09_nan_rows_are_dropped_and_counted(batch):
 
 
 TINY = {"plain": [], "compressed": ["compress.row_threshold=10", "compress.n_centroids=16"],
-        "forced-lists-and-pq": ["index.n_list=64", "index.min_pq_rows=0"]}
+        "forced-lists-and-pq": ["index.n_list=64", "index.min_coded_rows=0", "index.lists=pq8"]}
 
 
 @pytest.mark.parametrize("variant", sorted(TINY))
 @pytest.mark.parametrize("preset", [CLASSIC, "tips"])
 def test_case10_fewer_rows_than_a_list_needs(preset, variant, batch, tmp_path, log_lines):
-    """12 rows: fewer than one IVF list's 39 and than a 4-bit PQ codebook's 16 centres (tips expands too)."""
+    """12 rows: fewer than one IVF list's 39 and than an 8-bit PQ codebook's 256 centres (tips expands too)."""
     if (preset, variant) == (CLASSIC, "plain"):  # also built in the batch
         assert batch.records["10-tiny"]["status"] == "built" and batch.records["10-tiny"]["rows"] == 30
     data = sample_frames(12, 256, seed=10)

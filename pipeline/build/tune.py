@@ -27,7 +27,7 @@ from rvc_index.build.plan import make_plan
 from rvc_index.build.vectors import prepare_vectors
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import config_from_dict, config_to_dict
-from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, Config, IndexConfig
+from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, Config
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.evaluate import (
@@ -55,7 +55,8 @@ from rvc_index.stages.indexing import (
 
 SQRT_FACTORS = (1.0, 2.0, 4.0)  # n_list = sqrt_factor * sqrt(N) (capped at N / 39)
 FLAT_SQRT_FACTORS = (1.0, 2.0, 4.0, 16.0)  # flat lists also at RVC's rule (16)
-CODED_MIN_ROWS = IndexConfig().min_coded_rows  # coded lists are measured above the schema's floor
+CODED_MIN_ROWS = {"fp16": 1000, "sq8": 1000, "pq8": 256 * 39}  # vectors a coded layout is measured from (pq8:
+# 39 training rows per code of its 8-bit codebooks)
 
 
 class TuneError(RvcIndexError, RuntimeError):
@@ -140,7 +141,7 @@ def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: B
                  compressed: bool = False) -> faiss.Index:
     """Train and fill one index of ``layout`` the way a build does."""
     index_config = dataclasses.replace(config.index, lists=layout.lists, sqrt_factor=layout.sqrt_factor, n_list=0,
-                                       min_coded_rows=min(config.index.min_coded_rows, CODED_MIN_ROWS))
+                                       min_coded_rows=0)
     plan = plan_index(vectors.shape[0], vectors.shape[1], index_config, config.budget)
     index = train_index(vectors, plan, backend, index_config.train_iterations, config.seed, raw_rows=not compressed)
     add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
@@ -217,7 +218,7 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
         trials: list[Trial] = []
         per_layout: list[Trial] = []
         for layout in layout_list or layouts():
-            if layout.lists != FLAT and vectors.shape[0] < CODED_MIN_ROWS:
+            if vectors.shape[0] < CODED_MIN_ROWS.get(layout.lists, 0):
                 continue
             index = build_layout(vectors, layout, base, backend, compressed=not aligned)
             found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k)
@@ -244,7 +245,7 @@ def tuned_config(base: Config, trial: Trial, dim: int, name: str) -> Config:
     data["name"] = name
     data["index"].update(lists=trial.lists, sqrt_factor=trial.sqrt_factor, n_list=0, nprobe=trial.nprobe)
     if trial.lists != FLAT:  # measured and chosen at this size: keep it from the base's flat floor
-        data["index"]["min_coded_rows"] = min(data["index"]["min_coded_rows"], CODED_MIN_ROWS)
+        data["index"]["min_coded_rows"] = min(data["index"]["min_coded_rows"], CODED_MIN_ROWS[trial.lists])
     if trial.pq_m:  # the default (D / 16) stays a default, so the preset fits v1 and v2 alike
         data["index"]["pq_m"] = 0 if trial.pq_m == dim // 16 else trial.pq_m
     return config_from_dict(data)

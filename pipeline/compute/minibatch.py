@@ -4,8 +4,8 @@ Lloyd passes assembled from per-part sums. Memory depends on the batch and K, ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -249,28 +249,22 @@ class HierarchicalInit(NamedTuple):
     offsets: np.ndarray  # host [k1 + 1]: cell j's centres are ``centres[offsets[j]:offsets[j + 1]]``
 
 
-def split_heavy_cells(xp: Any, sample: Any, coarse: Any, cell: Any, dists: Any, heavy: np.ndarray,
-                      parts: np.ndarray, rng: np.random.Generator, iters: int) -> tuple[Any, Any, Any]:
-    """(coarse centres, cell per sample row, squared distance to it) with each cell ``heavy[i]`` split in
-    ``parts[i]`` by a small k-means of its own sample rows (its first part keeps the cell's number, the others
-    are appended). A host loop over the few heavy cells, not over centres."""
-    cell, dists, extra = cell.copy(), dists.copy(), []
-    next_id = coarse.shape[0]
+def split_heavy_cells(xp: Any, sample: Any, coarse: Any, cell: Any, heavy: np.ndarray, parts: np.ndarray,
+                      rng: np.random.Generator, iters: int) -> Any:
+    """The coarse centres with each cell ``heavy[i]`` (``cell``: each sample row's) split in ``parts[i]`` by a
+    small k-means of its own sample rows (D^2 seeding: never two parts on one duplicate); its first part keeps the
+    cell's number, the others are appended. A host loop over the few heavy cells, not over centres."""
+    extra = []
     coarse = coarse.copy()
     for j, count in zip(heavy.tolist(), parts.tolist()):
-        members = xp.nonzero(cell == j)[0]
-        rows = sample[members]
+        rows = sample[xp.nonzero(cell == j)[0]]
         count = min(int(count), int(rows.shape[0]))
         if count < 2:
             continue
-        sub, _ = lloyd(xp, rows, d2_init(xp, rows, count, rng), iters)  # D^2: never two parts on one duplicate
-        part, part_dists = nearest_centres(xp, rows, sub)
+        sub, _ = lloyd(xp, rows, d2_init(xp, rows, count, rng), iters)
         coarse[j] = sub[0]
-        cell[members] = xp.where(part == 0, j, next_id + part - 1).astype(cell.dtype)
-        dists[members] = part_dists
         extra.append(sub[1:])
-        next_id += count - 1
-    return xp.concatenate([coarse, *extra]) if extra else coarse, cell, dists
+    return xp.concatenate([coarse, *extra]) if extra else coarse
 
 
 def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method: str,
@@ -305,8 +299,8 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
         heavy = np.flatnonzero(alloc > HEAVY_CELL * average)
         if not heavy.size or split == 2:
             break
-        coarse, cell, dists = split_heavy_cells(xp, sample, coarse, cell, dists, heavy, -(-alloc[heavy] // average),
-                                                rng, coarse_iters)
+        coarse = split_heavy_cells(xp, sample, coarse, cell, heavy, -(-alloc[heavy] // average), rng, coarse_iters)
+        cell, dists = nearest_centres(xp, sample, coarse, x_norms=norms)  # the nearest of all: as the passes find
     n_coarse = coarse.shape[0]
     order = xp.argsort(cell * n + xp.arange(n))
     offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))

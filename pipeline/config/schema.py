@@ -183,8 +183,8 @@ POSITIVE_KEYS = (
     "cluster.job_threads", "cluster.jobs", "cluster.cores", "cluster.walltime_minutes",
 )
 NON_NEGATIVE_KEYS = (
-    "compress.row_threshold", "compress.n_centroids", "compress.epochs", "compress.final_passes", "compress.coarse_centres", "compress.sample_rows",
-    "compress.init_iters",
+    "compress.row_threshold", "compress.n_centroids", "compress.epochs", "compress.final_passes",
+    "compress.coarse_centres", "compress.sample_rows", "compress.init_iters",
     "compress.dead_threshold", "compress.device_budget_mb", "compress.stream_passes",
     "expand.exact_max_rows", "expand.n_list", "expand.nprobe", "expand.recall_queries",
     "expand.spill_mb", "index.n_list", "index.pq_m", "index.min_coded_rows", "evaluate.recall_queries",

@@ -81,6 +81,9 @@ def static_problems(index: faiss.Index, dim: int | None = None) -> dict[str, str
     everyone: list[str] = []
     if isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         everyone.append("an IndexIDMap: reconstruct_n aborts the process")
+    if isinstance(top, faiss.IndexIVFFastScan):
+        everyone.append(f"{type(top).__name__}: reconstruct_n crashes the process (SIGSEGV under faiss 1.14.3 and "
+                        "1.15.1)")
     if index.ntotal <= 0:
         everyone.append("the index is empty")
     if index.metric_type != faiss.METRIC_L2:

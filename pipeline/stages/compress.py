@@ -100,7 +100,8 @@ def plan_compression(n_rows: int, dim: int, config: CompressConfig, budget: Budg
     return CompressPlan(True, n_centroids, why, cap)
 
 
-CELL_ROWS_PER_CENTRE = 32  # fewer rows per centre: hierarchical k-means in fixed cells (the large-K route)
+CELL_MIN_CENTRES = 32_768  # from this many centres, or with fewer than CELL_ROWS_PER_CENTRE rows per centre:
+CELL_ROWS_PER_CENTRE = 8  # hierarchical k-means in fixed cells (the large-K route: copies of the centres dominate)
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,9 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     ``MINIBATCH_MAX_ROWS`` rows (above, the reads dominate: the value check draws the sample and one
     Lloyd pass follows the init).
 
-    With fewer than ``CELL_ROWS_PER_CENTRE`` rows per centre (a budget of 175,000 vectors over a few hundred
-    thousand frames) the two-level route becomes hierarchical k-means in fixed cells: a sample of 1.5 K rows, one
+    From ``CELL_MIN_CENTRES`` centres or below ``CELL_ROWS_PER_CENTRE`` rows per centre (a budget of 175,000
+    vectors over a few hundred thousand frames) the two-level route becomes hierarchical k-means in fixed cells:
+    a sample of 1.5 K rows, one
     Lloyd iteration per cell on it, no cross-cell refinement, and the passes over every row in the cells
     (spread 1, nprobe 1): the sums of a centre come from its own cell's rows, so the centres are updated in
     place and no grouped copy of them exists (memory: 2 x K x D, not 5 x)."""
@@ -165,7 +167,8 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
     steps = int(config.epochs * n_rows) // batch_rows if n_rows <= MINIBATCH_MAX_ROWS else 0
     passes = config.final_passes if n_rows <= MINIBATCH_MAX_ROWS else min(config.final_passes, 1)
     route, reason = kmeans_route(config, backend)
-    fixed = two_level and route == "minibatch" and n_rows < CELL_ROWS_PER_CENTRE * n_centroids
+    fixed = two_level and route == "minibatch" and (n_centroids >= CELL_MIN_CENTRES
+                                                    or n_rows < CELL_ROWS_PER_CENTRE * n_centroids)
     if fixed:  # 1.5 rows per centre: allocation can leave a cell of duplicates (digital silence) one centre
         sample_rows = config.sample_rows or 3 * n_centroids // 2
         return KMeansPlan(n_centroids, n_coarse, two_level, min(n_rows, max(sample_rows, n_centroids)), batch_rows,

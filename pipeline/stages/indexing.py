@@ -19,7 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import replace_ivf_quantizer
-from rvc_index.compute.backend import Backend, faiss_threads
+from rvc_index.compute.backend import Backend
 from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, BudgetConfig, IndexConfig
 from rvc_index.errors import RvcIndexError
 from rvc_index.inspection.consumers import static_problems
@@ -35,13 +35,16 @@ CODE_BYTES = {"flat": F32, "fp16": 2, "sq8": 1}  # per dimension; pq8: pq_m byte
 FACTORY = {"flat": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}  # index_factory's names (pq8: PQ{m})
 SQ_TYPES = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
 
-# The plan's estimate of one frame's search at one thread (k=8, batches of 50 frames, as RVC searches a second
-# of audio): the coarse quantizer (a GEMM over the n_list centroids) plus the probed lists, whose scan is bound
-# by memory bandwidth (the bytes of the codes), and a fixed part. Calibrated on the project's 2-core VM
-# (docs/benchmarks.md, "Search cost per frame"); the build's evaluation measures the real figure.
-SEARCH_FIXED_US = 20.0
-SEARCH_COARSE_US_PER_MDIM = 25.0  # per million centroid dimensions (n_list x D)
-SEARCH_SCAN_US_PER_MB = {"flat": 330.0, "fp16": 330.0, "sq8": 520.0, "pq8": 900.0}  # decode costs more than bytes
+# The plan's estimate of one frame's search at one thread (k=8, batches of 50 frames, as RVC searches a second of
+# audio), fitted to 112 measured points (N 20k-400k x 768, four list formats, n_list sqrt(N) and 4 sqrt(N), nprobe
+# 1-20) on the project's 2-core VM, rounded up (docs/benchmarks.md, "Search cost per frame"): a part that grows with
+# the index's bytes (cache and TLB misses: 0.6 us per MB), the probed lists' bytes (35 us per MB), decoding coded
+# vectors, and the coarse quantizer's GEMM. The build's evaluation measures the real figure.
+SEARCH_FIXED_US = 10.0
+SEARCH_US_PER_INDEX_MB = 0.6
+SEARCH_US_PER_SCANNED_MB = 35.0
+SEARCH_US_PER_COARSE_MDIM = 110.0  # per million centroid dimensions (n_list x D)
+SEARCH_DECODE_US_PER_KVEC = {"flat": 0.0, "fp16": 20.0, "sq8": 70.0, "pq8": 65.0}  # per thousand vectors scanned
 
 
 class IndexBuildError(RvcIndexError, ValueError):
@@ -94,9 +97,10 @@ def check_rows(n_rows: int, where: str = "") -> None:
 def search_us(lists: str, dim: int, n_rows: int, n_list: int, nprobe: int, pq_m: int = 0) -> float:
     """The plan's estimate of one frame's search at one thread, in microseconds (see SEARCH_* above)."""
     per_vector = pq_m if lists == "pq8" else CODE_BYTES[lists] * dim
-    scanned_mb = min(nprobe, n_list) * (n_rows / max(n_list, 1)) * per_vector / 1e6
-    return (SEARCH_FIXED_US + SEARCH_COARSE_US_PER_MDIM * n_list * dim / 1e6
-            + SEARCH_SCAN_US_PER_MB[lists] * scanned_mb)
+    scanned = min(nprobe, n_list) * (n_rows / max(n_list, 1))  # vectors in the probed lists, on average
+    return (SEARCH_FIXED_US + SEARCH_US_PER_INDEX_MB * n_rows * (per_vector + 8) / 1e6
+            + SEARCH_US_PER_SCANNED_MB * scanned * per_vector / 1e6 + SEARCH_DECODE_US_PER_KVEC[lists] * scanned / 1e3
+            + SEARCH_US_PER_COARSE_MDIM * n_list * dim / 1e6)
 
 
 def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig | None = None) -> IndexPlan:
@@ -127,6 +131,9 @@ def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig 
     if n_rows < config.min_coded_rows and candidates != [FLAT]:
         notes.append(f"{n_rows:,} vectors < index.min_coded_rows={config.min_coded_rows:,}: flat lists")
         candidates = [FLAT]
+    if "pq8" in candidates and n_rows < PQ_CENTROIDS:  # each 8-bit codebook is a k-means of 256 centres
+        notes.append(f"{n_rows:,} vectors cannot train 8-bit PQ codebooks ({PQ_CENTROIDS} centres): not pq8")
+        candidates = [c for c in candidates if c != "pq8"] or [FLAT]
     costs = {lists: search_us(lists, dim, n_rows, n_list, nprobe, pq_m) for lists in candidates}
     fitting = [lists for lists in candidates if costs[lists] <= budget.us_per_frame]
     lists = fitting[0] if fitting else min(candidates, key=costs.__getitem__)

@@ -30,9 +30,9 @@ def held_out(n, dim, seed=99):
 
 
 @pytest.mark.parametrize("preset, dim", [("rvc-classic", 768), ("tips", 768), ("tips", 256), ("tips-plain", 768)])
-def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, rvc_check):
+def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, consumer_check):
     exp = make_experiment("alice", 6000, dim)
-    config = load_config(CONFIGS / f"{preset}.yaml", ["index.min_pq_rows=1000"] if preset == "tips" else [])
+    config = load_config(CONFIGS / f"{preset}.yaml")
     result = build_experiment(exp, config, client=client)
     assert result.status == "built"
     version = "v2" if dim == 768 else "v1"
@@ -48,13 +48,13 @@ def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, 
     stored = features_of(exp)
     if config.expand.enabled:  # tips stores the alpha-QE expansions of the features (rvc_index.stages.expand)
         stored = expand(stored, config.expand, Backend("cpu", np)).vectors
-    old, new = rvc_check(result.index_path, held_out(500, dim), stored, dim)
-    assert old["ntotal"] == new["ntotal"] == 6000
-    assert old["nprobe"] == report["index"]["nprobe"]
+    replayed = consumer_check(result.index_path, held_out(500, dim), stored, dim)
+    assert {r["ntotal"] for r in replayed.values()} == {6000} and len(replayed) == 3
+    assert {r["nprobe"] for r in replayed.values()} == {report["index"]["nprobe"]}
     assert not [p for p in exp.iterdir() if ".tmp-" in p.name]
 
 
-def test_compressed_build_stores_centroids_in_feature_scale(make_experiment, rvc_check, client):
+def test_compressed_build_stores_centroids_in_feature_scale(make_experiment, consumer_check, client):
     exp = make_experiment("bob", 9000, 256)
     config = load_config(CONFIGS / "rvc-classic.yaml",
                          ["compress.row_threshold=4000", "compress.n_centroids=600", "output.write_total_fea=true"])
@@ -67,10 +67,10 @@ def test_compressed_build_stores_centroids_in_feature_scale(make_experiment, rvc
     data = features_of(exp)
     norm_ratio = np.linalg.norm(total_fea, axis=1).mean() / np.linalg.norm(data, axis=1).mean()
     assert 0.7 < norm_ratio <= 1.0
-    rvc_check(result.index_path, held_out(300, 256), total_fea, 256)
+    consumer_check(result.index_path, held_out(300, 256), total_fea, 256)
 
 
-def test_tiny_lists_raise_the_stored_nprobe(tmp_path, rvc_check):
+def test_tiny_lists_raise_the_stored_nprobe(tmp_path, consumer_check):
     folder = tmp_path / "logs" / "carol" / "3_feature256"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -84,7 +84,7 @@ def test_tiny_lists_raise_the_stored_nprobe(tmp_path, rvc_check):
     assert info["list_size_min"] < 8
     assert info["nprobe"] > 1 and info["nprobe_configured"] == 1
     assert f"nprobe_{info['nprobe']}_carol_v1" in result.index_path.name
-    rvc_check(result.index_path, np.concatenate([outliers + 0.5, body[:100] + 0.01]), None, 256)
+    consumer_check(result.index_path, np.concatenate([outliers + 0.5, body[:100] + 0.01]), None, 256)
 
 
 def test_rerun_skips_and_changes_rebuild(make_experiment, tmp_path):

@@ -8,7 +8,7 @@ from rvc_index.build.naming import OutputError, ascii_name, index_file_name, out
 from rvc_index.cli import main
 from rvc_index.config.schema import IndexConfig
 from rvc_index.data.sources import resolve_experiment
-from rvc_index.stages.indexing import IVF_PQ_RFLAT, plan_index
+from rvc_index.stages.indexing import plan_index
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
 FAST = ["--set", "evaluate.recall_queries=0", "--set", "evaluate.plot=false", "--backend", "cpu"]
@@ -18,12 +18,14 @@ def test_file_names_follow_rvc_and_applio_and_carry_the_preset():
     flat = plan_index(100_000, 768, IndexConfig())
     assert index_file_name("spk", "v2", flat, 1, "rvc", "rvc-classic") == \
         "added_IVF2564_Flat_rvc-classic_nprobe_1_spk_v2.index"
-    pq = plan_index(100_000, 768, IndexConfig(recipe=IVF_PQ_RFLAT, sqrt_factor=2))
-    tips, plain = (index_file_name("spk", "v2", pq, 9, "rvc", p) for p in ("tips", "tips-plain"))
-    assert tips == "added_IVF632_PQ384x4fs_RFlat_tips_nprobe_9_spk_v2.index" and tips != plain
+    coded = plan_index(100_000, 768, IndexConfig(lists="fp16", sqrt_factor=2))
+    tips, plain = (index_file_name("spk", "v2", coded, 9, "rvc", p) for p in ("tips", "tips-plain"))
+    assert tips == "added_IVF632_SQfp16_tips_nprobe_9_spk_v2.index" and tips != plain
+    pq = plan_index(100_000, 256, IndexConfig(lists="pq8", sqrt_factor=2))
+    assert index_file_name("spk", "v1", pq, 9, "rvc", "x") == "added_IVF632_PQ16_x_nprobe_9_spk_v1.index"
     for name in (tips, plain):  # RVC's lookup: ends in .index, no "trained", holds the model name
         assert name.startswith("added_IVF") and name.endswith(".index") and "trained" not in name and "spk" in name
-    assert index_file_name("spk", "v2", pq, 9, "applio", "tips") == "spk.index"
+    assert index_file_name("spk", "v2", coded, 9, "applio", "tips") == "spk.index"
     assert ascii_name("Zoë").startswith("Zoe-")
 
 

@@ -11,11 +11,10 @@ from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
-from rvc_index.stages.indexing import IVF_FLAT, IVF_PQ_RFLAT
 
 
 def trial(recall, us, ram, missing=0.0, nprobe=4):
-    return Trial(IVF_PQ_RFLAT, 1.0, 64, 32, nprobe, 2, recall, missing, 0.01, us, ram)
+    return Trial("fp16", 1.0, 64, 0, nprobe, recall, missing, 0.01, us, ram)
 
 
 def test_choose_the_cheapest_trial_meeting_the_target():
@@ -29,11 +28,10 @@ def test_choose_the_cheapest_trial_meeting_the_target():
 
 
 def test_layout_grid():
-    grid = layouts(768)
-    assert Layout(IVF_PQ_RFLAT, 1.0, 768) in grid and Layout(IVF_PQ_RFLAT, 4.0, 384) in grid
-    assert Layout(IVF_FLAT, 16.0, 0) in grid
-    assert all(768 % g.pq_m == 0 for g in grid if g.pq_m)
-    assert layouts(64, (2.0,), (1,), ()) == [Layout(IVF_PQ_RFLAT, 2.0, 64)]
+    grid = layouts()
+    assert Layout("pq8", 1.0) in grid and Layout("sq8", 4.0) in grid and Layout("fp16", 2.0) in grid
+    assert Layout("flat", 16.0) in grid and Layout("flat", 1.0) in grid
+    assert layouts(("fp16",), (2.0,)) == [Layout("fp16", 2.0)]
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +49,21 @@ def features_of(folder):
 def test_tune_picks_a_config_that_builds_to_its_measured_recall(speaker, tmp_path):
     base = load_config("configs/tips.yaml", ["expand.enabled=false"])
     target = Target(min_recall=0.9)
-    grid = [Layout(IVF_PQ_RFLAT, 1.0, 64), Layout(IVF_FLAT, 4.0, 0)]
-    result = tune(features_of(speaker), base, target, select_backend("cpu"), layout_list=grid,
-                  k_factors=(4, 8), name="tuned-test")  # k_factor 1-2 sit on a knife edge: a retrained index may miss
+    grid = [Layout("fp16", 1.0), Layout("flat", 4.0)]
+    result = tune(features_of(speaker), base, target, select_backend("cpu"), layout_list=grid, name="tuned-test")
     chosen = result.chosen
     assert chosen is not None and chosen.meets(target)
-    assert {(t.recipe, t.pq_m) for t in result.trials} == {(IVF_PQ_RFLAT, 64), (IVF_FLAT, 0)}
+    assert {t.lists for t in result.trials} == {"fp16", "flat"}
     feasible = [t for t in result.trials if t.meets(target)]
     assert chosen.us_per_frame == min(t.us_per_frame for t in feasible)
-    # the smallest nprobe meeting the target is found for each k_factor (no trial below it meets it)
-    same = [t for t in result.trials if (t.recipe, t.k_factor) == (chosen.recipe, chosen.k_factor)]
+    # the smallest nprobe meeting the target is found (no trial of that layout below it meets it)
+    same = [t for t in result.trials if (t.lists, t.sqrt_factor) == (chosen.lists, chosen.sqrt_factor)]
     assert all(t.recall_at_k < 0.9 for t in same if t.nprobe < chosen.nprobe)
 
     path = write_preset(tmp_path / "tuned.yaml", result)
     config = load_config(path)
-    assert config.name == "tuned-test" and config.index.recipe == chosen.recipe
-    assert (config.index.nprobe, config.index.k_factor, config.index.sqrt_factor) == \
-        (chosen.nprobe, chosen.k_factor, chosen.sqrt_factor)
+    assert config.name == "tuned-test" and config.index.lists == chosen.lists
+    assert (config.index.nprobe, config.index.sqrt_factor) == (chosen.nprobe, chosen.sqrt_factor)
     assert path.read_text().startswith("# Written by `rvc-index tune`")
     # every query, as tune measured (a build's own evaluation is otherwise sized to its time)
     built = build_experiment(speaker, load_config(path, ["evaluate.full=true"]), tmp_path / "out")
@@ -82,7 +78,7 @@ def test_tune_picks_a_config_that_builds_to_its_measured_recall(speaker, tmp_pat
 def test_an_unreachable_target_writes_nothing(speaker, tmp_path):
     base = load_config("configs/tips.yaml", ["expand.enabled=false"])
     result = tune(features_of(speaker), base, Target(min_recall=0.9, max_us_per_frame=0.001), select_backend("cpu"),
-                  layout_list=[Layout(IVF_FLAT, 4.0, 0)])
+                  layout_list=[Layout("flat", 4.0)])
     assert result.chosen is None and result.config is None and result.trials
     with pytest.raises(TuneError, match="no configuration met"):
         write_preset(tmp_path / "x.yaml", result)
@@ -101,7 +97,7 @@ def test_tune_cli_writes_a_loadable_preset(speaker, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "chosen:" in proc.stdout and "meets" in proc.stdout
     config = load_config(out)
-    assert config.name == "mine" and config.index.recipe == IVF_PQ_RFLAT and not config.expand.enabled
+    assert config.name == "mine" and config.index.lists in ("flat", "fp16") and not config.expand.enabled
     proc = run_cli("tune", str(speaker), "--quick", "--min-recall", "1", "--max-us-per-frame", "0.001", "--out",
                    str(tmp_path / "no.yaml"), "--backend", "cpu", "--set", "expand.enabled=false")  # 1 ns: never met
     assert proc.returncode == 1 and "no configuration met the target" in proc.stderr
@@ -110,15 +106,13 @@ def test_tune_cli_writes_a_loadable_preset(speaker, tmp_path):
 
 def test_tuned_pq_size_is_written_per_dimension_so_it_fits_v1_and_v2():
     from rvc_index.build.tune import tuned_config
-    from rvc_index.stages.indexing import IndexBuildError, plan_index
+    from rvc_index.stages.indexing import plan_index
 
     base = load_config("configs/tips.yaml")
-    full = tuned_config(base, Trial(IVF_PQ_RFLAT, 1.0, 316, 768, 4, 4, 0.97, 0.0, 0.01, 40.0, 300.0), 768, "t")
-    assert (full.index.pq_m, full.index.pq_dims) == (0, 1)
-    assert plan_index(100_000, 768, full.index).pq_m == 768 and plan_index(100_000, 256, full.index).pq_m == 256
-    half = tuned_config(base, Trial(IVF_PQ_RFLAT, 2.0, 632, 384, 8, 8, 0.95, 0.0, 0.01, 60.0, 300.0), 768, "t")
-    assert (half.index.pq_m, half.index.pq_dims) == (0, 2)
-    flat = tuned_config(base, Trial(IVF_FLAT, 16.0, 5000, 0, 9, 1, 0.95, 0.0, 0.01, 90.0, 300.0), 768, "t")
-    assert flat.index.recipe == IVF_FLAT and flat.index.nprobe == 9 and flat.index.sqrt_factor == 16.0
-    with pytest.raises(IndexBuildError, match="index.pq_dims=3 must divide the feature width 64"):
-        plan_index(200_000, 64, load_config("configs/tips.yaml", ["index.pq_dims=3"]).index)
+    default = tuned_config(base, Trial("pq8", 1.0, 316, 48, 4, 0.97, 0.0, 0.01, 40.0, 300.0), 768, "t")
+    assert default.index.pq_m == 0 and default.index.lists == "pq8"
+    assert plan_index(100_000, 768, default.index).pq_m == 48 and plan_index(100_000, 256, default.index).pq_m == 16
+    other = tuned_config(base, Trial("pq8", 2.0, 632, 32, 8, 0.95, 0.0, 0.01, 60.0, 300.0), 768, "t")
+    assert other.index.pq_m == 32
+    flat = tuned_config(base, Trial("flat", 16.0, 5000, 0, 9, 0.95, 0.0, 0.01, 90.0, 300.0), 768, "t")
+    assert flat.index.lists == "flat" and flat.index.nprobe == 9 and flat.index.sqrt_factor == 16.0

@@ -10,7 +10,7 @@ from cupy_standin import XP, DeviceArray, measure, with_cupyx
 from rvc_index.compute.backend import Backend
 from rvc_index.compute.init import d2_init, random_init
 from rvc_index.compute.neighbours import exact_neighbours, ivf_neighbours, probe_lists, probe_recall
-from rvc_index.config.schema import CompressConfig
+from rvc_index.config.schema import BudgetConfig, CompressConfig
 from rvc_index.evaluation.metrics import exact_knn
 from rvc_index.stages.compress import compress, plan_compression
 
@@ -62,7 +62,7 @@ def test_the_device_kmeans_route_reads_back_a_fixed_number_of_times(make_experim
                                 lloyd_passes=3, stream_passes=1)
         centres = {}
         seen[(n, k, budget)] = measure(lambda f=features, c=config, out=centres: out.setdefault(
-            "c", compress(f, plan_compression(f.n_rows, c), c, GPU, seed=0)))[1]
+            "c", compress(f, plan_compression(f.n_rows, f.dim, c, BudgetConfig()), c, GPU, seed=0)))[1]
         assert centres["c"].shape == (k, 64) and np.isfinite(centres["c"]).all()
     # resident: the passes' mean squared distances once and the centres once; streamed: one more MSD read
     assert seen == {(4000, 64, 64): 2, (12000, 256, 64): 2, (12000, 256, 4): 3}
@@ -114,6 +114,6 @@ def test_the_minibatch_route_on_a_device_reads_back_a_fixed_number_of_times(make
     for n, k in [(4000, 64), (12000, 256)]:
         features = feature_set(make_experiment(f"m{n}_{k}", n, 64))
         config = CompressConfig(row_threshold=100, n_centroids=k, route="minibatch", epochs=1.0, init="random")
-        seen.append(measure(lambda f=features, c=config: compress(f, plan_compression(f.n_rows, c), c, GPU,
-                                                                  seed=0))[1])
+        plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig())
+        seen.append(measure(lambda f=features, c=config, p=plan: compress(f, p, c, GPU, seed=0))[1])
     assert seen[0] == seen[1], seen

@@ -18,7 +18,7 @@ def test_every_preset_loads_and_round_trips(preset, tmp_path):
 
 def test_rvc_classic_is_rvcs_recipe():
     config = load_config(CONFIGS / "rvc-classic.yaml")
-    assert config.index.recipe == "ivf-flat"
+    assert config.index.lists == "flat"
     assert (config.index.sqrt_factor, config.index.min_rows_per_list, config.index.nprobe) == (16.0, 39, 1)
     assert (config.compress.row_threshold, config.compress.n_centroids) == (200_000, 10_000)
     assert config.compress.init == "kmeans++"  # per coarse cell; RVC's own random call is method=sklearn
@@ -40,7 +40,9 @@ def test_unknown_section_is_named():
 @pytest.mark.parametrize("override, message", [
     ("index.nprobe=four", "index.nprobe: expected an integer"),
     ("index.nprobe=1.5", "index.nprobe: expected an integer"),
-    ("index.recipe=hnsw", "index.recipe: 'hnsw' is not one of"),
+    ("index.lists=hnsw", "index.lists: 'hnsw' is not one of"),
+    ("budget.big_mb=0", "budget.big_mb must be > 0"),
+    ("budget.us_per_frame=-1", "budget.us_per_frame must be > 0"),
     ("compress.enabled=1", "compress.enabled: expected true or false"),
     ("index.nprobe=0", "index.nprobe must be > 0"),
     ("index=3", "index: expected a mapping"),
@@ -77,3 +79,22 @@ def test_missing_config_file_is_named(tmp_path):
 def test_cross_field_rule():
     with pytest.raises(ConfigError, match="compress.n_centroids"):
         config_from_dict({"compress": {"n_centroids": 4}})
+
+
+@pytest.mark.parametrize("key, replacement", [("index.recipe=ivf-pq-fastscan-rflat", "index.lists"),
+                                              ("index.k_factor=8", "RFlat"), ("index.pq_dims=1", "index.pq_m"),
+                                              ("index.min_pq_rows=0", "index.min_coded_rows"),
+                                              ("index.search_k=1", "k=8")])
+def test_retired_keys_name_what_replaced_them(key, replacement):
+    with pytest.raises(ConfigError, match=f"no longer used: .*{replacement}"):
+        config_from_dict({}, [key])
+
+
+def test_every_shipped_preset_writes_a_layout_every_consumer_loads():
+    """No shipped preset asks for RFlat, FastScan or any top level but an IndexIVF (docs/consumers.md)."""
+    from rvc_index.config.schema import LIST_FORMATS
+
+    for path in CONFIGS.glob("*.yaml"):
+        config = load_config(path)
+        assert config.index.lists in (*LIST_FORMATS, "auto"), path
+        assert config.budget.big_mb <= 4096 and config.budget.gpu_mb >= 2 * config.budget.big_mb, path

@@ -9,9 +9,9 @@ from rvc_index.compute.backend import select_backend
 from rvc_index.compute.minibatch import inertia, new_state, pass_stats
 from rvc_index.compute.two_level import build_tree
 from rvc_index.config.loading import load_config
-from rvc_index.config.schema import CompressConfig, ConfigError
+from rvc_index.config.schema import BudgetConfig, CompressConfig, ConfigError
 from rvc_index.runtime.stream import iter_blocks
-from rvc_index.stages.compress import CompressError, fit_centroids, plan_compression, plan_kmeans
+from rvc_index.stages.compress import CompressError, budget_vectors, fit_centroids, plan_compression, plan_kmeans
 from rvc_index.stages.passes import final_pass_stats, shuffled_batches
 from sklearn.cluster import MiniBatchKMeans
 
@@ -28,11 +28,40 @@ def compress_config(**changes):
 
 
 def test_plan_clamps_or_refuses_more_centroids_than_rows():
-    clamped = plan_compression(500, CompressConfig(row_threshold=100, n_centroids=1000))
+    budget = BudgetConfig()
+    clamped = plan_compression(500, 64, CompressConfig(row_threshold=100, n_centroids=1000), budget)
     assert clamped.apply and clamped.n_centroids == 500
     with pytest.raises(CompressError, match="compress.n_centroids=1,000 is more than the 500 rows"):
-        plan_compression(500, CompressConfig(row_threshold=100, n_centroids=1000, on_too_few_rows="error"))
-    assert not plan_compression(100, CompressConfig(row_threshold=100)).apply
+        plan_compression(500, 64, CompressConfig(row_threshold=100, n_centroids=1000, on_too_few_rows="error"), budget)
+    assert not plan_compression(100, 64, CompressConfig(row_threshold=100, n_centroids=10), budget).apply
+
+
+@pytest.mark.parametrize("dim, expected", [(768, 174_648), (256, 523_265)])
+def test_the_budget_decides_how_many_vectors_are_stored(dim, expected):
+    """512 MB of reconstructed vectors (and 1 GB of Applio realtime's GPU: 2 x big + a norm) hold this many."""
+    budget = BudgetConfig()
+    assert budget_vectors(dim, budget) == expected  # the GPU's 2 x D x 4 + 4 bytes per vector bind first
+    config = CompressConfig()  # row_threshold and n_centroids 0: from the budget
+    fits = plan_compression(expected, dim, config, budget)
+    assert not fits.apply and "fit the budget" in fits.reason and fits.budget_vectors == expected
+    over = plan_compression(expected + 1, dim, config, budget)
+    assert over.apply and over.n_centroids == expected
+    smaller = plan_compression(100_000, dim, config, BudgetConfig(big_mb=30, gpu_mb=60))
+    assert smaller.apply and smaller.n_centroids == budget_vectors(dim, BudgetConfig(big_mb=30, gpu_mb=60))
+    assert 10_000 <= smaller.n_centroids if dim == 768 else smaller.n_centroids >= 30_000
+    rvc = plan_compression(300_000, dim, CompressConfig(row_threshold=200_000, n_centroids=10_000), budget)
+    assert rvc.apply and rvc.n_centroids == 10_000  # RVC's rule when the config names it
+    off = plan_compression(10**6, dim, CompressConfig(enabled=False), budget)
+    assert not off.apply and "over the budget" in off.reason
+
+
+def test_few_rows_per_centre_take_the_fixed_cells_route():
+    config = CompressConfig()
+    large = plan_kmeans(1_000_000, 174_648, config, CPU)
+    assert large.fixed_cells and (large.spread, large.nprobe, large.refine_iters) == (1, 1, 0)
+    assert large.sample_rows == 174_648 * 3 // 2 and "fixed cells" in large.describe()
+    assert not plan_kmeans(1_000_000, 10_000, config, CPU).fixed_cells  # 100 rows per centre: two-level, spread 4
+    assert not plan_kmeans(300_000, 174_648, CompressConfig(assign="exact"), CPU).fixed_cells
 
 
 def test_kmeans_plan_memory_depends_on_k_not_n():
@@ -53,7 +82,7 @@ def test_config_rejects_bad_compress_settings():
     with pytest.raises(ConfigError, match="compress.decay"):
         load_config(None, ["compress.decay=0"])
     with pytest.raises(ConfigError, match="compress.sample_rows"):
-        load_config(None, ["compress.sample_rows=500"])
+        load_config(None, ["compress.sample_rows=500", "compress.n_centroids=1000"])
     with pytest.raises(ConfigError, match="compress.spread"):
         load_config(None, ["compress.spread=0"])
     with pytest.raises(ConfigError, match="compress.nprobe"):
@@ -100,7 +129,7 @@ def test_sklearn_mode_runs_rvcs_call(make_experiment, feature_set):
 
     features = feature_set(make_experiment("sk", 3000, 64))
     config = compress_config(n_centroids=50, method="sklearn")
-    plan = plan_compression(features.n_rows, config)
+    plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig())
     centres = compress(features, plan, config, CPU, seed=4)
     rows = all_rows(features)[np.random.default_rng(4).permutation(features.n_rows)]
     expected = MiniBatchKMeans(n_clusters=50, batch_size=256 * (os.cpu_count() or 1), compute_labels=False,
@@ -137,7 +166,7 @@ def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experi
 
 def test_k_equal_to_rows_keeps_every_row(make_experiment, feature_set):
     features = feature_set(make_experiment("few", 300, 64))
-    plan = plan_compression(features.n_rows, compress_config(n_centroids=1000))
+    plan = plan_compression(features.n_rows, features.dim, compress_config(n_centroids=1000), BudgetConfig())
     assert plan.n_centroids == 300
     state = fit_centroids(features, plan.n_centroids, compress_config(n_centroids=1000), CPU, seed=0)
     assert state.coarse is not None  # 300 centres: the two-level path

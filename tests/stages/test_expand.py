@@ -185,7 +185,8 @@ def features_of(exp_dir):
 
 @pytest.mark.parametrize("preset, scale, spill_mb, on_cluster", [("tips", "feature", 1024, True),
                                                                   ("rvc-classic", "unit", 0, False)])
-def test_build_with_expansion_is_rvc_ready(preset, scale, spill_mb, on_cluster, make_experiment, request, rvc_check):
+def test_build_with_expansion_is_rvc_ready(preset, scale, spill_mb, on_cluster, make_experiment, request,
+                                           consumer_check):
     exp = make_experiment("quinn", 2000, 256)
     config = load_config(CONFIGS / f"{preset}.yaml", ["output.write_total_fea=true", "expand.enabled=true",
                                                        f"expand.scale={scale}", f"expand.spill_mb={spill_mb}",
@@ -198,8 +199,8 @@ def test_build_with_expansion_is_rvc_ready(preset, scale, spill_mb, on_cluster, 
     expected_norms = np.linalg.norm(raw, axis=1) if scale == "feature" else np.ones(len(raw))
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), expected_norms, rtol=1e-5)
     queries = np.concatenate(list(utterances(300, 256, [77, 256])))
-    old, new = rvc_check(result.index_path, queries, stored, 256)  # reconstruct_n == expanded rows, 1.7.3
-    assert old["ntotal"] == new["ntotal"] == 2000
+    replayed = consumer_check(result.index_path, queries, stored, 256)  # reconstruct_n == expanded rows, everywhere
+    assert {r["ntotal"] for r in replayed.values()} == {2000}
     report = json.loads(result.report_path.read_text())
     expansion = report["expansion"]
     assert expansion["applied"] and expansion["neighbours"] == 8 and expansion["alpha"] == 3.0
