@@ -177,14 +177,12 @@ def cmd_unretire(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from rvc_index.evaluation.index_file import read_index_file
-    from rvc_index.stages.indexing import describe_index
+    from rvc_index.evaluation.index_file import inspect_index_file
 
     path = Path(args.index)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such index file")
-    info = describe_index(read_index_file(path))
-    print(json.dumps(info, indent=2))
+    print(json.dumps(inspect_index_file(path), indent=2))
     return 0
 
 

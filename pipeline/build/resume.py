@@ -24,7 +24,7 @@ from rvc_index.runtime.outputs import read_json
 # so a module added to one of them is covered without a list to keep. Editing the CLI, batch
 # orchestration, evaluation, reports, locks or the memory guard leaves finished outputs valid
 # (runtime/ is hashed whole: the compute and stage modules import its progress and memory helpers).
-OUTPUT_LAYERS = ("compute", "config", "data", "runtime", "stages", "build/plan.py", "build/naming.py",
+OUTPUT_LAYERS = ("compute", "config", "data", "inspection", "runtime", "stages", "build/plan.py", "build/naming.py",
                  "build/runner.py", "build/vectors.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rvc_index.errors import RvcIndexError
+from rvc_index.inspection.consumers import file_problems
 from rvc_index.runtime.outputs import read_json, write_json_atomic
 from rvc_index.runtime.progress import get_logger
 
@@ -197,6 +198,11 @@ def settle_competitors(folder: Path, voice: str | Sequence[str], keep: Path, our
     if not others:
         return []
     names = ", ".join(str(p.relative_to(folder)) for p in others)
+    for path in others:  # a layout some tool cannot use is worth a line of its own
+        broken = file_problems(str(path))
+        if broken:
+            log.warning("%s: %s breaks %s: %s", model, path.relative_to(folder), ", ".join(broken),
+                        "; ".join(dict.fromkeys(broken.values())))
     if not retire_old:
         log.warning("%s: RVC's or Applio's lookup may load an older index instead of %s: %s. --retire-old "
                     "(output.retire_old) renames them to *.index.retired, deleting nothing (undo: rvc-index "

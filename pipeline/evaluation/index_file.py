@@ -65,3 +65,25 @@ def check_index(index: faiss.Index, path: str | Path, file_bytes: int) -> None:
         raise IndexFileError(f"{path}: corrupted: vector counts disagree ({said})")
     if ntotal * ID_BYTES > file_bytes:
         raise IndexFileError(f"{path}: corrupted: {ntotal} vectors cannot fit in {file_bytes} bytes")
+
+
+def inspect_index_file(path: str | Path, frames: int = 500, seed: int = 0) -> dict:
+    """What ``rvc-index inspect`` prints: the index's layout (``describe_index``), which tools can use it and why
+    not (docs/consumers.md), what each holds (MB), and its search time per frame at one thread, measured with
+    ``frames`` of its own stored vectors, slightly moved, as queries."""
+    from rvc_index.evaluation.measure import search_latency, stored_rows
+    from rvc_index.inspection.consumers import CONSUMERS, holdings, static_problems
+    from rvc_index.stages.indexing import describe_index
+
+    index = read_index_file(path)
+    info = describe_index(index)
+    problems = static_problems(index)
+    info["consumers"] = {name: problems.get(name, "ok") for name in CONSUMERS}
+    info["holdings_mb"] = {key: round(value / 2**20, 1) for key, value in holdings(index).items()
+                           if key != "exact_flops_per_frame"}
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(0, index.ntotal, size=min(frames, index.ntotal)))
+    rows = stored_rows(index, ids)
+    queries = rows + rng.standard_normal(rows.shape).astype(np.float32) * rows.std() * np.float32(0.1)
+    info["us_per_frame"] = search_latency(index, queries).us_per_frame
+    return info

@@ -102,6 +102,19 @@ def static_problems(index: faiss.Index, dim: int | None = None) -> dict[str, str
     return problems
 
 
+def file_problems(path: str) -> dict[str, str]:
+    """:func:`static_problems` of the index file at ``path``, read without loading its lists (memory-mapped where
+    faiss can); ``{"every tool": why}`` when faiss cannot read it."""
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            return {"every tool": f"faiss cannot read it ({str(exc).strip().splitlines()[-1][:120]})"}
+    return static_problems(index)
+
+
 def index_bytes(index: faiss.Index) -> int:
     """Bytes the loaded index's own arrays take (codes, ids, coarse centroids, codebooks)."""
     top = typed(index)
@@ -134,18 +147,23 @@ def blend(big: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 
 def replay(path: str, queries: np.ndarray, vectors: np.ndarray | None = None, dim: int | None = None) -> dict:
-    """Load ``path`` once per consumer and play its calls with ``queries`` [q, d]; report each consumer."""
+    """Load ``path`` (``read_index``, ``reconstruct_n``: what every consumer does first) and play each consumer's
+    calls on it with ``queries`` [q, d]; report each consumer (a load that raises fails every one of them)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     index = faiss.read_index(path)
+    big = index.reconstruct_n(0, index.ntotal)
     static = static_problems(index, dim)
     results: dict[str, dict] = {}
     for name in CONSUMERS:
+        stored_nprobe = getattr(typed(index), "nprobe", None)
         try:
-            problem = static.get(name) or PLAYS[name](path, queries)
+            problem = static.get(name) or PLAYS[name](index, big, queries)
         except Exception as exc:  # noqa: BLE001 - any exception is what the consumer would hit
             problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            if stored_nprobe is not None:  # Applio realtime's nprobe = 12 stays with Applio
+                typed(index).nprobe = stored_nprobe
         results[name] = {"ok": problem is None, "problem": problem}
-    big = index.reconstruct_n(0, index.ntotal)
     checks = {
         "top_level_ivf": isinstance(typed(index), faiss.IndexIVF),
         "metric_l2": index.metric_type == faiss.METRIC_L2,
@@ -167,18 +185,14 @@ def _finite(blended: np.ndarray) -> str | None:
     return None if np.isfinite(blended).all() else "the blend has non-finite values"
 
 
-def play_rvc_offline(path: str, queries: np.ndarray) -> str | None:
-    """RVC's (and Applio's) offline inference: read, reconstruct every vector, search k=8, blend."""
-    index = faiss.read_index(path)
-    big = index.reconstruct_n(0, index.ntotal)
+def play_rvc_offline(index: faiss.Index, big: np.ndarray, queries: np.ndarray) -> str | None:
+    """RVC's (and Applio's) offline inference: search k=8 and blend ``big`` (read and reconstructed already)."""
     scores, labels = index.search(queries, k=RVC_K)
     return _missing(labels, RVC_K) or _finite(blend(big, scores, labels))
 
 
-def play_rvc_realtime(path: str, queries: np.ndarray) -> str | None:
+def play_rvc_realtime(index: faiss.Index, big: np.ndarray, queries: np.ndarray) -> str | None:
     """RVC's realtime GUI: the same per block; a block with any -1 label skips retrieval."""
-    index = faiss.read_index(path)
-    big = index.reconstruct_n(0, index.ntotal)
     skipped = 0
     blocks = range(0, len(queries), REALTIME_BLOCK_FRAMES)
     for start in blocks:
@@ -190,11 +204,9 @@ def play_rvc_realtime(path: str, queries: np.ndarray) -> str | None:
     return None if not skipped else f"{skipped} of {len(blocks)} blocks have -1 labels: retrieval skipped there"
 
 
-def play_applio_realtime(path: str, queries: np.ndarray) -> str | None:
-    """Applio realtime: read + reconstruct, ``index.nprobe = 12`` (outside its try: an AttributeError ends
-    the load), then exact top-8 over ``big`` (torch on its device; float32 here), faiss search as fallback."""
-    index = faiss.read_index(path)
-    big = index.reconstruct_n(0, index.ntotal)
+def play_applio_realtime(index: faiss.Index, big: np.ndarray, queries: np.ndarray) -> str | None:
+    """Applio realtime: ``index.nprobe = 12`` (outside its try: an AttributeError ends the load), then exact top-8
+    over ``big`` (torch on its device; float32 here), faiss search as the out-of-memory fallback."""
     index.nprobe = APPLIO_REALTIME_NPROBE
     if big.shape[0] < RVC_K:
         return f"{big.shape[0]} stored vectors: torch.topk(k={RVC_K}) raises"
@@ -210,22 +222,18 @@ def play_applio_realtime(path: str, queries: np.ndarray) -> str | None:
     return _missing(labels, RVC_K)
 
 
-def play_w_okada(path: str, queries: np.ndarray) -> str | None:
-    """w-okada's voice changer: read, reconstruct, search k=1, ``big[ix.squeeze()]`` (-1 takes the last row)."""
-    index = faiss.read_index(path)
-    big = index.reconstruct_n(0, index.ntotal)
+def play_w_okada(index: faiss.Index, big: np.ndarray, queries: np.ndarray) -> str | None:
+    """w-okada's voice changer: search k=1, ``big[ix.squeeze()]`` (-1 silently takes the last row)."""
     _, labels = index.search(queries, W_OKADA_K)
     taken = big[labels.squeeze(axis=1)]
     return _missing(labels, W_OKADA_K) or _finite(taken)
 
 
-def play_deiteris(path: str, queries: np.ndarray) -> str | None:
-    """The deiteris/tg fork: refuses untrained or empty indexes, reconstructs, clones to the GPU on Linux +
-    CUDA (the cloner's rules, checked by type: :func:`gpu_clone_problem`), searches k=8 and blends."""
-    index = faiss.read_index(path)
+def play_deiteris(index: faiss.Index, big: np.ndarray, queries: np.ndarray) -> str | None:
+    """The deiteris/tg fork: refuses untrained or empty indexes, clones to the GPU on Linux + CUDA (the cloner's
+    rules, checked by type: :func:`gpu_clone_problem`), searches k=8 and blends."""
     if not index.is_trained or index.ntotal == 0:
         return "untrained or empty: refused"
-    big = index.reconstruct_n(0, index.ntotal)
     scores, labels = index.search(queries, k=RVC_K)
     return gpu_clone_problem(index) or _missing(labels, RVC_K) or _finite(blend(big, scores, labels))
 

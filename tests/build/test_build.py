@@ -130,7 +130,8 @@ def test_cli_build_and_inspect(make_experiment, tmp_path):
     proc = run_cli("-v", "build", str(exp / "3_feature768"), "--config", "rvc-classic", "--out", str(out),
                    "--backend", "cpu", "--set", "evaluate.recall_queries=200")
     assert proc.returncode == 0, proc.stderr
-    for decision in ("rows x 768", "compression: 3,000 rows <= threshold", "IVF76,Flat", "backend: cpu",
+    for decision in ("rows x 768", "compression: 3,000 rows <= compress.row_threshold 200,000", "IVF76,Flat",
+                     "backend: cpu",
                      "[add] done", "add: 3,000/3,000 vectors"):
         assert decision in proc.stderr
     index = next(out.glob("*.index"))
@@ -140,6 +141,8 @@ def test_cli_build_and_inspect(make_experiment, tmp_path):
     info = json.loads(inspected.stdout)
     assert info["type"] == "IndexIVFFlat" and info["ntotal"] == 3000 and info["n_list"] == 76
     assert {"nprobe", "list_size_min", "list_size_median", "list_size_max"} <= set(info)
+    assert set(info["consumers"].values()) == {"ok"} and len(info["consumers"]) == 6  # every tool of docs/consumers.md
+    assert info["holdings_mb"]["big"] == round(3000 * 768 * 4 / 2**20, 1) and info["us_per_frame"] > 0
 
 
 def test_cli_bad_input_exits_non_zero_naming_the_file(make_experiment, tmp_path):

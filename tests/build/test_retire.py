@@ -180,3 +180,25 @@ def test_unretire_restores_everything_a_build_retired_including_subfolders(logs,
     assert (folder / RVC_OWN).read_bytes() == b"an older index" and (folder / "old" / "left.index").exists()
     assert not list(folder.rglob("*.retired*")) and not (folder / MANIFEST_NAME).exists()
     assert main(["unretire", str(folder)]) == 0 and "0 restored in" in capsys.readouterr().out
+
+
+def test_an_older_index_whose_layout_breaks_a_tool_is_named(tmp_path, caplog):
+    """An earlier release's `…PQ…x4fs_RFlat…` index beside the voice: the build says which tools it breaks (and
+    --retire-old retires it, as any competitor)."""
+    import faiss
+    import numpy as np
+    from rvc_index.tools.synth import sample_frames
+
+    write_speaker(tmp_path / "logs", SpeakerSpec("myvoice", 2000, 256))
+    exp = tmp_path / "logs" / "myvoice"
+    old = faiss.index_factory(256, "IVF16,PQ128x4fs,RFlat")
+    x = sample_frames(2000, 256, seed=2)
+    old.train(x)
+    old.add(x)
+    name = "added_IVF16_PQ128x4fs_RFlat_tips-plain_nprobe_5_myvoice_v1.index"
+    faiss.write_index(old, str(exp / name))
+    with caplog.at_level("WARNING", logger="rvc_index"):
+        build_experiment(exp, load_config("tips-plain", FAST), backend=select_backend("cpu"))
+    said = [r.getMessage() for r in caplog.records if name in r.getMessage() and "breaks" in r.getMessage()]
+    assert said and "applio-realtime" in said[0] and "deiteris" in said[0] and "no nprobe" in said[0]
+    np.testing.assert_equal((exp / name).is_file(), True)  # named, not touched without --retire-old

@@ -61,7 +61,7 @@ def test_the_report_records_the_plan_it_executed(make_experiment, tmp_path):
                               "compress.n_centroids=200"), tmp_path / "o", select_backend("cpu"))
     plan = result.record.plan
     assert plan["rows"] == 3000 and plan["vectors"] == 200
-    assert any(line.startswith("compression: 3,000 rows > threshold") for line in plan["decisions"])
+    assert any(line.startswith("compression: 3,000 rows > compress.row_threshold 1,000") for line in plan["decisions"])
     assert set(plan["stages_mb"]) >= {"check", "compress", "train", "add", "write"}
     assert Path(result.report_path).name == "rvc-index-erin-rvc-classic.report.json"
 

@@ -52,7 +52,7 @@ def test_default_log_is_a_few_lines_ending_with_the_verdict_and_the_replaced_ind
     lines = quiet.stderr.strip().splitlines()
     assert len([line for line in lines if " WARNING " not in line]) <= 11, quiet.stderr  # was 24 before -v existed
     assert "[train] start" not in quiet.stderr and "add: " not in quiet.stderr
-    tail = "\n".join(lines[-4:])
+    tail = "\n".join(lines[-6:])  # the verdict's four lines, then the tools that load it and what they hold
     assert "verdict: " in tail and "the index it replaces (added_IVF64_Flat_nprobe_1_spk_v1.index): finds" in tail
     report = next(exp.glob("rvc-index-*.report.json")).read_text()
     assert '"verdict"' in report and '"replaced"' in report

@@ -20,7 +20,7 @@ from rvc_index.inspection.consumers import CONSUMERS
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
 DIM = 256  # v1 width: the sizes below at a quarter of v2's bytes (every layout rule is the same at 768)
-SIZES = {"under-100k": 3_000, "100k-200k": 150_000, "over-200k": 250_000}
+SIZES = {"under-100k": 20_000, "100k-200k": 120_000, "over-200k": 210_000}
 FAST = ["evaluate.recall_queries=0", "evaluate.plot=false"]
 
 
@@ -60,20 +60,20 @@ def test_every_shipped_preset_at_every_size_keeps_every_consumer_on(preset, size
 
 @pytest.mark.parametrize("lists", ["flat", "fp16", "sq8", "pq8"])
 def test_every_list_format_keeps_every_consumer_on(lists, voices, tmp_path):
-    """Each format a budget can choose, forced at 150k rows: the same matrix."""
-    result, report = built(voices["100k-200k"], "tips-plain", tmp_path / lists, [f"index.lists={lists}"])
+    """Each format a budget can choose, forced: the same matrix."""
+    result, report = built(voices["under-100k"], "tips-plain", tmp_path / lists, [f"index.lists={lists}"])
     assert report["index"]["lists"] == lists
     replay_everywhere(result.index_path, queries(), None, DIM, tmp_path)
 
 
 @pytest.mark.parametrize("branch, overrides", [
-    ("compressed, two-level k-means", ["budget.big_mb=8", "budget.gpu_mb=16"]),  # 8,192 centroids
-    ("compressed, fixed cells", ["budget.big_mb=40", "budget.gpu_mb=80"]),  # 40,960 centroids
-    ("auto picks coded lists", ["budget.us_per_frame=60"]),
+    ("compressed, two-level k-means", ["budget.big_mb=1", "budget.gpu_mb=2"]),  # 1,024 centroids of 20,000 rows
+    ("compressed, fixed cells", ["budget.big_mb=8", "budget.gpu_mb=16"]),  # 8,192: fewer than 8 rows per centre
+    ("auto picks coded lists", ["budget.us_per_frame=49"]),  # flat lists estimated over it, fp16 within
     ("tiny lists raise nprobe", ["index.sqrt_factor=64", "index.min_rows_per_list=1", "index.nprobe=1"]),
 ])
 def test_every_branch_of_the_plan_keeps_every_consumer_on(branch, overrides, voices, tmp_path):
-    result, report = built(voices["100k-200k"], "tips-plain", tmp_path / "out", overrides)
+    result, report = built(voices["under-100k"], "tips-plain", tmp_path / "out", overrides)
     compression = report["compression"]
     if branch.startswith("compressed"):
         assert compression["applied"] and ("fixed cells" in " ".join(report["plan"]["decisions"])) == \

@@ -91,8 +91,9 @@ def test_every_list_format_builds_an_ivf_every_consumer_loads(lists, tmp_path):
     add_batches(index, (x[i:i + 1000] for i in range(0, len(x), 1000)), backend, Progress("add", len(x)))
     assert index.ntotal == len(x)
     stored = index.reconstruct_n(0, index.ntotal)
-    error = np.linalg.norm(stored - x, axis=1) / np.linalg.norm(x, axis=1)
-    assert error.max() <= {"flat": 0.0, "fp16": 1e-3, "sq8": 0.02, "pq8": 0.6}[lists]  # measured: docs/benchmarks.md
+    error = np.linalg.norm(stored - x, axis=1) / np.linalg.norm(x, axis=1)  # what reconstruct_n loses, per row
+    assert np.median(error) <= {"flat": 0.0, "fp16": 2e-4, "sq8": 0.01, "pq8": 0.35}[lists]
+    assert error.max() <= {"flat": 0.0, "fp16": 1e-3, "sq8": 0.1, "pq8": 0.8}[lists]
     nprobe = nprobe_for_k(list_sizes(index), 8, plan.nprobe)
     set_search_params(index, nprobe)
     check_consumers(index, 256)
