@@ -150,8 +150,9 @@ def table(result: dict[str, Any]) -> str:
     for p in points:
         mark = " **(best within budget)**" if p is best else ""
         lines.append(f"| {p['stored']:,} | {p['how']} | {p['lists']} | {p['blend_error']:.4f}{mark} | "
-                     f"{p['recall_at_k']:.3f} | {p['big_mb']:,.0f} | {p['index_mb']:,.0f} | {p['gpu_applio_mb']:,.0f} | "
-                     f"{p['us_per_frame']:,.0f} | {'yes' if p['within_budget'] else 'no'} |")
+                     f"{p['recall_at_k']:.3f} | {p['big_mb']:,.0f} | {p['index_mb']:,.0f} | "
+                     f"{p['gpu_applio_mb']:,.0f} | {p['us_per_frame']:,.0f} | "
+                     f"{'yes' if p['within_budget'] else 'no'} |")
     return "\n".join(lines)
 
 

@@ -150,7 +150,7 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
               feature_dir: Path | None = None, max_queries: int = 1000, heldout_rows: int = 2000, seed: int = 0,
               timeout: float = 3600.0, figures: Path | None = REPO / "docs" / "bench",
               docs: Path | None = REPO / "docs" / "benchmarks.md", command: str = "",
-              build_eval: bool = True) -> dict[str, Any]:
+              build_eval: bool = True, kind: str = "synth") -> dict[str, Any]:
     """Build with RVC's recipe and ``presets`` (default: the default preset) on one collection; evaluate;
     print and write results."""
     from rvc_index.runtime.progress import get_logger
@@ -159,7 +159,7 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
     log = get_logger()
     work = Path(work)
     collection = (split_collection(feature_dir, work, seed=seed) if feature_dir is not None
-                  else generate(work, rows, dim, heldout_rows, seed))
+                  else generate(work, rows, dim, heldout_rows, seed, kind))
     log.info("collection: %s rows x %d in %s; held-out utterances in %s", f"{collection.rows:,}", collection.dim,
              collection.feature_dir, collection.heldout_dir)
     warm_cache(collection.feature_dir)
@@ -186,6 +186,7 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
     add_ratios(systems)
     evaluated = next((s["queries"] for s in systems if "queries" in s), 0)  # whole utterances: <= max_queries
     result = {"rows": collection.rows, "dim": collection.dim, "queries": evaluated, "command": command,
+              "collection": kind if feature_dir is None else str(feature_dir),
               "machine": started_machine, "date": time.strftime("%Y-%m-%d"), "systems": systems,
               "harness": HARNESS_VERSION, "build_eval": build_eval}
     print(format_table(table_rows(result)))
@@ -195,7 +196,8 @@ def run_bench(rows: int, dim: int = 768, presets: Sequence[str] | None = None, *
         from rvc_index.runtime.outputs import write_json_atomic
 
         figures.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(figures / f"end-to-end-{collection.rows}x{collection.dim}.json", result)
+        named = "" if feature_dir is not None or kind == "synth" else f"{kind}-"
+        write_json_atomic(figures / f"end-to-end-{named}{collection.rows}x{collection.dim}.json", result)
         if docs is not None:
             render(figures, docs)
     return result
@@ -223,6 +225,9 @@ def make_parser(prog: str = "python -m benchmarks.bench_rvc") -> argparse.Argume
                         f"(tips+expand.enabled=false), or 'all' (default: {','.join(DEFAULT_PRESETS)})")
     parser.add_argument("--feature-dir", type=Path, help="take this collection instead of generating one "
                         "(2%% of its files are held out as queries)")
+    parser.add_argument("--collection", choices=["synth", "speech", "manifold", "zipf"], default="synth",
+                        help="what to generate: tools.synth, or tools.speechlike's (speech: espeak-ng through a "
+                        "log-mel front end; needs espeak-ng) (default synth)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"data and outputs (default {DEFAULT_WORK})")
     parser.add_argument("--queries", type=int, default=1000, help="held-out query frames (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -262,7 +267,7 @@ def run_from_args(args: argparse.Namespace, command: str) -> list[dict[str, Any]
     return run_sweep(rows, args.dim, presets=presets, work=args.work, feature_dir=args.feature_dir,
                      max_queries=args.queries, seed=args.seed, timeout=args.timeout,
                      figures=None if args.no_write else args.figures, docs=None if args.no_write else args.docs,
-                     command=command, build_eval=not args.no_build_eval)
+                     command=command, build_eval=not args.no_build_eval, kind=args.collection)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

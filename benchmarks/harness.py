@@ -28,19 +28,26 @@ class Collection:
     dim: int
 
 
-def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: int = 0) -> Collection:
-    """One synthetic speaker: exactly ``rows`` frames to index, then whole unseen utterances.
+def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: int = 0,
+             kind: str = "synth") -> Collection:
+    """One speaker: exactly ``rows`` frames to index, then whole unseen utterances; ``kind`` ``synth``
+    (``tools.synth``) or one of ``tools.speechlike``'s (``speech``: espeak-ng speech through a log-mel front end).
 
     Reused when ``work`` already holds the same collection (a marker records its parameters).
     """
     from rvc_index.runtime.outputs import write_atomic, write_json_atomic
-    from rvc_index.tools.synth import MAX_FRAMES, feature_dir_name, save_npy, utterances
+    from rvc_index.tools import speechlike, synth
+    from rvc_index.tools.synth import MAX_FRAMES, feature_dir_name, save_npy
 
-    root = Path(work) / f"n{rows}-d{dim}-s{seed}"
+    def utterances(n: int, d: int, seed_words: list[int]):
+        return synth.utterances(n, d, seed_words) if kind == "synth" else speechlike.utterances(kind, n, d, seed_words)
+
+    root = Path(work) / (f"n{rows}-d{dim}-s{seed}" if kind == "synth" else f"{kind}-n{rows}-d{dim}-s{seed}")
     feature_dir = root / "logs" / SPEAKER / feature_dir_name(dim)
     heldout_dir = root / "heldout" / feature_dir_name(dim)
     marker = root / "collection.json"
-    params = {"rows": rows, "dim": dim, "heldout_rows": heldout_rows, "seed": seed, "version": GENERATOR_VERSION}
+    params = {"rows": rows, "dim": dim, "heldout_rows": heldout_rows, "seed": seed, "version": GENERATOR_VERSION,
+              **({"kind": kind} if kind != "synth" else {})}
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return Collection(feature_dir, heldout_dir, rows, dim)
     for folder in (feature_dir, heldout_dir):

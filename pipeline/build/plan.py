@@ -115,7 +115,7 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     if config.expand.enabled:
         expansion = plan_expansion(vectors, dim, config.expand, backend)
         stages.append(expand_estimate(expansion, threads, stream))
-    index = plan_index(vectors, dim, config.index, config.budget)
+    index = plan_index(vectors, dim, config.index, config.budget, frames=not compression.apply)
     stages += [train_estimate(index, stream), add_estimate(index, config.index.add_batch_rows, stream)]
     queries = min(config.evaluate.recall_queries, n)
     if queries:

@@ -36,15 +36,17 @@ FACTORY = {"flat": "Flat", "fp16": "SQfp16", "sq8": "SQ8"}  # index_factory's na
 SQ_TYPES = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
 
 # The plan's estimate of one frame's search at one thread (k=8, batches of 50 frames, as RVC searches a second of
-# audio), fitted to 112 measured points (N 20k-400k x 768, four list formats, n_list sqrt(N) and 4 sqrt(N), nprobe
-# 1-20) on the project's 2-core VM, rounded up (docs/benchmarks.md, "Search cost per frame"): a part that grows with
-# the index's bytes (cache and TLB misses: 0.6 us per MB), the probed lists' bytes (35 us per MB), decoding coded
-# vectors, and the coarse quantizer's GEMM. The build's evaluation measures the real figure.
+# audio): the probed lists' bytes (33 us per MB: the scan is bound by memory bandwidth), decoding coded vectors, the
+# coarse quantizer's GEMM and a fixed part. Fitted on the project's 2-core VM (docs/benchmarks.md, "Search cost per
+# frame"): indexes of k-means centroids have lists of about N / n_list vectors; indexes of the frames themselves
+# crowd some lists (speech's pauses), so a search scans about FRAMES_CROWDING times more. The build's evaluation
+# measures the real figure.
 SEARCH_FIXED_US = 10.0
-SEARCH_US_PER_INDEX_MB = 0.6
-SEARCH_US_PER_SCANNED_MB = 35.0
+SEARCH_US_PER_SCANNED_MB = 33.0
 SEARCH_US_PER_COARSE_MDIM = 110.0  # per million centroid dimensions (n_list x D)
-SEARCH_DECODE_US_PER_KVEC = {"flat": 0.0, "fp16": 20.0, "sq8": 70.0, "pq8": 65.0}  # per thousand vectors scanned
+SEARCH_DECODE_US_PER_MDIM = {"flat": 0.0, "fp16": 26.0, "sq8": 91.0, "pq8": 85.0}  # per million dimensions decoded
+PQ_DECODE_DIMS = 16  # a pq8 code is decoded like this many dimensions (one table lookup per sub-quantizer)
+FRAMES_CROWDING = 3.0  # measured 2-6x on speech-derived collections of 175k-1M frames
 
 
 class IndexBuildError(RvcIndexError, ValueError):
@@ -94,20 +96,25 @@ def check_rows(n_rows: int, where: str = "") -> None:
         )
 
 
-def search_us(lists: str, dim: int, n_rows: int, n_list: int, nprobe: int, pq_m: int = 0) -> float:
-    """The plan's estimate of one frame's search at one thread, in microseconds (see SEARCH_* above)."""
+def search_us(lists: str, dim: int, n_rows: int, n_list: int, nprobe: int, pq_m: int = 0,
+              frames: bool = False) -> float:
+    """The plan's estimate of one frame's search at one thread, in microseconds (see SEARCH_* above); ``frames``:
+    the stored vectors are the collection's frames, not centroids."""
     per_vector = pq_m if lists == "pq8" else CODE_BYTES[lists] * dim
-    scanned = min(nprobe, n_list) * (n_rows / max(n_list, 1))  # vectors in the probed lists, on average
-    return (SEARCH_FIXED_US + SEARCH_US_PER_INDEX_MB * n_rows * (per_vector + 8) / 1e6
-            + SEARCH_US_PER_SCANNED_MB * scanned * per_vector / 1e6 + SEARCH_DECODE_US_PER_KVEC[lists] * scanned / 1e3
+    decoded = pq_m * PQ_DECODE_DIMS if lists == "pq8" else dim
+    scanned = min(nprobe, n_list) * (n_rows / max(n_list, 1)) * (FRAMES_CROWDING if frames else 1.0)
+    return (SEARCH_FIXED_US + SEARCH_US_PER_SCANNED_MB * scanned * per_vector / 1e6
+            + SEARCH_DECODE_US_PER_MDIM[lists] * scanned * decoded / 1e6
             + SEARCH_US_PER_COARSE_MDIM * n_list * dim / 1e6)
 
 
-def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig | None = None) -> IndexPlan:
+def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig | None = None,
+               frames: bool = False) -> IndexPlan:
     """Choose the list format, n_list, PQ size and training rows; lower what the data cannot support.
 
     ``index.lists=auto`` takes the first of flat, fp16, sq8, pq8 (lowest blend error first: docs/benchmarks.md)
-    whose estimated search fits ``budget.us_per_frame``, and the fastest when none does."""
+    whose estimated search fits ``budget.us_per_frame``, and the fastest when none does (``frames``: the stored
+    vectors are the collection's frames, whose lists are uneven)."""
     check_rows(n_rows)
     budget = budget or BudgetConfig()
     notes = []
@@ -134,11 +141,12 @@ def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig 
     if "pq8" in candidates and n_rows < PQ_CENTROIDS:  # each 8-bit codebook is a k-means of 256 centres
         notes.append(f"{n_rows:,} vectors cannot train 8-bit PQ codebooks ({PQ_CENTROIDS} centres): not pq8")
         candidates = [c for c in candidates if c != "pq8"] or [FLAT]
-    costs = {lists: search_us(lists, dim, n_rows, n_list, nprobe, pq_m) for lists in candidates}
+    costs = {lists: search_us(lists, dim, n_rows, n_list, nprobe, pq_m, frames) for lists in candidates}
     fitting = [lists for lists in candidates if costs[lists] <= budget.us_per_frame]
     lists = fitting[0] if fitting else min(candidates, key=costs.__getitem__)
     if config.lists == "auto" and lists != FLAT:
-        notes.append(f"{lists} lists: flat would search in about {search_us(FLAT, dim, n_rows, n_list, nprobe):,.0f} "
+        notes.append(f"{lists} lists: flat would search in about "
+                     f"{search_us(FLAT, dim, n_rows, n_list, nprobe, frames=frames):,.0f} "
                      f"us per frame, over budget.us_per_frame={budget.us_per_frame:g}")
     if costs[lists] > budget.us_per_frame:
         notes.append(f"about {costs[lists]:,.0f} us per frame: over budget.us_per_frame={budget.us_per_frame:g}")
