@@ -508,3 +508,25 @@ def test_synth_arguments_are_checked(args, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
     assert main(["synth", "", "--rows", "10"]) == 1 and "ROOT '': an empty path" in capsys.readouterr().err
+
+
+def test_case55_no_key_loosens_the_searches_every_consumer_makes(tmp_path, capsys, consumer_check):
+    """`--set index.search_k=1` (24 D) stored an nprobe that left -1 labels in RVC's k=8 searches and let a 5-row
+    voice build while the verdict said retrieval stayed on. The key is gone; the row minimum, the stored nprobe and
+    the verdict's -1 share hold for k=8 (every consumer; w-okada's k=1 is filled whenever k=8 is)."""
+    with pytest.raises(ConfigError, match="index.search_k' is no longer used: every consumer searches k=8"):
+        config_from_dict({}, ["index.search_k=1"])
+    five = tmp_path / "five" / "3_feature256"
+    five.mkdir(parents=True)
+    np.save(five / "a.npy", rows(5))
+    assert main(["build", str(five.parent), "--out", str(tmp_path / "o5"), "--backend", "cpu"]) == 1
+    assert "only 5 rows" in capsys.readouterr().err
+    write_speaker(tmp_path / "logs", SpeakerSpec("few", 2000, 256))  # 600 lists of about 3 vectors: nprobe raised
+    assert main(["build", str(tmp_path / "logs" / "few"), "--out", str(tmp_path / "o"), "--backend", "cpu",
+                 "--set", "index.n_list=600", "--set", "index.min_rows_per_list=1", "--set", "index.nprobe=1",
+                 "--set", "evaluate.full=true"]) == 0
+    report = json.loads(next((tmp_path / "o").glob("*.report.json")).read_text())
+    assert report["index"]["nprobe"] > report["index"]["nprobe_configured"] == 1
+    assert report["evaluation"]["k"] == 8 and report["evaluation"]["missing_label_share"] == 0.0
+    replayed = consumer_check(next((tmp_path / "o").glob("*.index")), rows(200, seed=9), None, 256)
+    assert all(r["consumers"]["w-okada"]["ok"] and r["consumers"]["rvc-realtime"]["ok"] for r in replayed.values())
