@@ -72,7 +72,7 @@ def test_bench_on_a_tiny_collection(tmp_path):
     assert (figures / "end-to-end.png").stat().st_size > 20_000
     text = doc.read_text()
     assert SECTION in text and "### 3,000 x 64" in text and "`python -m benchmarks.bench_rvc --rows 3000`" in text
-    assert "| tips |" in text and "fastest preset" in text
+    assert "| tips |" in text and "`tips`: " in text and "faster end to end than RVC's recipe" in text
 
 
 def test_size_sweep_puts_rvc_and_ours_side_by_side(tmp_path):
@@ -117,3 +117,11 @@ def test_replicated_collection_has_the_rows_asked_for_and_distinct_copies(tmp_pa
     assert first.shape == second.shape and not np.allclose(first, second)
     assert json.loads((exp / ".complete").read_text())["replicated_from"] == str(source)
     assert replicate_collection(tmp_path / "data", source, 400, 16, 0) == exp  # written once
+
+
+def test_issue_21_targets_per_preset_and_size():
+    from benchmarks.bench_report import speed_target
+
+    assert speed_target("tips-plain", 300_000) == speed_target("tips-plain", 1_000_000) == 4.0  # the budgeted default
+    assert speed_target("realtime", 300_000) == 12.0 and speed_target("realtime", 1_000_000) == 16.0
+    assert speed_target("tips-plain", 60_000) == 3.0 and speed_target("rvc-classic", 300_000) is None
