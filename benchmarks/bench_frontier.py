@@ -165,7 +165,8 @@ def update_docs(docs: Path, figures: Path) -> None:
              "on held-out utterances; recall@8 against exact search over the stored vectors; `big`: what "
              "`reconstruct_n` returns (ntotal x D x 4 bytes, in every consumer's RAM); Applio GPU: big, its "
              "transpose and a norm per vector; us/frame: one thread, batches of 50 frames, this machine. Every "
-             "layout listed is an IndexIVF every consumer loads (docs/consumers.md).", ""]
+             "layout listed is an IndexIVF every consumer loads (docs/consumers.md). What the tables decided: the "
+             "next section.", ""]
     for run in sorted(runs, key=lambda r: (r["dim"], r["rows"])):
         parts += [f"### {run['rows']:,} frames x {run['dim']} ({run['date']}, {run['machine']['cpus']} cores)", "",
                   f"`{run.get('command', '')}`: {run['queries']} held-out query frames; the default budget holds "
