@@ -58,9 +58,9 @@ def run_sequential(root: Path, out: Path, preset: str, overrides: list[str], thr
     """Build every experiment under ``root`` (or only ``only``) in this process, one after another, without Dask."""
     import faiss
     from rvc_index.batch.jobs import discover
-    from rvc_index.build.runner import build_experiment
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
+    from rvc_index.job.runner import build_experiment
 
     if threads:
         faiss.omp_set_num_threads(threads)
@@ -107,9 +107,9 @@ def threads_check(root: Path, work: Path, preset: str, recall_queries: int) -> l
     import hashlib
 
     from rvc_index.batch.jobs import discover
-    from rvc_index.build.runner import build_experiment
     from rvc_index.compute.backend import faiss_threads, select_backend
     from rvc_index.config.loading import load_config
+    from rvc_index.job.runner import build_experiment
 
     rows = []
     config = load_config(REPO / "configs" / f"{preset}.yaml", [f"evaluate.recall_queries={recall_queries}"])

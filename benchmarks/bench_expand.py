@@ -150,7 +150,7 @@ VARIANTS = {"off": ["expand.enabled=false"], "on": ["expand.enabled=true"],
 
 
 def effect(args: argparse.Namespace, backend: Backend) -> list[dict[str, Any]]:
-    from rvc_index.build.runner import build_experiment
+    from rvc_index.job.runner import build_experiment
     from rvc_index.tools.synth import DEMO_SPEAKERS, feature_dir_name, save_npy, utterances
 
     wanted = set(args.effect_speakers.split(",")) if args.effect_speakers else None

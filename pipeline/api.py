@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from rvc_index.batch.summary import BatchReport
-from rvc_index.build.record import BuildResult
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import Config
 from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.result import Evaluation
+from rvc_index.job.record import BuildResult
 from rvc_index.runtime.progress import ProgressEvent, progress_listener
 
 DEFAULT_PRESET = "tips-plain"
@@ -94,9 +94,9 @@ def build_index(source: str | Path | Any, out: str | Path | None = None, *,
     ``out``: the output folder (default: the experiment folder, where RVC looks). Returns the result with
     the index path and the typed record.
     """
-    from rvc_index.build.arrays import as_frames, staged_array
-    from rvc_index.build.runner import build_experiment, check_output_dir
     from rvc_index.compute.backend import select_backend
+    from rvc_index.job.arrays import as_frames, staged_array
+    from rvc_index.job.runner import build_experiment, check_output_dir
 
     _check("build_index", out=(out, MAYBE_PATH, "a folder path or None"),
            name=(name, (str, type(None)), "a str or None"),

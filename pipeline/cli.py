@@ -149,9 +149,9 @@ def command_seconds() -> float:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from rvc_index.build.runner import build_experiment
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
+    from rvc_index.job.runner import build_experiment
 
     config = load_config(resolve_config_path(args.config), build_overrides(args))
     result = build_experiment(args.path, config, args.out, select_backend(args.backend), force=args.force,
@@ -167,7 +167,7 @@ def build_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_unretire(args: argparse.Namespace) -> int:
-    from rvc_index.build.retire import unretire
+    from rvc_index.job.retire import unretire
 
     folder = Path(args.folder).absolute()
     restored = unretire(folder)
@@ -198,9 +198,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from distributed import Client, LocalCluster
-    from rvc_index.build.runner import build_experiment
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
+    from rvc_index.job.runner import build_experiment
     from rvc_index.tools.synth import DEMO_SPEAKERS, SpeakerSpec, write_speaker
 
     config = load_config(resolve_config_path(args.config), build_overrides(args))
@@ -284,11 +284,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rvc_index.build.tune import Target, TuneError, layouts, tune, write_preset
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
     from rvc_index.data.feature_set import open_feature_set, resident_fits
     from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.job.tune import Target, TuneError, layouts, tune, write_preset
 
     config = load_config(resolve_config_path(args.config), args.overrides)
     out = check_output_file("--out", args.out)  # checked before minutes of tuning, not after

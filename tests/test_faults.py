@@ -24,15 +24,15 @@ import numpy as np
 import psutil
 import pytest
 from rvc_index.batch.jobs import plan_jobs, run_batch
-from rvc_index.build.guard import StageMemoryError
-from rvc_index.build.locks import HOLDER_NAME, LOCK_NAME
-from rvc_index.build.naming import ascii_name
-from rvc_index.build.plan import make_plan
-from rvc_index.build.runner import build_experiment
 from rvc_index.cli import main
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.sources import resolve_experiment, scan_manifest, value_bound
+from rvc_index.job.guard import StageMemoryError
+from rvc_index.job.locks import HOLDER_NAME, LOCK_NAME
+from rvc_index.job.naming import ascii_name
+from rvc_index.job.plan import make_plan
+from rvc_index.job.runner import build_experiment
 from rvc_index.runtime.progress import get_logger
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
@@ -413,7 +413,7 @@ def test_case18_disk_full_keeps_the_old_index(shared, tmp_path, capsys, mount_tm
 ZYGOTE = r"""
 import json, os, resource, signal, sys, traceback
 import faiss, numpy  # noqa: F401 - loaded before any fork: children start warm
-import rvc_index.batch.jobs, rvc_index.build.runner  # noqa: F401
+import rvc_index.batch.jobs, rvc_index.job.runner  # noqa: F401
 from rvc_index.cli import main, make_parser
 make_parser()  # imports what the commands import
 for line in sys.stdin:
@@ -617,8 +617,8 @@ REFERENCES = {  # cases (or parts of them) proved in full by tests elsewhere
     11: ["tests/stages/test_indexing.py::test_plan_lowers_what_the_data_cannot_support",
          "tests/batch/test_batch.py::test_failing_experiments_are_isolated_and_reported"],
     12: ["tests/data/test_sources.py::test_missing_and_empty_folders"],
-    15: ["tests/build/test_build.py::test_rerun_skips_and_changes_rebuild"],
-    17: ["tests/build/test_build.py::test_trained_in_output_path_is_refused"],
+    15: ["tests/job/test_build.py::test_rerun_skips_and_changes_rebuild"],
+    17: ["tests/job/test_build.py::test_trained_in_output_path_is_refused"],
     19: ["tests/batch/test_batch.py::test_sigkill_partway_then_rerun_resumes_with_identical_bytes"],
     20: ["tests/batch/test_batch.py::test_batch_survives_a_killed_worker",
          "tests/batch/test_batch.py::test_a_build_whose_worker_dies_fails_alone_and_a_rerun_builds_it"],

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # Lowest first; a module may import its own layer or any layer below it, never one above.
-LAYERS = ["errors", "runtime", "config", "data", "compute", "inspection", "stages", "evaluation", "build", "batch",
+LAYERS = ["errors", "runtime", "config", "data", "compute", "inspection", "stages", "evaluation", "job", "batch",
           "tools", "api", "cli", "__main__"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["tools"] = RANK["batch"]  # generators and RVC's checker: beside batch, used by the CLI and tests

@@ -37,12 +37,12 @@ from distributed import Client, as_completed, get_worker, worker_client
 from rvc_index.batch.clusters import build_resources
 from rvc_index.batch.joblog import experiment_log, log_path
 from rvc_index.batch.summary import BatchRecord, BatchReport, lost_record, printable, progress_line, write_report
-from rvc_index.build.naming import file_stem
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import FEATURE_DIRS, SourceError
 from rvc_index.errors import RvcIndexError
+from rvc_index.job.naming import file_stem
+from rvc_index.job.runner import build_experiment
 from rvc_index.runtime.outputs import check_output_folder
 from rvc_index.runtime.progress import get_logger
 

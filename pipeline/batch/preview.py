@@ -12,11 +12,11 @@ from pathlib import Path
 
 from rvc_index.batch.jobs import Job
 from rvc_index.batch.summary import TABLE_WIDTH, printable, short_error
-from rvc_index.build.naming import build_files, check_files_are_ours
-from rvc_index.build.resume import build_fingerprint, code_fingerprint, config_fingerprint, finished_build, read_report
 from rvc_index.config.schema import Config
 from rvc_index.data.sources import resolve_experiment, scan_manifest
 from rvc_index.errors import RvcIndexError
+from rvc_index.job.naming import build_files, check_files_are_ours
+from rvc_index.job.resume import build_fingerprint, code_fingerprint, config_fingerprint, finished_build, read_report
 from rvc_index.stages.indexing import check_rows
 
 ACTIONS = ("build", "skip", "fail")

@@ -16,9 +16,9 @@ from rvc_index.batch.jobs import Job, plan_jobs, run_batch
 from rvc_index.batch.quiet import quiet_dask_noise
 from rvc_index.batch.status import merge_shards
 from rvc_index.batch.summary import BatchRecord, BatchReport, prepare_report, short_error, write_report
-from rvc_index.build.runner import build_experiment
 from rvc_index.cli import main
 from rvc_index.config.loading import load_config
+from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

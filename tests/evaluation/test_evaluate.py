@@ -8,7 +8,6 @@ import sys
 import faiss
 import numpy as np
 import pytest
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
@@ -36,6 +35,7 @@ from rvc_index.evaluation.metrics import (
     rvc_weights,
 )
 from rvc_index.evaluation.sizing import full_plan
+from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import utterances
 
 CPU = select_backend("cpu")

@@ -6,13 +6,13 @@ import faiss
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.evaluation.evaluate import evaluate_index
 from rvc_index.evaluation.holdout import Holdout
 from rvc_index.evaluation.plots import ReportError, render_report, summary_lines, write_report_png
 from rvc_index.evaluation.sizing import full_plan
+from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import utterances
 
 from benchmarks.bench_report import write_bench_png

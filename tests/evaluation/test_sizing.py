@@ -6,7 +6,6 @@ from dataclasses import replace
 import faiss
 import numpy as np
 import pytest
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import ConfigError, EvaluateConfig
@@ -17,6 +16,7 @@ from rvc_index.evaluation.holdout import Holdout, holdout_from_features
 from rvc_index.evaluation.measure import nprobe_values
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
 from rvc_index.evaluation.sizing import FLOOR_QUERIES, MIN_QUERIES, PICTURE_S, exact_seconds, full_plan, plan_evaluation
+from rvc_index.job.runner import build_experiment
 from rvc_index.runtime.stream import take_rows
 from rvc_index.tools.synth import utterances
 

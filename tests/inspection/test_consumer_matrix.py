@@ -13,10 +13,10 @@ import faiss
 import numpy as np
 import pytest
 from conftest import CONSUMERS_SCRIPT, replay_everywhere
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config, preset_names
 from rvc_index.inspection.consumers import CONSUMERS
+from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
 DIM = 256  # v1 width: the sizes below at a quarter of v2's bytes (every layout rule is the same at 768)

@@ -6,10 +6,10 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import Backend, select_backend
 from rvc_index.config.loading import config_from_dict, load_config
 from rvc_index.config.schema import ConfigError, ExpandConfig
+from rvc_index.job.runner import build_experiment
 from rvc_index.stages.expand import ExpandError, expand
 from rvc_index.tools.synth import utterances
 

@@ -3,10 +3,10 @@ import math
 import faiss
 import numpy as np
 import pytest
-from rvc_index.build.naming import index_file_name
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.schema import LIST_FORMATS, BudgetConfig, IndexConfig
 from rvc_index.inspection.consumers import gpu_clone_problem, static_problems
+from rvc_index.job.naming import index_file_name
 from rvc_index.runtime.progress import Progress
 from rvc_index.stages.indexing import (
     IndexBuildError,

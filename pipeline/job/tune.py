@@ -23,8 +23,6 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import yaml
-from rvc_index.build.plan import make_plan
-from rvc_index.build.vectors import prepare_vectors
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import config_from_dict, config_to_dict
 from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, Config
@@ -41,6 +39,8 @@ from rvc_index.evaluation.evaluate import (
 )
 from rvc_index.evaluation.holdout import holdout_from_features
 from rvc_index.evaluation.measure import RVC_K, index_ram_bytes, search_latency, search_params
+from rvc_index.job.plan import make_plan
+from rvc_index.job.vectors import prepare_vectors
 from rvc_index.runtime.outputs import write_text_atomic
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import iter_batches, iter_blocks

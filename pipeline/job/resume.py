@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from rvc_index import __version__
-from rvc_index.build.naming import BuildFiles, is_plain_name
-from rvc_index.build.record import BuildRecord
 from rvc_index.config.loading import dump_config, load_config
 from rvc_index.config.schema import ClusterConfig, Config, ConfigError, SafetyConfig
 from rvc_index.data.sources import Manifest
+from rvc_index.job.naming import BuildFiles, is_plain_name
+from rvc_index.job.record import BuildRecord
 from rvc_index.runtime.outputs import read_json
 
 # The layers whose code decides what a build writes (vectors, index, file names): whole folders,
 # so a module added to one of them is covered without a list to keep. Editing the CLI, batch
 # orchestration, evaluation, reports, locks or the memory guard leaves finished outputs valid
 # (runtime/ is hashed whole: the compute and stage modules import its progress and memory helpers).
-OUTPUT_LAYERS = ("compute", "config", "data", "inspection", "runtime", "stages", "build/plan.py", "build/naming.py",
-                 "build/runner.py", "build/vectors.py")
+OUTPUT_LAYERS = ("compute", "config", "data", "inspection", "runtime", "stages", "job/plan.py", "job/naming.py",
+                 "job/runner.py", "job/vectors.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 

@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import pytest
-from rvc_index.build.runner import build_experiment
-from rvc_index.build.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.job.runner import build_experiment
+from rvc_index.job.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
 
 
 def trial(recall, us, ram, missing=0.0, nprobe=4):
@@ -105,7 +105,7 @@ def test_tune_cli_writes_a_loadable_preset(speaker, tmp_path):
 
 
 def test_tuned_pq_size_is_written_per_dimension_so_it_fits_v1_and_v2():
-    from rvc_index.build.tune import tuned_config
+    from rvc_index.job.tune import tuned_config
     from rvc_index.stages.indexing import plan_index
 
     base = load_config("configs/tips.yaml")

@@ -9,11 +9,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from rvc_index.build.naming import OutputError
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.sources import SourceError
+from rvc_index.job.naming import OutputError
+from rvc_index.job.runner import build_experiment
 from rvc_index.stages.expand import expand
 from rvc_index.tools.synth import utterances
 
@@ -164,11 +164,11 @@ def test_code_fingerprint_covers_every_module_the_output_depends_on():
     """
     import ast
 
-    from rvc_index.build import resume
+    from rvc_index.job import resume
 
     hashed = {p.relative_to(resume.PACKAGE_DIR).with_suffix("").as_posix().replace("/", ".")
               for p in resume.output_sources()}
-    assert {"compute.kmeans", "stages.compress", "data.sources", "config.schema", "build.runner"} <= hashed
+    assert {"compute.kmeans", "stages.compress", "data.sources", "config.schema", "job.runner"} <= hashed
     for path in resume.output_sources():
         if path.name in ("runner.py", "__init__.py"):
             continue

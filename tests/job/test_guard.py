@@ -1,11 +1,11 @@
-"""build/guard.py: the plan's estimates against the memory available now."""
+"""job/guard.py: the plan's estimates against the memory available now."""
 
 import pytest
-from rvc_index.build.guard import StageMemoryError, guard_plan
-from rvc_index.build.plan import make_plan
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.job.guard import StageMemoryError, guard_plan
+from rvc_index.job.plan import make_plan
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""build/record.py: the report as a typed record, read back from older or foreign files without failing."""
+"""job/record.py: the report as a typed record, read back from older or foreign files without failing."""
 
 from pathlib import Path
 
-from rvc_index.build.record import BuildRecord, BuildResult
+from rvc_index.job.record import BuildRecord, BuildResult
 
 FIELDS = dict(experiment="spk", feature_dir="/f", version="v2", dim=768, files=3, rows_declared=100, rows=99,
               index_file="a.index", index_bytes=10, fingerprint="f", config_fingerprint="c", code_version="v",

@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 
 import pytest
-from rvc_index.build.retire import MANIFEST_NAME, competing_indexes, original_name, retire, unretire
-from rvc_index.build.runner import build_experiment
 from rvc_index.cli import main
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config, resolve_config_path
+from rvc_index.job.retire import MANIFEST_NAME, competing_indexes, original_name, retire, unretire
+from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 FAST = ["evaluate.recall_queries=0", "evaluate.plot=false"]

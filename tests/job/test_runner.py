@@ -1,13 +1,13 @@
-"""build/runner.py: one build per experiment and preset, whatever else shares the output folder."""
+"""job/runner.py: one build per experiment and preset, whatever else shares the output folder."""
 
 import json
 from pathlib import Path
 
 import faiss
 import pytest
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
+from rvc_index.job.runner import build_experiment
 from rvc_index.runtime.stream import ROWS_READ
 
 FAST = ["evaluate.recall_queries=0", "evaluate.plot=false"]

@@ -13,9 +13,19 @@ from typing import Any
 
 import faiss
 import numpy as np
-from rvc_index.build.guard import MemoryGuard, guard_plan
-from rvc_index.build.locks import output_lock
-from rvc_index.build.naming import (
+from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.config.loading import config_to_dict, dump_config
+from rvc_index.config.schema import SEARCH_K, Config
+from rvc_index.data.feature_set import FeatureSet, open_feature_set
+from rvc_index.data.sources import Experiment, Manifest, resolve_experiment, scan_manifest
+from rvc_index.evaluation.evaluate import evaluate_build
+from rvc_index.evaluation.plots import write_report_png
+from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
+from rvc_index.evaluation.verdict import judge, replaced_index
+from rvc_index.inspection.consumers import holdings, static_problems
+from rvc_index.job.guard import MemoryGuard, guard_plan
+from rvc_index.job.locks import output_lock
+from rvc_index.job.naming import (
     BuildFiles,
     OutputError,
     build_files,
@@ -28,9 +38,9 @@ from rvc_index.build.naming import (
     is_plain_name,
     output_place,
 )
-from rvc_index.build.plan import BuildPlan, make_plan
-from rvc_index.build.record import BuildRecord, BuildResult
-from rvc_index.build.resume import (
+from rvc_index.job.plan import BuildPlan, make_plan
+from rvc_index.job.record import BuildRecord, BuildResult
+from rvc_index.job.resume import (
     build_fingerprint,
     code_fingerprint,
     config_fingerprint,
@@ -38,18 +48,8 @@ from rvc_index.build.resume import (
     read_report,
     written_with,
 )
-from rvc_index.build.retire import competing_indexes, settle_competitors
-from rvc_index.build.vectors import IndexVectors, prepare_vectors
-from rvc_index.compute.backend import Backend, select_backend
-from rvc_index.config.loading import config_to_dict, dump_config
-from rvc_index.config.schema import SEARCH_K, Config
-from rvc_index.data.feature_set import FeatureSet, open_feature_set
-from rvc_index.data.sources import Experiment, Manifest, resolve_experiment, scan_manifest
-from rvc_index.evaluation.evaluate import evaluate_build
-from rvc_index.evaluation.plots import write_report_png
-from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
-from rvc_index.evaluation.verdict import judge, replaced_index
-from rvc_index.inspection.consumers import holdings, static_problems
+from rvc_index.job.retire import competing_indexes, settle_competitors
+from rvc_index.job.vectors import IndexVectors, prepare_vectors
 from rvc_index.runtime.memory import peak_rss_mb
 from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic, writing
 from rvc_index.runtime.progress import DETAIL, Progress, get_logger, stage

@@ -3,10 +3,10 @@
 import faiss
 import numpy as np
 import pytest
-from rvc_index.build.runner import build_experiment
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.evaluation.evaluate import exact_knn, recall_at_k
+from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import utterances
 
 from benchmarks.rvc_recipe import rvc_train_index

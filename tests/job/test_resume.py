@@ -1,11 +1,11 @@
-"""build/resume.py: what decides whether a finished build is reused."""
+"""job/resume.py: what decides whether a finished build is reused."""
 
 from dataclasses import replace
 
-from rvc_index.build import resume
-from rvc_index.build.naming import BuildFiles
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import ClusterConfig, SafetyConfig
+from rvc_index.job import resume
+from rvc_index.job.naming import BuildFiles
 
 
 def test_config_fingerprint_ignores_where_and_how_guarded_a_build_runs():
@@ -17,7 +17,7 @@ def test_config_fingerprint_ignores_where_and_how_guarded_a_build_runs():
 
 def test_code_fingerprint_follows_the_output_layers_not_the_cli():
     hashed = {p.relative_to(resume.PACKAGE_DIR).as_posix() for p in resume.output_sources()}
-    assert "compute/kmeans.py" in hashed and "stages/indexing.py" in hashed and "build/plan.py" in hashed
+    assert "compute/kmeans.py" in hashed and "stages/indexing.py" in hashed and "job/plan.py" in hashed
     assert not any(p.startswith(("cli", "batch/", "evaluation/")) for p in hashed)
     assert resume.code_fingerprint() == resume.code_fingerprint()
 

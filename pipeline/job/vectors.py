@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rvc_index.build.plan import BuildPlan
 from rvc_index.compute.backend import Backend
 from rvc_index.config.schema import Config
 from rvc_index.data.feature_set import FeatureSet
+from rvc_index.job.plan import BuildPlan
 from rvc_index.stages.compress import compress
 from rvc_index.stages.expand import Expansion, expand
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from rvc_index.build.plan import BuildPlan
 from rvc_index.config.schema import SafetyConfig
 from rvc_index.errors import RvcIndexError
+from rvc_index.job.plan import BuildPlan
 from rvc_index.runtime.memory import MB, Budget, StageEstimate, mb, memory_budget
 from rvc_index.runtime.progress import get_logger
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from rvc_index.build.locks import HOLDER_NAME, LOCK_NAME, LockError, OutputBusy, output_lock
 from rvc_index.cli import main
+from rvc_index.job.locks import HOLDER_NAME, LOCK_NAME, LockError, OutputBusy, output_lock
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ NO_FLOCK = textwrap.dedent("""
     def no_flock(fd, op):
         raise OSError(errno.ENOSYS, "Function not implemented")
     fcntl.flock = no_flock
-    from rvc_index.build.locks import OutputBusy, output_lock
+    from rvc_index.job.locks import OutputBusy, output_lock
     from pathlib import Path
     try:
         with output_lock(Path(sys.argv[1]), sys.argv[2]):

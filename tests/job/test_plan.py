@@ -1,11 +1,11 @@
-"""build/plan.py: every stage's decisions and memory estimate, made once from headers and config."""
+"""job/plan.py: every stage's decisions and memory estimate, made once from headers and config."""
 
 import pytest
-from rvc_index.build.plan import make_plan
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import stream_bytes
 from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.job.plan import make_plan
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""job: one experiment's build."""
