@@ -91,20 +91,25 @@ def matmul_gflops(backend: Backend, rows: int, dim: int, cols: int, repeats: int
 
 
 def distance_step_gflops(backend: Backend, state: Any, batch: np.ndarray, nprobe: int) -> float:
-    """GFLOP/s of one assignment of ``batch`` (the matrix products it needs / its wall time)."""
+    """GFLOP/s of one assignment of ``batch`` with the fit's assigner (the matrix products it needs / its time)."""
+    from rvc_index.compute.kernels import squared_norms
+
     xp = backend.xp
     rows = backend.asarray(batch)
-    k, d = state.centres.shape
-    state.assign(xp, rows, nprobe)  # warm up
+    norms = squared_norms(xp, rows)
+    state.assigner.prepare(xp, state.centres)
+    state.assigner.assign(xp, rows, norms, None)  # warm up
+    backend.sync()
     started = time.perf_counter()
-    labels, _ = state.assign(xp, rows, nprobe)
+    labels, _ = state.assigner.assign(xp, rows, norms, None)
     int(labels[0])
     seconds = time.perf_counter() - started
+    k, d = state.centres.shape
     if state.coarse is None:
         flops = 2.0 * rows.shape[0] * d * k
     else:
         k1 = state.coarse.shape[0]
-        flops = 2.0 * rows.shape[0] * d * (k1 + nprobe * state.spread * k / k1)
+        flops = 2.0 * rows.shape[0] * d * (k1 + nprobe * getattr(state.assigner, "spread", 1) * k / k1)
     return flops / seconds / 1e9
 
 
@@ -140,11 +145,10 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
     centres = backend.to_host(state.centres).astype(np.float32)
     seconds = time.perf_counter() - started
     kplan = plan_kmeans(features.n_rows, k, config, backend)
-    passes = kplan.steps * kplan.batch_rows / features.n_rows + config.final_passes
-    if kplan.route == "device":  # full-batch passes (over a device sample, then streamed, above the budget)
-        passes = config.lloyd_passes + config.stream_passes if config.device_budget_mb else config.lloyd_passes
+    passes = kplan.steps * kplan.batch_rows / features.n_rows + len(state.msd)  # (device: over the device rows)
     result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "steps": state.step,
-                              "reseeded": state.reseeded, "plan": kplan.describe(), "backend": backend.describe(),
+                              "reseeded": int(state.reseeded), "msd_per_pass": [round(m, 5) for m in state.msd],
+                              "plan": kplan.describe(), "backend": backend.describe(),
                               "data_passes": round(passes, 2), "two_level": state.coarse is not None,
                               "nprobe": config.nprobe, "spread": config.spread}
     if backend.is_gpu:
@@ -179,17 +183,18 @@ def run_child(method: str, feature_dir: Path, args: argparse.Namespace, out: Pat
 
 def exact_inertias(feature_dir: Path, centre_sets: dict[str, np.ndarray], backend: Backend) -> dict[str, float]:
     """Exact mean squared distance of every row to its nearest centre, per centre set, in one read."""
-    from rvc_index.compute.kmeans import nearest_centres, squared_norms
+    from rvc_index.compute.kernels import squared_norms
+    from rvc_index.compute.knn import nearest
     from rvc_index.runtime.stream import iter_blocks
 
     xp = backend.xp
-    sets = {name: (backend.asarray(c), squared_norms(xp, backend.asarray(c))) for name, c in centre_sets.items()}
+    sets = {name: (backend.asarray(c), 0.5 * squared_norms(xp, backend.asarray(c))) for name, c in centre_sets.items()}
     totals = dict.fromkeys(centre_sets, 0.0)
     rows = 0
     for block in iter_blocks(open_features(feature_dir).array):
         x = backend.asarray(block)
         for name, (centres, norms) in sets.items():
-            totals[name] += float(nearest_centres(xp, x, centres, norms)[1].astype(xp.float64).sum())
+            totals[name] += float(nearest(xp, x, centres, norms)[1].astype(xp.float64).sum())
         rows += block.shape[0]
     return {name: total / rows for name, total in totals.items()}
 
@@ -197,7 +202,7 @@ def exact_inertias(feature_dir: Path, centre_sets: dict[str, np.ndarray], backen
 def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, seed: int,
                        spread: int = 1) -> dict[str, float]:
     """Our two-level assignment against the exact one, on ``sample`` rows and our final centres."""
-    from rvc_index.compute.kmeans import nearest_centres
+    from rvc_index.compute.knn import nearest
     from rvc_index.compute.two_level import assign_two_level, build_tree
     from rvc_index.runtime.stream import sample_row_ids, take_rows
 
@@ -206,7 +211,7 @@ def assignment_quality(feature_dir: Path, out: Path, nprobe: int, sample: int, s
     features = open_features(feature_dir)
     rows = take_rows(features.array, sample_row_ids(features.n_rows, sample, np.random.default_rng(seed)))
     centres = np.load(out / "centres.npy")
-    exact_labels, exact = nearest_centres(np, rows, centres)
+    exact_labels, exact = nearest(np, rows, centres)
     labels, approx = assign_two_level(np, build_tree(np, centres, np.load(out / "coarse.npy"), spread), rows,
                                       nprobe)
     return {"rows": len(rows), "same_centre": float((labels == exact_labels).mean()),

@@ -81,7 +81,7 @@ def test_posix_only_modules_are_never_imported_at_top_level():
 
 
 def test_lower_layers_pull_in_no_cluster_code_and_no_cli():
-    code = ("import sys, rvc_index.compute.kmeans, rvc_index.config.loading, rvc_index.data.sources, "
+    code = ("import sys, rvc_index.compute.lloyd, rvc_index.config.loading, rvc_index.data.sources, "
             "rvc_index.stages.compress; "
             "print(sorted(m for m in ('distributed', 'rvc_index.cli', 'rvc_index.batch.jobs', 'matplotlib', "
             "'sklearn', 'benchmarks') if m in sys.modules))")

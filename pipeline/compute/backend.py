@@ -1,9 +1,10 @@
 """The compute device, chosen once at the edge: array module plus faiss GPU resources.
 
-This is the only module that imports cupy. Compute code receives a ``Backend`` and uses
-``backend.xp`` (``cupy`` or ``numpy``) and ``backend.flat_index`` (a GPU or CPU flat L2 index).
-Host rows reach the device through ``Backend.stage``: on a GPU, large copies from two pinned host buffers
-on their own stream, so a chunk's copy overlaps the reading of the next and the compute on the last.
+This is the only module that imports cupy. Compute code receives a ``Backend`` and uses ``backend.xp``
+(``cupy`` or ``numpy``), ``backend.product`` (a matrix product at a chosen precision: TF32 where the GPU has
+it) and ``backend.flat_index`` (a GPU or CPU flat L2 index). Host rows reach the device through
+``Backend.stage``: on a GPU, large copies from two pinned host buffers on their own stream, the next block
+read meanwhile (``compute.staging``), so reading, copying and computing overlap.
 faiss-gpu is used only when a smoke test shows it runs kernels on this GPU with CuPy's CUDA major
 version; otherwise the build says why in one line and faiss runs on the CPU.
 """
@@ -22,6 +23,8 @@ from typing import Any, Literal, TypeVar
 import faiss
 import numpy as np
 import psutil
+from rvc_index.compute.knn import plain_product
+from rvc_index.compute.staging import stage_pinned
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import get_logger
 
@@ -43,6 +46,7 @@ class Backend:
     faiss_gpus: int = 0
     device: int = 0
     faiss_note: str = ""  # why faiss runs on the CPU beside a GPU ("" when it does not, or need not)
+    warm_note: str = ""  # what warming the kernel cache cost on this GPU (compute.warm.ensure_warm)
     _gpu_resources: Any = field(default=None, repr=False)
 
     @property
@@ -53,7 +57,7 @@ class Backend:
         if not self.is_gpu:
             return "cpu (numpy, faiss-cpu)"
         faiss_part = "faiss-gpu" if self.faiss_gpus else f"faiss on the CPU: {self.faiss_note or 'no GPU support'}"
-        return f"gpu:{self.device} (cupy, {faiss_part})"
+        return f"gpu:{self.device} (cupy, {faiss_part}{'; ' + self.warm_note if self.warm_note else ''})"
 
     def asarray(self, array: Any, dtype: Any = np.float32) -> Any:
         """Host or device array -> contiguous array on this backend's device."""
@@ -62,6 +66,37 @@ class Backend:
     def to_host(self, array: Any) -> np.ndarray:
         """Device array -> numpy array (a no-op for numpy input)."""
         return to_host(array)
+
+    @property
+    def tf32(self) -> bool:
+        """TF32 tensor-core products exist here: a GPU of compute capability 8.0 or more."""
+        if not (self.is_gpu and isinstance(self.xp, ModuleType)):  # (the tests' CuPy stand-in is not a module)
+            return False
+        try:
+            return int(self.xp.cuda.Device(self.device).compute_capability) >= 80
+        except Exception:  # noqa: BLE001 - no answer means no TF32
+            return False
+
+    def product(self, precision: Literal["fp32", "tf32"] = "fp32") -> Callable[[Any, Any], Any]:
+        """``(a [m, d], b [n, d]) -> a @ b.T [m, n]`` at ``precision``. ``tf32`` (where ``tf32``): cuBLAS with
+        ``CUBLAS_COMPUTE_32F_FAST_TF32`` for this product only. CuPy 14 reads its float32 compute type once
+        (``CUPY_TF32=1`` in the environment) or takes ``cupy._core.set_compute_type(float32,
+        COMPUTE_TYPE_TF32)`` (``cupy/_core/_routines_linalg.pyx``; CuPy's own ``test_matmul.py`` switches it
+        so), which is switched on around the product and back after it. Otherwise a plain float32 product."""
+        if precision != "tf32" or not self.tf32:
+            return plain_product
+        core = importlib.import_module(f"{self.xp.__name__}._core")
+        fast = importlib.import_module(f"{self.xp.__name__}._core._routines_linalg").COMPUTE_TYPE_TF32
+
+        def tf32_product(a: Any, b: Any) -> Any:
+            before = core.get_compute_type(np.float32)
+            core.set_compute_type(np.float32, fast)
+            try:
+                return a @ b.T
+            finally:
+                core.set_compute_type(np.float32, before)
+
+        return tf32_product
 
     def sync(self) -> None:
         """Wait for the device's queued work (timings measure work done, not work queued); no-op on a CPU."""
@@ -82,7 +117,8 @@ class Backend:
 
         On a GPU the copies run from two pinned host buffers on a non-blocking stream (double-buffered):
         the host fills one while the other's copy is in flight, and the compute stream waits on the copy's
-        event, not the host. A yielded array is valid until the next one is asked for (unless in ``out``).
+        event, not the host; the next block is read on a thread meanwhile (``read_ahead``). A yielded array
+        is valid until the next one is asked for (unless in ``out``).
         """
         if not self.is_gpu:
             offset = 0
@@ -94,7 +130,7 @@ class Backend:
                     offset += rows.shape[0]
                 yield rows
             return
-        yield from _stage_pinned(self.xp, blocks, out)
+        yield from stage_pinned(self.xp, blocks, out)
 
     def to_device(self, rows: np.ndarray, block_rows: int = 65_536) -> Any:
         """A host [n, d] array as a float32 device array, staged in pinned blocks on a GPU (the array itself,
@@ -125,42 +161,6 @@ def to_host(array: Any) -> np.ndarray:
     """A numpy or cupy array as a numpy array (a no-op for numpy input): anything with ``get()`` is on a device."""
     get = getattr(array, "get", None)
     return array if get is None else get()
-
-
-def _stage_pinned(cupy: ModuleType, blocks: Iterable[np.ndarray], out: Any | None) -> Iterator[Any]:
-    """``Backend.stage`` on a GPU: two pinned buffers, grown to the largest block, one copy stream."""
-    import cupyx
-
-    copy_stream = cupy.cuda.Stream(non_blocking=True)
-    pinned: list[np.ndarray | None] = [None, None]
-    copied: list[Any] = [None, None]  # the event of each buffer's last copy
-    used: list[Any] = [None, None]  # the event of the compute that read each device buffer last
-    targets: list[Any] = [None, None]  # device buffers when there is no ``out``
-    offset = 0
-    for i, block in enumerate(blocks):
-        slot = i % 2
-        rows, dim = block.shape
-        if copied[slot] is not None:
-            copied[slot].synchronize()  # this buffer's previous copy has left the host
-        if pinned[slot] is None or pinned[slot].size < block.size:
-            pinned[slot] = cupyx.empty_pinned(block.size, dtype=np.float32)
-        host = pinned[slot][:block.size].reshape(rows, dim)
-        np.copyto(host, block, casting="same_kind")
-        if out is not None:
-            target = out[offset:offset + rows]
-            offset += rows
-        else:
-            if targets[slot] is None or targets[slot].size < block.size:
-                targets[slot] = cupy.empty(block.size, dtype=cupy.float32)
-            target = targets[slot][:block.size].reshape(rows, dim)
-        if used[slot] is not None:
-            copy_stream.wait_event(used[slot])  # the compute on this buffer's last block is done
-        target.set(host, stream=copy_stream)
-        copied[slot] = copy_stream.record()
-        cupy.cuda.get_current_stream().wait_event(copied[slot])  # compute waits on the device, not the host
-        yield target
-        used[slot] = cupy.cuda.get_current_stream().record()
-    copy_stream.synchronize()
 
 
 def thread_map(xp: Any, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

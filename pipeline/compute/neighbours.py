@@ -1,8 +1,12 @@
-"""Nearest neighbours by inner product over ``xp``: exact tiled top-k (``knn``), and an IVF route.
+"""Nearest neighbours by inner product over ``xp`` for the expansion: exact (``knn.top_k`` over query tiles),
+and an IVF route.
 
-The IVF search scores each list's members against all the rows probing it in one matrix product;
-on a CPU, tiles and lists run on threads with one BLAS thread each. ``faiss_gpu_neighbours`` runs
-the same lists in a faiss ``GpuIndexIVFFlat`` where faiss-gpu is present.
+The IVF search runs probe rank by probe rank. Within a rank every row probes one list; the lists are batched
+by size class (members and probing rows within ``SIZE_CLASS`` of each other), and a batch is scored in one
+batched product [lists, probing rows, members], padded within its class (a few dozen batches per rank
+whatever the number of lists: no loop over lists, no per-list sync). Each rank reads its lists' probing-row
+counts back once. On a CPU the batches run on threads with one BLAS thread each. ``faiss_gpu_neighbours``
+runs the same lists in a faiss ``GpuIndexIVFFlat`` where faiss-gpu is present.
 """
 
 from __future__ import annotations
@@ -14,19 +18,10 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, to_host
-from rvc_index.compute.kmeans import squared_norms
-from rvc_index.compute.knn import query_tile_rows, select_top_k, tile_top_k
+from rvc_index.compute.kernels import squared_norms
+from rvc_index.compute.knn import query_tile_rows, select_top_k, top_k
 from rvc_index.runtime.progress import Progress
 from threadpoolctl import threadpool_limits
-
-
-def top_k(xp: Any, scores: Any, ids: Any, k: int) -> tuple[Any, Any]:
-    """The ``k`` largest scores of each row and their ids; all when a row has <= k. ``scores`` is scratch
-    (overwritten); no host round trip (``knn.select_top_k``)."""
-    if scores.shape[1] <= k:
-        return scores, ids
-    values, columns = select_top_k(xp, scores, k)
-    return values, xp.take_along_axis(ids, columns, axis=1)
 
 
 def each(workers: int, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
@@ -47,17 +42,15 @@ def tiles(n: int, rows: int, workers: int) -> list[tuple[int, int]]:
 
 
 def exact_neighbours(xp: Any, queries: Any, db: Any, k: int, tile_bytes: int, workers: int = 1) -> Any:
-    """Ids [q, k] int64 of each query's ``k`` largest inner products with the rows of ``db`` [n, d].
-
-    Score tiles (``knn.tile_top_k``) are sized so the tiles in flight stay within ``tile_bytes``.
-    """
+    """Ids [q, k] int64 of each query's ``k`` largest inner products with the rows of ``db`` [n, d]
+    (``knn.top_k`` per query tile; the tiles in flight stay within ``tile_bytes``)."""
     k = min(k, db.shape[0])
     ids = xp.empty((queries.shape[0], k), dtype=xp.int64)
     per_worker = max(1, tile_bytes // workers)
     rows = query_tile_rows(db.shape[0], k, per_worker)
 
     def tile(span: tuple[int, int]) -> None:
-        ids[span[0]:span[1]] = tile_top_k(xp, queries[span[0]:span[1]], db, k, per_worker)[1]
+        ids[span[0]:span[1]] = top_k(xp, queries[span[0]:span[1]], db, k, per_worker)[1]
 
     for _ in each(workers, tile, tiles(queries.shape[0], rows, workers)):
         pass
@@ -73,16 +66,19 @@ def probe_lists(xp: Any, x: Any, centres: Any, nprobe: int, tile_bytes: int, wor
     """[n, nprobe] int64 ids of each row's nearest lists, nearest first."""
     half = 0.5 * squared_norms(xp, centres)
     probes = xp.empty((x.shape[0], nprobe), dtype=xp.int64)
-    lists = xp.arange(centres.shape[0], dtype=xp.int64)
 
     def tile(span: tuple[int, int]) -> None:
         scores = list_scores(xp, x[span[0]:span[1]], centres, half)
-        top, best = top_k(xp, scores, xp.broadcast_to(lists, scores.shape), nprobe)
-        probes[span[0]:span[1]] = xp.take_along_axis(best, xp.argsort(-top, axis=1), axis=1)
+        probes[span[0]:span[1]] = select_top_k(xp, scores, nprobe)[1] if nprobe <= 16 else \
+            _ordered(xp, *select_top_k(xp, scores, nprobe))
 
     for _ in each(workers, tile, tiles(x.shape[0], tile_bytes // (16 * centres.shape[0] * workers), workers)):
         pass
     return probes
+
+
+def _ordered(xp: Any, values: Any, columns: Any) -> Any:
+    return xp.take_along_axis(columns, xp.argsort(-values, axis=1), axis=1)
 
 
 def probe_recall(xp: Any, unit: Any, centres: Any, queries: Any, truth: Any, max_nprobe: int) -> np.ndarray:
@@ -100,52 +96,93 @@ def probe_recall(xp: Any, unit: Any, centres: Any, queries: Any, truth: Any, max
     return np.cumsum(np.asarray(to_host(counts), dtype=np.float64)) / ranks.size
 
 
-def ivf_neighbours(xp: Any, unit: Any, probes: Any, n_list: int, k: int, label: str = "",
-                   workers: int = 1) -> tuple[Any, float]:
-    """(ids [n, k] int64, -1 where fewer were found; GFLOP) of an IVF search, list by list.
+SIZE_CLASS = 1.5  # lists batched together differ at most this much in members and in probing rows
 
-    Each vector's home list is ``probes[:, 0]``. Probe rank by probe rank, every list's members
-    are scored against all the rows probing it at that rank in one matrix product, and each row
-    keeps its ``k`` best so far; within a rank a row probes one list, so lists run in parallel.
-    """
+
+def plan_groups(probers: np.ndarray, members: np.ndarray, budget: int, dim: int) -> list[tuple[np.ndarray, int, int]]:
+    """Batches of lists for one probe rank (host): (list ids, first probing row, probing rows per list), lists of
+    one size class (``SIZE_CLASS`` apart in both counts: the padding wastes at most ``SIZE_CLASS ** 2`` of the
+    products), as many per batch as ``budget`` bytes of scores and gathered rows hold; a list too large for the
+    budget alone is cut into slices of its probing rows. Vectorised: no loop over the lists."""
+    live = np.flatnonzero((probers > 0) & (members > 0))
+    if not live.size:
+        return []
+    step = np.log(SIZE_CLASS)
+    key = np.floor(np.log(members[live]) / step) * 4096 + np.floor(np.log(probers[live]) / step)
+    live = live[np.argsort(key, kind="stable")]
+    key = np.sort(key, kind="stable")
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    groups = []
+    for lo, hi in zip(starts, np.r_[starts[1:], live.size]):  # one iteration per size class (a few dozen)
+        lists = live[lo:hi]
+        p_max, m_max = int(probers[lists].max()), int(members[lists].max())
+        per_list = 4 * p_max * m_max + 4 * (p_max + m_max) * dim
+        count = max(1, budget // per_list)
+        if count == 1 and per_list > budget:  # each list alone, its probing rows in slices
+            rows = max(1, (budget - 4 * m_max * dim) // (4 * (m_max + dim)))
+            groups += [(lists[i:i + 1], first, rows) for i in range(lists.size) for first in range(0, p_max, rows)]
+        else:
+            groups += [(lists[i:i + count], 0, p_max) for i in range(0, lists.size, count)]
+    return groups
+
+
+def ivf_neighbours(xp: Any, unit: Any, probes: Any, n_list: int, k: int, label: str = "",
+                   workers: int = 1, tile_bytes: int = 64 << 20) -> tuple[Any, float]:
+    """(ids [n, k] int64, -1 where fewer were found; GFLOP) of an IVF search over ``unit`` [n, d], every row a
+    query and a member of its home list ``probes[:, 0]`` (``probes`` [n, nprobe]: each row's lists, nearest
+    first). Rank by rank, the lists in batches of one size class (``plan_groups``), each batch one batched
+    product [lists, probing rows, members], padded within the class; each rank reads its lists' probing-row
+    counts back once."""
     n, nprobe = probes.shape
-    members = xp.argsort(probes[:, 0], kind="stable")
-    member_bounds = to_host(xp.searchsorted(probes[members, 0], xp.arange(n_list + 1)))
-    best_s = xp.full((n, k), -xp.inf, dtype=xp.float32)
-    best_i = xp.full((n, k), -1, dtype=xp.int64)
-    kth = xp.full(n, -xp.inf, dtype=xp.float32)  # each row's k-th best score so far
+    dim = unit.shape[1]
+    home = probes[:, 0]
+    members = xp.argsort(home, kind="stable")  # every row by home list: each list's members contiguous
+    lists = xp.arange(n_list + 1)
+    member_bounds = xp.searchsorted(home[members], lists)
+    member_host = to_host(member_bounds)
+    best_s = xp.full((n + 1, k), -xp.inf, dtype=xp.float32)  # row n: where padding rows write
+    best_i = xp.full((n + 1, k), -1, dtype=xp.int64)
+    budget = max(1, tile_bytes // max(1, workers))
     progress = Progress(f"{label}expand: search", nprobe * n_list, "list probes")
     pairs = 0
     for rank in range(nprobe):
-        # each list's probing rows, in row order (rank 0: exactly its members)
         probers = members if rank == 0 else xp.argsort(probes[:, rank], kind="stable")
-        bounds = member_bounds if rank == 0 else to_host(xp.searchsorted(probes[probers, rank], xp.arange(n_list + 1)))
+        prober_bounds = member_bounds if rank == 0 else xp.searchsorted(probes[probers, rank], lists)
+        prober_host = member_host if rank == 0 else to_host(prober_bounds)  # the rank's one read
+        groups = plan_groups(np.diff(prober_host), np.diff(member_host), budget, dim)
 
-        def search(lst: int, rank: int = rank, probers: Any = probers, bounds: np.ndarray = bounds) -> int:
-            ids = members[member_bounds[lst]:member_bounds[lst + 1]]
-            queries = probers[bounds[lst]:bounds[lst + 1]]
-            if not (ids.shape[0] and queries.shape[0]):
-                return 0
-            block = unit[ids]
-            scores = (block if rank == 0 else unit[queries]) @ block.T
-            size = int(scores.size)
-            if rank:  # only rows with a score above their k-th best so far merge
-                better = xp.nonzero((scores > kth[queries][:, None]).any(axis=1))[0]
-                if not better.shape[0]:
-                    return size
-                scores, queries = scores[better], queries[better]
-            top, found = top_k(xp, scores, xp.broadcast_to(ids, scores.shape), k)
-            merged_s = xp.concatenate([best_s[queries], top], axis=1)
-            merged_i = xp.concatenate([best_i[queries], found], axis=1)
-            best_s[queries], best_i[queries] = top_k(xp, merged_s, merged_i, k)
-            kth[queries] = best_s[queries].min(axis=1)
-            return size
+        def search(group: tuple[np.ndarray, int, int], probers: Any = probers, prober_bounds: Any = prober_bounds,
+                   prober_host: np.ndarray = prober_host) -> int:
+            chosen, first, count = group
+            ids = xp.asarray(chosen)
+            rows, row_ok = _padded(xp, probers, prober_bounds[ids] + first, prober_bounds[ids + 1],
+                                   min(count, int(np.diff(prober_host)[chosen].max()) - first), n)
+            cols, col_ok = _padded(xp, members, member_bounds[ids], member_bounds[ids + 1],
+                                   int(np.diff(member_host)[chosen].max()), 0)
+            scores = xp.matmul(unit[xp.minimum(rows, n - 1)], unit[cols].transpose(0, 2, 1))  # [g, p, m]
+            scores = xp.where(col_ok[:, None, :], scores, -xp.inf).reshape(-1, cols.shape[1])
+            found_s, found_c = select_top_k(xp, scores, k)
+            group_of = xp.arange(scores.shape[0])[:, None] // rows.shape[1]
+            found_i = xp.where(found_s > -xp.inf, cols.ravel()[group_of * cols.shape[1] + found_c], -1)
+            targets = rows.ravel()
+            merged = xp.concatenate([best_s[targets], found_s], axis=1)
+            pool = xp.concatenate([best_i[targets], found_i], axis=1)
+            values, picks = select_top_k(xp, merged, k)
+            best_s[targets], best_i[targets] = values, xp.take_along_axis(pool, picks, axis=1)
+            return int(rows.size) * int(cols.shape[1])
 
-        costs = np.diff(bounds) * np.diff(member_bounds)
-        for size in each(workers, search, np.argsort(-costs, kind="stable").tolist()):  # largest first
+        for group, size in zip(groups, each(workers, search, groups)):
             pairs += size
-            progress.advance(1)
-    return best_i, 2.0 * pairs * unit.shape[1] / 1e9
+            if group[1] == 0:
+                progress.advance(len(group[0]))
+    return best_i[:n], 2.0 * pairs * dim / 1e9
+
+
+def _padded(xp: Any, order: Any, starts: Any, stops: Any, width: int, pad: int) -> tuple[Any, Any]:
+    """([g, width] ids ``order[starts[i] + j]`` where ``j < stops[i] - starts[i]``, ``pad`` elsewhere; the mask)."""
+    position = starts[:, None] + xp.arange(max(1, width))[None, :]
+    valid = position < stops[:, None]
+    return xp.where(valid, order[xp.minimum(position, order.shape[0] - 1)], pad), valid
 
 
 def faiss_gpu_neighbours(backend: Backend, unit: np.ndarray, centres: np.ndarray, nprobe: int, k: int,

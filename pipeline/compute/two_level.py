@@ -1,57 +1,23 @@
-"""Two-level k-means: K centres grouped under k1 ~ 2 sqrt(K) coarse centres (over ``xp``).
+"""Two-level assignment (the CPU's assigners of the k-means core): K centres grouped under k1 ~ 2 sqrt(K)
+coarse centres (over ``xp``).
 
 Each centre is listed in its ``spread`` nearest coarse cells, and a row is compared with the centres
 listed in its ``nprobe`` nearest cells only, about ``(k1 + nprobe * spread * K / k1) / K`` of the
 arithmetic of an exact search (4 % for K = 10,000, k1 = 200, spread 4, nprobe 1; the coarse part
-once per row, its cells kept between passes). The same grouping gives a hierarchical init: coarse
-k-means, then centres per cell.
+once per row, its cells kept between passes: ``TwoLevel``). ``FixedCells``: each centre stays in the cell
+it was initialised in (hierarchical k-means, the large-K route). A Python loop runs over the cells a chunk's
+rows fall in: a CPU design (``stages.compress`` plans exact assignment on a device).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from rvc_index.compute.backend import thread_map, to_host
-from rvc_index.compute.init import d2_init
-from rvc_index.compute.kmeans import (
-    d2_sample,
-    distance_tile_rows,
-    farthest,
-    init_centres,
-    lloyd,
-    means_or_reseed,
-    nearest_centres,
-    segment_sums,
-    squared_norms,
-)
-from rvc_index.runtime.stream import local_threads
-
-COARSE_ROWS = 64  # sample rows per coarse centre for the coarse k-means (a coarse cell only routes rows)
-HEAVY_CELL = 4  # a coarse cell given more centres than this many times the average is split
-
-
-def allocate(sizes: np.ndarray, total: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """``total`` centres split over cells in proportion to ``weights`` (default: their rows), at
-    most one per row; with ``weights``, every non-empty cell first gets one (when ``total`` allows)."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    alloc = np.zeros_like(sizes)
-    if weights is None:
-        share = sizes * (total / max(int(sizes.sum()), 1))
-    else:
-        if total >= int((sizes > 0).sum()):
-            alloc = (sizes > 0).astype(np.int64)
-        share = np.where(sizes > alloc, np.maximum(np.asarray(weights, dtype=np.float64), 0.0), 0.0)
-        if share.sum() <= 0.0:
-            share = (sizes - alloc).astype(np.float64)
-        share = alloc + share * ((total - int(alloc.sum())) / max(float(share.sum()), 1e-300))
-    alloc = np.maximum(alloc, np.minimum(np.floor(share).astype(np.int64), sizes))
-    while alloc.sum() < total:  # the rest by largest shortfall, where rows remain
-        order = np.argsort(-(share - alloc), kind="stable")
-        order = order[(sizes - alloc)[order] > 0][:total - int(alloc.sum())]
-        alloc[order] += 1
-    return alloc
+from rvc_index.compute.backend import to_host
+from rvc_index.compute.kernels import squared_norms
+from rvc_index.compute.knn import MIN_QUERY_ROWS, distance_tile_rows, top_k
 
 
 @dataclass
@@ -122,24 +88,25 @@ def build_tree(xp: Any, centres: Any, coarse: Any, spread: int = 1, buffer: Any 
         cell = cell[entries]
         ids = entries // spread
     offsets = to_host(xp.searchsorted(cell, xp.arange(k1 + 1)))  # cell: each listing's, sorted
-    empty = np.flatnonzero(np.diff(offsets) == 0)
-    if empty.size:
-        coarse_norms[xp.asarray(empty)] = xp.inf
+    _close_empty_cells(xp, coarse_norms, offsets)
     if buffer is None:
         buffer = xp.empty((k * spread, centres.shape[1]), dtype=centres.dtype)  # room for any later listing
     grouped, buffer = gather_rows(xp, centres, ids, buffer)
     return CentreTree(coarse, coarse_norms, grouped, squared_norms(xp, centres)[ids], ids, offsets, buffer)
 
 
-def fixed_tree(xp: Any, centres: Any, coarse: Any, offsets: np.ndarray) -> CentreTree:
-    """The tree of centres [k, d] already sorted by cell (cell j's are ``centres[offsets[j]:offsets[j + 1]]``,
-    as :func:`two_level_init` makes them): it views ``centres`` (no grouped copy: at k = 175,000 x 768 one
-    copy is 537 MB) and keeps each centre in the cell it was initialised in, so a row meets the centres of
-    its own cell only (hierarchical k-means: the large-K route of ``stages.compress``)."""
-    coarse_norms = squared_norms(xp, coarse)
+def _close_empty_cells(xp: Any, coarse_norms: Any, offsets: np.ndarray) -> None:
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if empty.size:
         coarse_norms[xp.asarray(empty)] = xp.inf
+
+
+def fixed_tree(xp: Any, centres: Any, coarse: Any, offsets: np.ndarray) -> CentreTree:
+    """The tree of centres [k, d] already sorted by cell (cell j's are ``centres[offsets[j]:offsets[j + 1]]``,
+    as ``hierarchy.two_level_init`` makes them): it views ``centres`` (no grouped copy: at k = 175,000 x 768
+    one copy is 537 MB), so a row meets the centres of its own cell only."""
+    coarse_norms = squared_norms(xp, coarse)
+    _close_empty_cells(xp, coarse_norms, offsets)
     return CentreTree(coarse, coarse_norms, centres, squared_norms(xp, centres), xp.arange(centres.shape[0]),
                       np.asarray(offsets, np.int64))
 
@@ -185,8 +152,8 @@ def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: 
     cells, as :func:`coarse_cells` found them earlier; ``x_norms`` [n]: the rows' squared norms).
 
     The (row, probe) pairs are grouped by cell and each cell's rows are gathered just before its
-    matrix product: one gathered copy of every row would be ``nprobe`` times the chunk, allocated
-    afresh (its page faults cost more than the arithmetic on a CPU).
+    1-NN search (``knn.top_k``): one gathered copy of every row would be ``nprobe`` times the chunk,
+    allocated afresh (its page faults cost more than the arithmetic on a CPU).
     """
     n, k1 = x.shape[0], tree.coarse.shape[0]
     if cells is None:
@@ -196,165 +163,80 @@ def assign_two_level(xp: Any, tree: CentreTree, x: Any, nprobe: int = 1, cells: 
     order = xp.argsort(flat * (n * probes) + xp.arange(n * probes))  # (row, probe) pairs by cell
     bounds = to_host(xp.searchsorted(flat[order], xp.arange(k1 + 1)))
     rows = order // probes
-    found_d = xp.full(n * probes, xp.inf, dtype=xp.float32)  # a cell that has lost its centres finds nothing
+    found_d = xp.full(n * probes, -xp.inf, dtype=xp.float32)  # a cell that has lost its centres finds nothing
     found_l = xp.zeros(n * probes, dtype=xp.int64)
+    bias = -0.5 * tree.norms
     for j in np.flatnonzero(np.diff(bounds) * (np.diff(tree.offsets) > 0)):
         a, b = int(bounds[j]), int(bounds[j + 1])
         lo, hi = int(tree.offsets[j]), int(tree.offsets[j + 1])
-        scores = x[rows[a:b]] @ tree.centres[lo:hi].T
-        scores *= -2.0
-        scores += tree.norms[None, lo:hi]  # |c|^2 - 2 x.c
-        best = xp.argmin(scores, axis=1)
-        found_d[order[a:b]] = xp.take_along_axis(scores, best[:, None], axis=1)[:, 0]
-        found_l[order[a:b]] = best + lo
+        best, column = top_k(xp, x[rows[a:b]], tree.centres[lo:hi], 1, 4 * MIN_QUERY_ROWS * (hi - lo), bias[lo:hi])
+        found_d[order[a:b]] = best[:, 0]  # x.c - |c|^2 / 2: larger is nearer
+        found_l[order[a:b]] = column[:, 0] + lo
     found_d, found_l = found_d.reshape(n, probes), found_l.reshape(n, probes)
-    pick = xp.argmin(found_d, axis=1)[:, None]
+    pick = xp.argmax(found_d, axis=1)[:, None]
     best_d = xp.take_along_axis(found_d, pick, axis=1)[:, 0]
     labels = tree.ids[xp.take_along_axis(found_l, pick, axis=1)[:, 0]]
     lost = xp.nonzero(xp.isinf(best_d))[0]  # only with stale ``cells``: search those rows afresh
     if lost.size:
-        labels[lost], best_d[lost] = assign_two_level(xp, tree, x[lost], probes)
-        best_d[lost] -= squared_norms(xp, x[lost])
-    dists = xp.maximum(best_d + (squared_norms(xp, x) if x_norms is None else x_norms), 0.0)
+        labels[lost], again = assign_two_level(xp, tree, x[lost], probes)
+        best_d[lost] = -0.5 * (again - squared_norms(xp, x[lost]))
+    dists = xp.maximum((squared_norms(xp, x) if x_norms is None else x_norms) - 2.0 * best_d, 0.0)
     return labels, dists.astype(xp.float32)
 
 
-def sums_parallel(xp: Any, tree: CentreTree, x: Any, nprobe: int, cells: Any, x_norms: Any,
-                  k: int) -> tuple[Any, Any, Any]:
-    """(sums float32 [k, d], counts float64 [k], squared distances [n]) of the rows of ``x`` [n, d] by their
-    two-level nearest centre: one slice of rows per core, each assigned and summed there (numpy; whole on
-    a GPU), the slices' sums added in order."""
-    parts = local_threads() if xp is np else 1
-    bounds = np.linspace(0, x.shape[0], parts + 1).astype(np.int64)
+class TwoLevel:
+    """The two-level assigner: a tree rebuilt each pass (in the last tree's buffer), each row searching the
+    centres listed in its ``nprobe`` nearest coarse cells (``coarse_cells``, which a row source keeps)."""
 
-    def part(i: int) -> tuple[Any, Any, Any]:
-        rows = slice(int(bounds[i]), int(bounds[i + 1]))
-        labels, dists = assign_two_level(xp, tree, x[rows], nprobe, cells[rows], x_norms[rows])
-        return (*segment_sums(xp, labels, x[rows], k), dists)
+    centre_cells = None
+    n_cells = 1
 
-    found = thread_map(xp, part, range(parts))
-    sums, counts, _ = found[0]
-    for more, more_counts, _ in found[1:]:
-        sums += more
-        counts += more_counts
-    return sums, counts, xp.concatenate([dists for _, _, dists in found])
+    def __init__(self, coarse: Any, spread: int = 1, nprobe: int = 1, buffer: Any = None) -> None:
+        self.coarse, self.spread, self.nprobe, self.buffer = coarse, spread, nprobe, buffer
+        self.tree: CentreTree | None = None
+        self.centres: Any = None
 
+    def prepare(self, xp: Any, centres: Any) -> None:
+        self.tree = None  # its buffer is free for the new tree
+        self.tree = build_tree(xp, centres, self.coarse, self.spread, self.buffer)
+        self.buffer, self.centres = self.tree.buffer, centres
 
-class HierarchicalInit(NamedTuple):
-    centres: Any  # [k, d] float32, sorted by the coarse cell they were initialised in
-    counts: Any  # [k] sample rows per centre
-    coarse: Any  # [k1, d] float32
-    cells: Any  # int16 [n, 1]: each sample row's nearest coarse cell (``coarse_cells`` with one probe)
-    norms: Any  # [n] the sample rows' squared norms
-    offsets: np.ndarray  # host [k1 + 1]: cell j's centres are ``centres[offsets[j]:offsets[j + 1]]``
+    def refresh(self, xp: Any, centres: Any) -> None:
+        """The centres moved (a mini-batch step): the same listing, their new positions and norms."""
+        self.tree.centres, self.tree.buffer = gather_rows(xp, centres, self.tree.ids, self.tree.buffer)
+        self.tree.norms = squared_norms(xp, centres)[self.tree.ids]
+        self.centres = centres
 
+    def cells(self, xp: Any, rows: Any) -> Any:
+        return coarse_cells(xp, self.tree, rows, self.nprobe)
 
-def split_heavy_cells(xp: Any, sample: Any, coarse: Any, cell: Any, heavy: np.ndarray, parts: np.ndarray,
-                      rng: np.random.Generator, iters: int) -> Any:
-    """The coarse centres with each cell ``heavy[i]`` (``cell``: each sample row's) split in ``parts[i]`` by a
-    small k-means of its own sample rows (D^2 seeding: never two parts on one duplicate); its first part keeps the
-    cell's number, the others are appended. A host loop over the few heavy cells, not over centres."""
-    extra = []
-    coarse = coarse.copy()
-    for j, count in zip(heavy.tolist(), parts.tolist()):
-        rows = sample[xp.nonzero(cell == j)[0]]
-        count = min(int(count), int(rows.shape[0]))
-        if count < 2:
-            continue
-        sub, _ = lloyd(xp, rows, d2_init(xp, rows, count, rng), iters)
-        coarse[j] = sub[0]
-        extra.append(sub[1:])
-    return xp.concatenate([coarse, *extra]) if extra else coarse
+    def assign(self, xp: Any, rows: Any, norms: Any, cells: Any) -> tuple[Any, Any]:
+        return assign_two_level(xp, self.tree, rows, self.nprobe, cells, norms)
 
 
-def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method: str,
-                   rng: np.random.Generator, iters: int, coarse_iters: int = 10,
-                   coarse_rows: int = COARSE_ROWS, reseed_empty: bool = True) -> HierarchicalInit:
-    """Hierarchical k-means on ``sample`` [n >= k, d].
+class FixedCells:
+    """The fixed-cell assigner: centres sorted by the cell they were initialised in (``offsets``, host
+    [k1 + 1]), each row searching its own cell's; the tree views the centres, whose update is in place, and a
+    centre left empty takes a far row of its own cell (``centre_cells``)."""
 
-    Coarse k-means (on ``coarse_rows`` rows per coarse centre), then each coarse cell gets centres,
-    initialised there (``random``, or for ``kmeans++`` k-means++'s D^2 weighting in batched rounds,
-    ``init.d2_init``, on at most 8 rows per centre) and refined by ``iters``
-    Lloyd iterations on the cell's rows (n * k / k1 distances per iteration, not n * k). ``random``
-    shares the centres in proportion to the cells' rows; ``kmeans++`` in proportion to their squared
-    distances to the coarse centre (k-means++'s D^2 mass: a cell of duplicates gets one centre, a
-    cell of many small clusters many, not its share of rows). A cell given more than ``HEAVY_CELL`` times the
-    average (speech's long pauses can be one cell with an eighth of the rows and of the centres) is split by a
-    small k-means of its rows into cells of about the average: the per-cell work (rows x centres) stays
-    balanced. Centres left without rows (duplicates give one centre all their rows) are re-seeded on sample
-    rows drawn in proportion to their squared distance (``reseed_empty``; else they stay for the passes to
-    re-seed in their cell).
-    """
-    n = sample.shape[0]
-    n_coarse = max(1, min(n_coarse, n_clusters))
-    sub = sample[xp.asarray(np.sort(rng.permutation(n)[:min(n, coarse_rows * n_coarse)]))]
-    coarse, _ = lloyd(xp, sub, init_centres(xp, sub, n_coarse, "random", rng), coarse_iters)
-    norms = squared_norms(xp, sample)
-    cell, dists = nearest_centres(xp, sample, coarse, x_norms=norms)
-    average = -(-n_clusters // n_coarse)
-    for split in range(3):  # a split cell's parts are rarely heavy again: two rounds of splits at most
-        sizes = to_host(xp.bincount(cell, minlength=coarse.shape[0]))
-        sse = to_host(xp.bincount(cell, weights=dists.astype(xp.float64), minlength=coarse.shape[0]))
-        alloc = allocate(sizes, n_clusters, sse if method == "kmeans++" else None)
-        heavy = np.flatnonzero(alloc > HEAVY_CELL * average)
-        if not heavy.size or split == 2:
-            break
-        coarse = split_heavy_cells(xp, sample, coarse, cell, heavy, -(-alloc[heavy] // average), rng, coarse_iters)
-        cell, dists = nearest_centres(xp, sample, coarse, x_norms=norms)  # the nearest of all: as the passes find
-    n_coarse = coarse.shape[0]
-    order = xp.argsort(cell * n + xp.arange(n))
-    offsets = to_host(xp.searchsorted(cell[order], xp.arange(n_coarse + 1)))
-    cells = np.flatnonzero(alloc)
-    seeds = rng.integers(2**63, size=cells.size)  # one generator per cell: the same centres on any thread count
-    starts = np.concatenate([[0], np.cumsum(alloc)]).astype(np.int64)  # cell j's centres: starts[j]:starts[j + 1]
-    centres = xp.empty((n_clusters, sample.shape[1]), dtype=xp.float32)  # filled in place, cell by cell
-    counts = xp.zeros(n_clusters, dtype=xp.float64)
+    def __init__(self, xp: Any, coarse: Any, offsets: np.ndarray) -> None:
+        self.coarse, self.offsets = coarse, np.asarray(offsets, np.int64)
+        self.n_cells = len(self.offsets) - 1
+        self.centre_cells = xp.asarray(np.repeat(np.arange(self.n_cells), np.diff(self.offsets)).astype(np.int64))
+        self.tree: CentreTree | None = None
+        self.centres: Any = None
 
-    def fit_cell(i: int) -> None:
-        j, cell_rng = cells[i], np.random.default_rng(seeds[i])
-        rows = sample[order[int(offsets[j]):int(offsets[j + 1])]]
-        k, pool = int(alloc[j]), rows
-        if method == "kmeans++" and rows.shape[0] > 8 * k:  # k-means++ is k sequential passes: seed on 8k rows
-            pool = rows[xp.asarray(np.sort(cell_rng.permutation(rows.shape[0])[:8 * k]))]
-        start = d2_init(xp, pool, k, cell_rng) if method == "kmeans++" else init_centres(xp, pool, k, method, cell_rng)
-        fitted, fitted_counts = lloyd(xp, rows, start, iters)
-        centres[starts[j]:starts[j + 1]] = fitted
-        counts[starts[j]:starts[j + 1]] = fitted_counts
+    def prepare(self, xp: Any, centres: Any) -> None:
+        if self.tree is None or self.tree.centres is not centres:
+            self.tree = fixed_tree(xp, centres, self.coarse, self.offsets)
+        else:  # moved in place: only the norms are new
+            self.tree.norms = squared_norms(xp, centres)
+        self.centres = centres
 
-    thread_map(xp, fit_cell, range(cells.size))
-    coarse = coarse.astype(xp.float32)
-    empty = xp.nonzero(counts == 0)[0] if reseed_empty else xp.zeros(0, dtype=xp.int64)
-    if empty.size:
-        _, found = assign_two_level(xp, build_tree(xp, centres, coarse), sample, 1, x_norms=norms)
-        centres[empty] = sample[d2_sample(xp, found, int(empty.size), rng)]
-    return HierarchicalInit(centres, counts, coarse, cell[:, None].astype(xp.int16), norms, starts)
+    refresh = prepare
 
+    def cells(self, xp: Any, rows: Any) -> Any:
+        return coarse_cells(xp, self.tree, rows, 1)
 
-class Refined(NamedTuple):
-    centres: Any  # [k, d] float32
-    counts: Any  # [k] sample rows per centre in the last iteration
-    buffer: Any  # the last tree's (``CentreTree.buffer``): the next tree of these centres can reuse it
-
-
-def refine(xp: Any, sample: Any, centres: Any, coarse: Any, iters: int, nprobe: int,
-           spread: int = 1, cells: Any = None, norms: Any = None) -> Refined:
-    """``iters`` Lloyd iterations of ``centres`` [k, d] on all of ``sample`` [n, d] with two-level
-    assignment (``nprobe`` cells, centres listed in ``spread``): centres near a cell's border see the rows
-    across it, which the per-cell iterations of :func:`two_level_init` cannot. ``cells``: the sample's
-    nearest coarse cells when known (``HierarchicalInit.cells``, for ``nprobe`` 1); ``norms``: its rows'
-    squared norms (``HierarchicalInit.norms``)."""
-    counts = xp.zeros(centres.shape[0], dtype=xp.float64)
-    if cells is not None and cells.shape[1] != nprobe:
-        cells = None
-    norms = squared_norms(xp, sample) if norms is None else norms
-    buffer = None
-    for _ in range(iters):
-        tree = build_tree(xp, centres, coarse, spread, buffer)
-        if cells is None:
-            cells = coarse_cells(xp, tree, sample, nprobe)
-        sums, counts, dists = sums_parallel(xp, tree, sample, nprobe, cells, norms, centres.shape[0])
-        buffer = tree.buffer  # the next tree's grouped centres go where these were
-        del tree
-        spares = sample[farthest(xp, dists, int((counts == 0).sum()))]
-        centres, _ = means_or_reseed(xp, centres, sums, counts, spares)
-    return Refined(centres, counts, buffer)
+    def assign(self, xp: Any, rows: Any, norms: Any, cells: Any) -> tuple[Any, Any]:
+        return assign_two_level(xp, self.tree, rows, 1, cells, norms)

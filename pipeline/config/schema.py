@@ -71,8 +71,11 @@ class CompressConfig:
     final_passes: int = 2  # end with Lloyd steps over every row (partial sums on every core or Dask worker); 0 = none
     route: Literal["auto", "minibatch", "device"] = "auto"  # auto: device (full-batch Lloyd) on a GPU, else minibatch
     device_budget_mb: float = 0.0  # device route: memory its rows and tiles may take; 0 = half the free memory
-    lloyd_passes: int = 10  # device route: exact full-batch passes over the device rows (all, or a sample)
+    lloyd_passes: int = 10  # device route: at most this many full-batch passes over the device rows (all, or a sample)
     stream_passes: int = 2  # device route over budget: exact passes streaming every chunk after the sample's
+    stop_tol: float = 0.002  # device route: stop once the mean squared distance changes by less than this share
+    precision: Literal["auto", "fp32", "tf32"] = "auto"  # device route's assignment products; auto: TF32 where the
+    # GPU has it (compute capability >= 8.0), with one exact FP32 pass to finish
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,9 @@ class Config:
         if compress.sample_rows and compress.sample_rows < compress.n_centroids:
             raise ConfigError(f"compress.sample_rows ({compress.sample_rows}) must be 0 (auto) or >= "
                               f"compress.n_centroids ({compress.n_centroids})")
+        if not 0.0 <= compress.stop_tol < 1.0:
+            raise ConfigError(f"compress.stop_tol must be in [0, 1) (a relative change of the mean squared distance; "
+                              f"0 = every pass), got {compress.stop_tol}")
         if compress.n_centroids and compress.coarse_centres > compress.n_centroids:
             raise ConfigError(f"compress.coarse_centres ({compress.coarse_centres}) must be <= "
                               f"compress.n_centroids ({compress.n_centroids})")

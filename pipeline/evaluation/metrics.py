@@ -1,4 +1,4 @@
-"""The measures, as pure array code: exact k-NN over streamed blocks (over ``xp``: numpy or cupy),
+"""The measures, as pure array code: exact k-NN over streamed blocks (``compute.knn``, on the backend's device),
 recall@k, the ``-1`` share, RVC's retrieval blend (``(1/score)^2`` weights over k=8, see
 ``../shared/docs/rvc-contract.md``), its relative error and coverage.
 """
@@ -9,48 +9,28 @@ from collections.abc import Iterable
 
 import numpy as np
 from rvc_index.compute.backend import Backend
-from rvc_index.compute.kmeans import squared_norms
+from rvc_index.compute.knn import MIN_QUERY_ROWS, knn
+from rvc_index.compute.warm import ensure_warm
 
 SCORE_FLOOR = 1e-12  # a query equal to a stored vector scores 0: RVC's weight would be inf
 
 
 def exact_knn(backend: Backend, queries: np.ndarray, blocks: Iterable[np.ndarray], k: int,
               tile_rows: int = 8192, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact L2 k-NN of ``queries`` [q, D] over the rows of ``blocks`` (streamed, in id order).
+    """Exact L2 k-NN of ``queries`` [q, D] over the rows of ``blocks`` (streamed, in id order): the one exact
+    k-NN (``compute.knn.knn``), the blocks staged through the device (``Backend.stage``: on a GPU the reading of
+    the next block, its copy and the compute on this one overlap), ``tile_rows`` rows per score tile.
 
     Returns (squared distances [q, k] float32, ids [q, k] int64), nearest first; ids count rows
     across blocks from 0. ``keep`` (bool [rows]) leaves out rows where it is False; a query with
     fewer than k kept rows gets ``inf`` distances and ``-1`` ids.
     """
+    ensure_warm(backend)
     xp = backend.xp
-    q = backend.asarray(queries)
-    q_norms = squared_norms(xp, q)[:, None]
-    q_scaled = -2.0 * q  # a power of two: (-2q) @ t is -2 (q @ t) exactly
-    best_d = xp.full((q.shape[0], k), xp.inf, dtype=xp.float32)
-    best_i = xp.full((q.shape[0], k), -1, dtype=xp.int64)
-    offset = 0
-    for block in blocks:
-        for start in range(0, block.shape[0], tile_rows):
-            tile = backend.asarray(block[start:start + tile_rows])
-            dist = q_scaled @ tile.T  # in place from here: one [q, tile] buffer per tile
-            dist += q_norms
-            dist += squared_norms(xp, tile)[None, :]
-            xp.maximum(dist, 0.0, out=dist)
-            if keep is not None:
-                kept = backend.asarray(keep[offset + start:offset + start + tile.shape[0]], dtype=bool)
-                dist = xp.where(kept[None, :], dist, xp.inf)
-            ids = xp.broadcast_to(xp.arange(offset + start, offset + start + tile.shape[0]), dist.shape)
-            if tile.shape[0] > k:  # keep each query's k best of the tile before merging
-                part = xp.argpartition(dist, k - 1, axis=1)[:, :k]
-                dist, ids = xp.take_along_axis(dist, part, axis=1), xp.take_along_axis(ids, part, axis=1)
-            all_d = xp.concatenate([best_d, dist.astype(xp.float32)], axis=1)
-            all_i = xp.concatenate([best_i, ids], axis=1)
-            order = xp.argsort(all_d, axis=1, kind="stable")[:, :k]
-            best_d = xp.take_along_axis(all_d, order, axis=1)
-            best_i = xp.take_along_axis(all_i, order, axis=1)
-        offset += block.shape[0]
-    best_i = xp.where(xp.isfinite(best_d), best_i, -1)
-    return backend.to_host(best_d), backend.to_host(best_i)
+    mask = None if keep is None else (lambda start, stop: backend.asarray(keep[start:stop], dtype=bool))
+    values, ids = knn(xp, backend.asarray(queries), backend.stage(blocks), k, 4 * tile_rows * MIN_QUERY_ROWS,
+                      keep=mask)
+    return backend.to_host(values), backend.to_host(ids)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:

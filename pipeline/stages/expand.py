@@ -27,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, to_host
-from rvc_index.compute.kmeans import squared_norms
+from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.neighbours import (
     each,
     exact_neighbours,
@@ -37,6 +37,7 @@ from rvc_index.compute.neighbours import (
     probe_recall,
     tiles,
 )
+from rvc_index.compute.warm import ensure_warm
 from rvc_index.config.schema import ExpandConfig
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate
@@ -201,6 +202,7 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
     if n == 0:
         raise ExpandError("expand: there are no vectors to expand")
     plan = plan or plan_expansion(n, dim, config, backend)  # a build passes the plan its guard checked
+    ensure_warm(backend)
     k, tile_bytes, spill = plan.neighbours, plan.tile_bytes, plan.spill
     workers = 1 if backend.is_gpu else max(1, faiss.omp_get_max_threads())
     timings: dict[str, float] = {}
@@ -326,7 +328,7 @@ def _ivf(backend: Backend, unit: np.ndarray, dev: Any, k: int, config: ExpandCon
     else:
         probes = probe_lists(xp, dev, centres, nprobe, tile_bytes, workers)
         timings["probe"] = time.perf_counter()
-        ids, search_gflop = ivf_neighbours(xp, dev, probes, n_list, k, prefix, workers)
+        ids, search_gflop = ivf_neighbours(xp, dev, probes, n_list, k, prefix, workers, tile_bytes)
         gflop += search_gflop
         method = "ivf"
     timings["search"] = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Streamed passes of the compress stage over a whole collection: one Lloyd pass's per-centre sums
-(on local threads, on the Dask workers that hold the chunks, or through the device) and shuffled
+"""A collection's rows as row sources of the k-means core (``compute.lloyd.Rows``): one Lloyd pass's "assign and
+accumulate" on local threads (``ChunkRows``), on the Dask workers that hold the chunks (``DaskRows``) or staged
+through the device (``StagedRows``), merged in chunk order (the same sums on any machine); and shuffled
 mini-batches. Each holds a few chunks at a time, never the collection.
 """
 
@@ -14,10 +15,10 @@ from typing import Any
 
 import numpy as np
 from rvc_index.compute.backend import Backend
-from rvc_index.compute.kmeans import distance_tile_rows, squared_norms
-from rvc_index.compute.lloyd import N_FAR
-from rvc_index.compute.minibatch import KMeansState, PassStats, merge_stats, pass_stats
-from rvc_index.compute.two_level import CentreTree, build_tree, coarse_cells, fixed_tree
+from rvc_index.compute.kernels import squared_norms
+from rvc_index.compute.knn import distance_tile_rows
+from rvc_index.compute.lloyd import Assigner, Exact, PassSums, accumulate, merge
+from rvc_index.compute.two_level import FixedCells, TwoLevel
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.stream import block_tasks, iter_blocks, load_chunks, local_threads
@@ -51,25 +52,12 @@ def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: 
     # a final partial batch is dropped: every update sees a full batch
 
 
-def chunk_stats(block: np.ndarray, centres: np.ndarray, coarse: np.ndarray | None, nprobe: int,
-                spread: int = 1, offsets: np.ndarray | None = None) -> PassStats:
-    """One chunk's per-centre sums against ``centres`` (numpy): what a Dask worker computes (``offsets``:
-    the centres' fixed cells, else grouped by nearness)."""
-    tree = None
-    if coarse is not None:
-        tree = fixed_tree(np, centres, coarse, offsets) if offsets is not None else build_tree(np, centres, coarse,
-                                                                                                spread)
-    block = np.ascontiguousarray(block, dtype=np.float32)
-    cells = coarse_cells(np, tree, block, nprobe) if offsets is not None else None  # fixed cells: spares keep theirs
-    return pass_stats(np, centres, tree, block, nprobe, N_FAR, cells)
-
-
 @dataclass
 class PassCache:
-    """What one Lloyd pass over a collection leaves for the next: each chunk's nearest coarse cells
-    (int16 [rows, nprobe], -1 where not known yet; the coarse centres never move) and its rows' squared
-    norms (float32 [rows]: 1/D of the chunk) and, on local threads, the chunk buffers the threads read
-    into (fresh pages cost more than the read itself)."""
+    """What one Lloyd pass over a collection leaves for the next: each chunk's coarse cells (int16 [rows,
+    probes], -1 where not known yet; the coarse centres never move) and its rows' squared norms (float32
+    [rows]: 1/D of the chunk) and, on local threads, the chunk buffers the threads read into (fresh pages cost
+    more than the read itself)."""
 
     keep_norms: bool = True  # False when no pass follows (one Lloyd pass: 40 MB at 10M rows for nothing)
     cells: dict[int, Any] = field(default_factory=dict)
@@ -78,7 +66,7 @@ class PassCache:
     buffers: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
     def seed_cells(self, xp: Any, chunk_rows: Sequence[int], row_ids: Any, cells: Any) -> None:
-        """Known cells [n, nprobe] of the rows ``row_ids`` [n] (sorted ids in the collection), e.g. the
+        """Known cells [n, probes] of the rows ``row_ids`` [n] (sorted ids in the collection), e.g. the
         init sample's: the first pass finds the coarse cells of the other rows only."""
         starts = np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64)
         bounds = np.searchsorted(np.asarray(row_ids), starts)
@@ -89,23 +77,25 @@ class PassCache:
             known[ids[lo:hi] - int(starts[index])] = cells[lo:hi]
             self.cells[index] = known
 
-    def chunk_cells(self, xp: Any, index: int, tree: CentreTree, block: Any, nprobe: int) -> Any:
-        """Chunk ``index``'s coarse cells, found for the rows not known yet and kept."""
+    def chunk_cells(self, xp: Any, index: int, assigner: Assigner, block: Any) -> Any:
+        """Chunk ``index``'s coarse cells (None for exact assignment), found for the rows not known yet and kept."""
         cells = self.cells.get(index)
-        if cells is None or cells.shape != (block.shape[0], nprobe):
-            cells = self.cells[index] = coarse_cells(xp, tree, block, nprobe)
-        elif index not in self.complete:
-            if xp is np:  # the rows left unknown only, a tile at a time (gathered copies of a few MB)
-                rows = distance_tile_rows(tree.coarse.shape[0])
-                for start in range(0, block.shape[0], rows):
-                    part = cells[start:start + rows]
-                    missing = np.flatnonzero(part[:, 0] < 0)
-                    if missing.size:
-                        part[missing] = coarse_cells(xp, tree, block[start:start + rows][missing], nprobe)
-            else:  # a device finds every row's: no host round trip to count the unknown ones
-                cells = self.cells[index] = xp.where(cells < 0, coarse_cells(xp, tree, block, nprobe), cells)
-        self.complete.add(index)
-        return cells
+        if index in self.complete and cells is not None and cells.shape[0] == block.shape[0]:
+            return cells
+        found = None
+        if cells is None or cells.shape[0] != block.shape[0]:
+            found = cells = assigner.cells(xp, block)
+        else:  # the rows left unknown only, a tile at a time (gathered copies of a few MB; numpy)
+            rows = distance_tile_rows(assigner.coarse.shape[0])
+            for start in range(0, block.shape[0], rows):
+                part = cells[start:start + rows]
+                missing = np.flatnonzero(part[:, 0] < 0)
+                if missing.size:
+                    part[missing] = assigner.cells(xp, block[start:start + rows][missing])
+        if cells is not None:
+            self.cells[index] = cells
+            self.complete.add(index)
+        return found if found is not None else cells
 
     def chunk_norms(self, xp: Any, index: int, block: Any) -> Any:
         """Chunk ``index``'s squared row norms, computed in the first pass and kept (``keep_norms``)."""
@@ -137,30 +127,104 @@ class PassCache:
         return buffer if buffer.shape[0] >= rows and buffer.shape[1] == dim else np.empty((rows, dim), np.float32)
 
 
-def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend, nprobe: int,
-                     client: Any | None, progress: Progress | None = None,
-                     cache: PassCache | None = None) -> PassStats:
-    """Per-centre sums of the whole collection, merged in chunk order (deterministic).
+class ChunkRows:
+    """The chunks of a collection on local threads (one chunk per core, one BLAS thread each; numpy), each
+    read into a buffer ``cache`` hands from chunk to chunk and pass to pass, assigned and summed there
+    (sparse sums when the centres outnumber its rows), merged in chunk order."""
 
-    With a Dask client and the CPU backend the sums are computed on the workers that hold the
-    chunks (the centres are broadcast once, at most two chunks per worker in flight); otherwise
-    chunks stream to this process and its device, and ``cache`` keeps each row's nearest coarse cells
-    and the chunk buffers for the next pass.
-    """
-    xp = backend.xp
-    total: PassStats | None = None
-    if client is not None and not backend.is_gpu:
+    def __init__(self, features: FeatureSet, cache: PassCache | None = None, label: str = "compress: Lloyd pass",
+                 threads: int = 0) -> None:
+        self.features, self.cache, self.label = features, cache or PassCache(), label
+        self.threads = threads or local_threads()
+        self.n_rows, self.passes = features.n_rows, 0
+
+    def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
+        self.passes += 1
+        features, cache = self.features, self.cache
+        progress = Progress(f"{self.label} {self.passes}", features.n_rows)
+        rows = features.max_chunk_rows
+
+        def one_chunk(index: int) -> PassSums:
+            buffer = None if features.is_resident else cache.buffer(rows, features.dim)
+            try:  # a kept collection's chunk is in memory already: no buffer to read it into
+                block = features.load_chunk(index, buffer)
+                return accumulate(xp, assigner, block, cache.chunk_norms(xp, index, block),
+                                  cache.chunk_cells(xp, index, assigner, block), n_far, compact=True)
+            finally:
+                if buffer is not None:
+                    cache.buffers.put(buffer)  # the sums hold copies: the next chunk may overwrite it
+
+        from threadpoolctl import threadpool_limits
+
+        total = None
+        with threadpool_limits(1), ThreadPoolExecutor(self.threads) as pool:
+            pending: deque[Any] = deque()
+            for index in list(range(len(features.chunks))) + [None] * self.threads:
+                if index is not None:
+                    pending.append(pool.submit(one_chunk, index))
+                if len(pending) >= self.threads or (index is None and pending):
+                    part = pending.popleft().result()  # merged in chunk order: the same sums on any machine
+                    total = merge(xp, total, part, n_far)
+                    progress.advance(part.rows)
+        return total
+
+
+@dataclass(frozen=True)
+class AssignSpec:
+    """What a Dask worker needs to rebuild the assigner (small: the coarse centres and cell bounds)."""
+
+    kind: str  # exact | two-level | fixed
+    coarse: np.ndarray | None = None
+    spread: int = 1
+    nprobe: int = 1
+    offsets: np.ndarray | None = None
+
+    @staticmethod
+    def of(backend: Backend, assigner: Assigner) -> AssignSpec:
+        if isinstance(assigner, FixedCells):
+            return AssignSpec("fixed", backend.to_host(assigner.coarse), offsets=assigner.offsets)
+        if isinstance(assigner, TwoLevel):
+            return AssignSpec("two-level", backend.to_host(assigner.coarse), assigner.spread, assigner.nprobe)
+        return AssignSpec("exact")
+
+    def build(self) -> Assigner:
+        if self.kind == "fixed":
+            return FixedCells(np, self.coarse, self.offsets)
+        if self.kind == "two-level":
+            return TwoLevel(self.coarse, self.spread, self.nprobe)
+        return Exact()
+
+
+def chunk_sums(block: np.ndarray, centres: np.ndarray, spec: AssignSpec, n_far: int) -> PassSums:
+    """One chunk's sums against ``centres`` (numpy): what a Dask worker computes."""
+    assigner = spec.build()
+    assigner.prepare(np, centres)
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    return accumulate(np, assigner, block, None, assigner.cells(np, block), n_far, compact=True)
+
+
+class DaskRows:
+    """The chunks on the Dask workers that hold them: the centres broadcast once per pass, at most two chunks per
+    worker in flight, the parts merged here in chunk order."""
+
+    def __init__(self, features: FeatureSet, client: Any, backend: Backend,
+                 label: str = "compress: Lloyd pass") -> None:
+        self.features, self.client, self.backend, self.label = features, client, backend, label
+        self.n_rows, self.passes = features.n_rows, 0
+
+    def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
         import dask
 
-        centres = backend.to_host(state.centres)
-        coarse = None if state.coarse is None else backend.to_host(state.coarse)
-        shared = client.scatter([centres] if coarse is None else [centres, coarse], broadcast=True,
-                                hash=False)  # own keys: the last pass's, being cancelled, may hold the same data
-        coarse_f = shared[1] if len(shared) > 1 else None
-        tasks = [dask.delayed(chunk_stats, pure=False)(block, shared[0], coarse_f, nprobe, state.spread, state.offsets)
-                 for block in block_tasks(features.array)]
+        self.passes += 1
+        progress = Progress(f"{self.label} {self.passes}", self.features.n_rows)
+        client = self.client
+        shared = client.scatter([self.backend.to_host(assigner.centres), AssignSpec.of(self.backend, assigner)],
+                                broadcast=True, hash=False)  # own keys: the last pass's may still be cancelled
+        tasks = [dask.delayed(chunk_sums, pure=False)(block, shared[0], shared[1], n_far)
+                 for block in block_tasks(self.features.array)]
         window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
         pending: deque[Any] = deque()
+        total = None
         for task in tasks + [None] * window:
             if task is not None:
                 pending.append(client.compute(task))
@@ -168,47 +232,41 @@ def final_pass_stats(features: FeatureSet, state: KMeansState, backend: Backend,
                 future = pending.popleft()
                 part = future.result()
                 future.release()
-                total = merge_stats(np, total, part)
-                if progress is not None:
-                    progress.advance(part.rows)
+                total = merge(np, total, part, n_far)
+                progress.advance(part.rows)
         client.cancel(shared)
         return total
-    tree = state.current_tree(xp)
-    cache = cache if cache is not None else PassCache()
 
-    def chunk_part(index: int, block: Any) -> PassStats:
-        cells = None if tree is None else cache.chunk_cells(xp, index, tree, block, nprobe)
-        return pass_stats(xp, state.centres, tree, block, nprobe, N_FAR, cells, cache.chunk_norms(xp, index, block))
 
-    if backend.is_gpu or client is not None or local_threads() == 1:
-        for index, block in enumerate(iter_blocks(features, client)):
-            part = chunk_part(index, backend.asarray(block))
-            total = merge_stats(xp, total, part)
-            if progress is not None:
-                progress.advance(part.rows)
+class StagedRows:
+    """The chunks read on host threads (or fetched from a cluster) and staged through the device
+    (``Backend.stage``: pinned, double-buffered, the copy of one chunk overlapping the reading of the next and
+    the compute on the last), in tiles of ``tile_rows``; nothing comes back to the host."""
+
+    def __init__(self, features: FeatureSet, backend: Backend, tile_rows: int, client: Any | None = None,
+                 label: str = "compress: streamed pass") -> None:
+        self.features, self.backend, self.tile_rows = features, backend, tile_rows
+        self.client, self.label = client, label
+        self.n_rows, self.passes = features.n_rows, 0
+
+    def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
+        self.passes += 1
+        progress = Progress(f"{self.label} {self.passes}", self.features.n_rows)
+        total = None
+        for block in self.backend.stage(iter_blocks(self.features, self.client, prefetch=2)):
+            for start in range(0, block.shape[0], self.tile_rows):
+                tile = block[start:start + self.tile_rows]
+                total = merge(xp, total, accumulate(xp, assigner, tile, None, assigner.cells(xp, tile), n_far), n_far)
+            progress.advance(block.shape[0])
         return total
-    from threadpoolctl import threadpool_limits
 
-    rows = features.max_chunk_rows
 
-    def one_chunk(index: int) -> PassStats:
-        if features.is_resident:  # the chunk is in memory already: no buffer to read it into
-            return chunk_part(index, features.load_chunk(index))
-        buffer = cache.buffer(rows, features.dim)
-        try:
-            return chunk_part(index, features.load_chunk(index, buffer))
-        finally:
-            cache.buffers.put(buffer)  # the stats hold copies: the next chunk may overwrite it
-
-    threads = local_threads()
-    with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:  # one chunk per core, one BLAS thread each
-        pending: deque[Any] = deque()
-        for index in list(range(len(features.chunks))) + [None] * threads:
-            if index is not None:
-                pending.append(pool.submit(one_chunk, index))
-            if len(pending) >= threads or (index is None and pending):
-                part = pending.popleft().result()  # merged in chunk order: the same sums on any machine
-                total = merge_stats(np, total, part)
-                if progress is not None:
-                    progress.advance(part.rows)
-    return total
+def collection_rows(features: FeatureSet, backend: Backend, client: Any | None, cache: PassCache | None = None,
+                    tile_rows: int = 0, label: str = "compress: Lloyd pass") -> Any:
+    """The row source of a pass over the whole collection: staged through a device, on the Dask workers, or on
+    local threads."""
+    if backend.is_gpu:
+        return StagedRows(features, backend, tile_rows or features.max_chunk_rows, client, label)
+    if client is not None:
+        return DaskRows(features, client, backend, label)
+    return ChunkRows(features, cache, label)

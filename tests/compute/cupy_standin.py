@@ -33,6 +33,22 @@ VIEWS = {"reshape", "view", "transpose", "swapaxes", "squeeze", "ravel", "diagon
 class Counts:
     def __init__(self):
         self.calls = self.transfers = self.uploads = self.waits = self.pinned = 0
+        self.kernels = set()  # (call, dtypes of its array operands): what CuPy compiles a kernel for
+
+
+def _launched(name, values):
+    """Note one launch of ``name`` with the dtypes of its array operands (a kernel CuPy compiles per dtype)."""
+    DeviceArray.counts.calls += 1
+    dtypes = {str(v.dtype) for v in _flat(values) if isinstance(v, np.ndarray)}  # the loop CuPy picks and compiles
+    DeviceArray.counts.kernels.add((name, tuple(sorted(dtypes))))
+
+
+def _flat(values):
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            yield from _flat(value)
+        else:
+            yield value
 
 
 def _plain(value):
@@ -108,14 +124,14 @@ class DeviceArray(np.ndarray):
             before = DeviceArray.counts.calls
             result = _device(method(*_plain(args), **{key: _plain(value) for key, value in kwargs.items()}))
             if DeviceArray.counts.calls == before and name not in VIEWS:  # not already counted as a ufunc
-                DeviceArray.counts.calls += 1
+                _launched(f"ndarray.{name}", [self, *args, *kwargs.values()])
             return result
 
         return checked
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         _refuse_host_operands(f"numpy.{ufunc.__name__}.{method}", list(inputs) + list(kwargs.get("out", ())))
-        DeviceArray.counts.calls += 1
+        _launched(f"{ufunc.__name__}.{method}", inputs)
         if "out" in kwargs:
             kwargs["out"] = _plain(kwargs["out"])
         return _device(getattr(ufunc, method)(*_plain(inputs), **kwargs))
@@ -134,7 +150,7 @@ class DeviceArray(np.ndarray):
     def __getitem__(self, key):
         key, fancy = self._index(key)
         if fancy:  # a gather kernel; basic slices are views
-            DeviceArray.counts.calls += 1
+            _launched("getitem", [self, *_key_parts(key)])
         return super().__getitem__(key)
 
     def __setitem__(self, key, value):
@@ -144,7 +160,7 @@ class DeviceArray(np.ndarray):
                              "assigned to a slice)")
         if fancy and _host_arrays([value]):
             DeviceArray.counts.uploads += 1
-        DeviceArray.counts.calls += 1  # a copy or scatter kernel
+        _launched("setitem", [self, value, *_key_parts(key)])  # a copy or scatter kernel
         super().__setitem__(key, _plain(value))
 
     def _transfer(self):
@@ -198,6 +214,8 @@ class CountingXp:
                                  "a numpy-only call in a GPU route")
         if not self._module and name == "cuda":
             return CUDA
+        if not self._module and name == "ReductionKernel":
+            return ReductionKernel
         if not self._module and name in FACTS["modules"]:
             return CountingXp(name)
         value = getattr(self._numpy, name)
@@ -227,13 +245,35 @@ class Counted:
             _refuse_host_operands(f"cupy.{self._name}", list(args) + list(kwargs.values()))
         if self._name in FACTS["synchronising"] or (self._name == "where" and len(args) == 1):
             DeviceArray.counts.transfers += 1  # CuPy reads a count back before it can size the result
-        DeviceArray.counts.calls += 1
+        _launched(self._name, [*args, *kwargs.values()])
         return _device(self._fn(*_plain(args), **{key: _plain(value) for key, value in kwargs.items()}))
 
     def __getattr__(self, method):
         if not self._ufunc or self._method != "__call__":
             raise AttributeError(f"cupy.{self._name} has no {method!r}")
         return Counted(f"{self._name}.{method}", getattr(self._fn, method), method)
+
+
+class ReductionKernel:
+    """``cupy.ReductionKernel``: one launch, computed by the numpy reference of the kernel of that name in
+    ``rvc_index.compute.kernels`` (the CUDA expressions themselves run only on a GPU: the ``gpu`` tests)."""
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
+                 reduce_type=None, reduce_dims=True, preamble="", options=()):
+        from rvc_index.compute.kernels import KERNELS
+
+        spec = KERNELS.get(name)
+        if spec is None or (in_params, out_params, map_expr, reduce_expr, identity) != (
+                spec.in_params, spec.out_params, spec.map_expr, spec.reduce_expr, spec.identity):
+            raise ValueError(f"no numpy reference for the reduction kernel {name!r}")
+        self.reference, self.inputs, self.name = spec.reference, len(in_params.split(",")), name
+
+    def __call__(self, *args, axis=None, out=None, keepdims=False, stream=None):
+        if len(args) != self.inputs or axis != 1 or not isinstance(args[0], DeviceArray):
+            raise TypeError(f"reduction kernel called with {len(args)} arguments, axis {axis}")
+        _refuse_host_operands("cupy.ReductionKernel", list(args))
+        _launched(f"ReductionKernel.{self.name}", args)
+        return _device(self.reference(*_plain(args)))
 
 
 class Event:

@@ -1,7 +1,8 @@
 """Every device route under the counting CuPy stand-in (``cupy_standin.py``), on a ``Backend("gpu", XP)``:
-the init, pinned staging, the device k-means route end to end, the evaluation's exact neighbours and the
-IVF expansion. Each must run without a call CuPy 14.2 would refuse, and its device-to-host transfers
-(hidden synchronisations included) must not grow with K, the list count or the row count.
+the init, pinned staging, the k-means core on the device route end to end (rows resident, or a sample then
+streamed passes) and on the minibatch route, the evaluation's exact neighbours and the IVF expansion. Each
+must run without a call CuPy 14.2 would refuse, and its device-to-host transfers (hidden synchronisations
+included) must not grow with K, the list count or the row count: one per pass at most.
 """
 
 import numpy as np
@@ -10,6 +11,7 @@ from cupy_standin import XP, DeviceArray, measure, with_cupyx
 from rvc_index.compute.backend import Backend
 from rvc_index.compute.init import d2_init, random_init
 from rvc_index.compute.neighbours import exact_neighbours, ivf_neighbours, probe_lists, probe_recall
+from rvc_index.compute.warm import ensure_warm
 from rvc_index.config.schema import BudgetConfig, CompressConfig
 from rvc_index.evaluation.metrics import exact_knn
 from rvc_index.stages.compress import compress, plan_compression
@@ -20,6 +22,7 @@ GPU = Backend("gpu", XP)
 @pytest.fixture(autouse=True)
 def _cupyx(monkeypatch):
     with_cupyx(monkeypatch)
+    ensure_warm(GPU)  # the first device use of the process warms the kernels: not part of what a route costs
 
 
 def rows(n, dim=16, seed=0, unit=False):
@@ -37,7 +40,7 @@ def test_device_init_costs_a_fixed_number_of_calls_and_no_transfer():
         costs.add((d2, uploads, plain))
     assert len(costs) == 1, costs
     (calls, transfers), uploads, plain = costs.pop()
-    assert transfers == 0 and plain[1] == 0 and uploads == 8 and calls < 200
+    assert transfers == 0 and plain[1] == 0 and uploads == 8 and calls < 240
 
 
 @pytest.mark.parametrize("sizes", [[1000] * 6, [1000, 1200, 900, 1300, 1100, 1000]])
@@ -54,18 +57,19 @@ def test_pinned_staging_copies_each_block_once_and_reads_nothing_back(sizes):
     assert all(np.array_equal(s, b.astype(np.float32)) for s, b in zip(staged, blocks))
 
 
-def test_the_device_kmeans_route_reads_back_a_fixed_number_of_times(make_experiment, feature_set):
+def test_the_device_kmeans_route_reads_back_once_per_pass(make_experiment, feature_set):
     seen = {}
     for n, k, budget in [(4000, 64, 64), (12000, 256, 64), (12000, 256, 4)]:  # 4 MiB: the streamed route
         features = feature_set(make_experiment(f"s{n}_{k}_{budget}", n, 64))
         config = CompressConfig(row_threshold=100, n_centroids=k, route="device", device_budget_mb=budget,
-                                lloyd_passes=3, stream_passes=1)
+                                lloyd_passes=3, stream_passes=1, stop_tol=0.0)
         centres = {}
         seen[(n, k, budget)] = measure(lambda f=features, c=config, out=centres: out.setdefault(
             "c", compress(f, plan_compression(f.n_rows, f.dim, c, BudgetConfig()), c, GPU, seed=0)))[1]
         assert centres["c"].shape == (k, 64) and np.isfinite(centres["c"]).all()
-    # resident: the passes' mean squared distances once and the centres once; streamed: one more MSD read
-    assert seen == {(4000, 64, 64): 2, (12000, 256, 64): 2, (12000, 256, 4): 3}
+    # resident: each pass's MSD (3), every MSD and the re-seeded count once more, the centres; streamed: the
+    # streamed pass's MSD and its own closing read
+    assert seen == {(4000, 64, 64): 5, (12000, 256, 64): 5, (12000, 256, 4): 7}
 
 
 def test_the_evaluations_exact_neighbours_cost_a_fixed_number_of_calls_per_tile():
@@ -75,7 +79,7 @@ def test_the_evaluations_exact_neighbours_cost_a_fixed_number_of_calls_per_tile(
         blocks = [rows(n // 3, seed=i) for i in range(3)]
         cost[n] = measure(lambda b=blocks, n=n: exact_knn(GPU, queries, b, 8, tile_rows=1000, keep=np.ones(n, bool)))
     per_tile = (cost[12000][0] - cost[3000][0]) / 9
-    assert cost[3000][1] == cost[12000][1] == 2 and per_tile == int(per_tile) and per_tile < 30, cost
+    assert cost[3000][1] == cost[12000][1] == 2 and per_tile == int(per_tile) and per_tile < 45, cost
 
 
 def ivf_cost(n_list, n=8000, nprobe=4):
@@ -94,21 +98,14 @@ def test_ivf_probing_and_recall_cost_do_not_grow_with_the_lists():
     assert small[:2] == large[:2] and small[0][1] == 0 and small[1][1] == 2  # recall: bincount's sync + result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compute/neighbours.py ivf_neighbours (the IVF expansion route on a GPU without faiss-gpu) runs a Python "
-    "loop over every list at every probe rank: ~100 launches per list, and at ranks > 0 one xp.nonzero per "
-    "list (line 'better = xp.nonzero(...)'), which CuPy answers by reading the count back (a sync): "
-    "n_list x nprobe iterations, 3 syncs per list here"))
-def test_ivf_search_transfers_do_not_grow_with_the_lists():
-    small, large = ivf_cost(20)[2], ivf_cost(80)[2]
-    assert large[1] == small[1], (small, large)
+def test_ivf_search_transfers_do_not_grow_with_the_lists_and_launches_follow_the_size_classes():
+    small, large, many = ivf_cost(20)[2], ivf_cost(80)[2], ivf_cost(1000)[2]
+    # the members' counts once, then each probe rank after the first its probing rows' counts: nprobe reads
+    assert small[1] == large[1] == many[1] == 4, (small, large, many)
+    # one batch per size class and rank (a few dozen), not one per list: 50x the lists, < 10x the launches
+    assert many[0] < 10 * small[0], (small, many)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compress.route=minibatch on a GPU (the CPU k-means engine on the device) reads back per Lloyd iteration "
-    "and per coarse cell: compute/kmeans.py segment_sums xp.bincount (CuPy syncs: int(cupy.max(x)) + 1), "
-    "kmeans.lloyd int((counts == 0).sum()), kmeans.means_or_reseed xp.nonzero(counts == 0) and "
-    "'if empty.size', minibatch.py float(dists...sum()) per batch, two_level.py xp.nonzero/to_host(bincount)"))
 def test_the_minibatch_route_on_a_device_reads_back_a_fixed_number_of_times(make_experiment, feature_set):
     seen = []
     for n, k in [(4000, 64), (12000, 256)]:
@@ -117,3 +114,29 @@ def test_the_minibatch_route_on_a_device_reads_back_a_fixed_number_of_times(make
         plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig())
         seen.append(measure(lambda f=features, c=config, p=plan: compress(f, p, c, GPU, seed=0))[1])
     assert seen[0] == seen[1], seen
+
+
+def test_the_warm_up_launches_every_kernel_the_device_routes_launch(make_experiment, feature_set, tmp_path,
+                                                                     monkeypatch):
+    """``compute.warm`` must compile what a build's device routes compile (each call per operand dtypes: CuPy's
+    kernel cache keys), so that a build never compiles in the middle of a timed step."""
+    from rvc_index.compute.warm import run_every_route, warm_kernels
+
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path))
+    measure(lambda: run_every_route(GPU))
+    warmed = set(DeviceArray.counts.kernels)
+    features = feature_set(make_experiment("warm", 6000, 64))
+    launched = set()
+    for route, extra in (("device", {"device_budget_mb": 64}), ("device", {"device_budget_mb": 2}),
+                         ("minibatch", {"epochs": 1.0})):
+        config = CompressConfig(row_threshold=100, n_centroids=300, route=route, lloyd_passes=2, **extra)
+        measure(lambda c=config: compress(features, plan_compression(6000, 64, c, BudgetConfig()), c, GPU, seed=0))
+        launched |= DeviceArray.counts.kernels
+    queries = rows(50)
+    measure(lambda: exact_knn(GPU, queries, [rows(3000, seed=2)], 8, keep=np.ones(3000, bool)))
+    launched |= DeviceArray.counts.kernels
+    for n_list in (20, 80):
+        measure(lambda n_list=n_list: ivf_cost(n_list))
+        launched |= DeviceArray.counts.kernels
+    assert not launched - warmed, sorted(launched - warmed)
+    assert warm_kernels(GPU).compiled == 0 and warm_kernels(GPU).describe().startswith("kernels warmed in")

@@ -1,28 +1,23 @@
-"""k-means core (pipeline/kmeans.py, two_level.py, minibatch.py): exact and two-level assignment, init,
-Sculley/EMA updates, dead-centre re-seeding, Lloyd passes; CPU, plus a GPU agreement check."""
+"""The k-means core (compute/lloyd.py) and its CPU assigners (two_level.py, hierarchy.py), mini-batch steps
+(minibatch.py): exact and two-level assignment, init, Sculley/EMA updates, dead-centre re-seeding, Lloyd passes;
+CPU, plus a GPU agreement check."""
 
 import numpy as np
 import pytest
 from rvc_index.compute.backend import select_backend
-from rvc_index.compute.kmeans import farthest, init_centres, lloyd, nearest_centres, segment_sums, squared_norms
-from rvc_index.compute.minibatch import (
-    apply_pass,
-    fit_minibatch,
-    inertia,
-    merge_stats,
-    minibatch_step,
-    new_state,
-    pass_stats,
-)
+from rvc_index.compute.hierarchy import allocate, two_level_init
+from rvc_index.compute.init import init_centres
+from rvc_index.compute.kernels import squared_norms
+from rvc_index.compute.knn import nearest
+from rvc_index.compute.lloyd import Exact, ResidentRows, accumulate, farthest, lloyd, merge, update
+from rvc_index.compute.minibatch import fit_minibatch, inertia, minibatch_step, new_state
+from rvc_index.compute.segments import segment_sums
 from rvc_index.compute.two_level import (
-    allocate,
+    TwoLevel,
     assign_two_level,
     build_tree,
     coarse_cells,
     nearest_cells,
-    refine,
-    sums_parallel,
-    two_level_init,
 )
 
 CPU = select_backend("cpu")
@@ -43,14 +38,10 @@ def max_miss(found, true):
     return np.sqrt(((found[:, None] - true[None]) ** 2).sum(-1)).min(axis=0).max()
 
 
-def test_nearest_centres_matches_brute_force():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((500, 16)).astype(np.float32)
-    c = rng.standard_normal((7, 16)).astype(np.float32)
-    labels, dists = nearest_centres(np, x, c, tile_rows=64)
-    full = ((x[:, None, :] - c[None]) ** 2).sum(-1)
-    np.testing.assert_array_equal(labels, full.argmin(1))
-    np.testing.assert_allclose(dists, full.min(1), rtol=1e-4, atol=1e-4)
+def fit(x, centres, iters):
+    """(centres, counts) of ``iters`` exact Lloyd passes over ``x`` in memory."""
+    result = lloyd(np, x, centres.copy(), iters)
+    return result.centres, result.counts
 
 
 def test_segment_sums_match_add_at():
@@ -70,9 +61,9 @@ def test_two_level_assignment_is_exact_when_probing_every_cell_and_close_with_on
     rng = np.random.default_rng(4)
     x = blobs(60, true_blobs(50, 24, seed=4, scale=3.0), 1.0, seed=4)
     centres = x[rng.permutation(len(x))[:200]].copy()
-    coarse, _ = lloyd(np, centres, centres[:10].copy(), 5)
+    coarse, _ = fit(centres, centres[:10], 5)
     tree = build_tree(np, centres, coarse)
-    exact_labels, exact_dists = nearest_centres(np, x, centres)
+    exact_labels, exact_dists = nearest(np, x, centres)
     labels, dists = assign_two_level(np, tree, x, nprobe=10)
     np.testing.assert_array_equal(labels, exact_labels)
     np.testing.assert_allclose(dists, exact_dists, rtol=1e-4, atol=1e-4)
@@ -87,12 +78,12 @@ def test_two_level_assignment_is_exact_when_probing_every_cell_and_close_with_on
 def test_spread_lists_each_centre_in_its_nearest_cells_and_closes_the_gap_to_exact():
     x = blobs(40, true_blobs(60, 16, seed=8, scale=2.0), 1.0, seed=8)  # overlapping blobs: many border rows
     centres = x[np.random.default_rng(8).permutation(len(x))[:300]].copy()
-    coarse, _ = lloyd(np, centres, centres[:12].copy(), 5)
-    exact_labels, exact = nearest_centres(np, x, centres)
+    coarse, _ = fit(centres, centres[:12], 5)
+    exact_labels, exact = nearest(np, x, centres)
     tree4 = build_tree(np, centres, coarse, spread=4)
     listings = np.bincount(tree4.ids, minlength=300)
     assert (listings >= 1).all() and (listings <= 4).all() and listings.mean() > 3
-    own = nearest_centres(np, centres, coarse)[0]
+    own = nearest(np, centres, coarse)[0]
     for j in range(12):  # distinct centres, all of the cell's own, the rest among their 4 nearest cells
         listed = tree4.ids[tree4.offsets[j]:tree4.offsets[j + 1]]
         assert len(set(listed.tolist())) == len(listed)
@@ -135,7 +126,7 @@ def test_nearest_cells_are_the_smallest_scores_for_any_probe_count():
 def test_kept_coarse_cells_give_the_same_assignment_and_stale_ones_still_find_a_centre():
     x = blobs(30, true_blobs(40, 12, seed=9), 1.0, seed=9)
     centres = x[::6].copy()
-    coarse, _ = lloyd(np, centres, centres[:8].copy(), 5)
+    coarse, _ = fit(centres, centres[:8], 5)
     tree = build_tree(np, centres, coarse, spread=2)
     cells = coarse_cells(np, tree, x, 2)
     assert cells.dtype == np.int16 and cells.shape == (len(x), 2)
@@ -154,7 +145,7 @@ def test_kept_coarse_cells_give_the_same_assignment_and_stale_ones_still_find_a_
 def test_a_tree_rebuilt_in_an_earlier_trees_buffer_equals_a_fresh_one():
     x = blobs(30, true_blobs(40, 12, seed=4), 1.0, seed=4)
     centres = x[::6].copy()
-    coarse, _ = lloyd(np, centres, centres[:8].copy(), 5)
+    coarse, _ = fit(centres, centres[:8], 5)
     first = build_tree(np, centres, coarse, spread=3)
     assert first.buffer.shape == (len(centres) * 3, 12) and np.shares_memory(first.centres, first.buffer)
     moved = centres + 0.5
@@ -165,15 +156,17 @@ def test_a_tree_rebuilt_in_an_earlier_trees_buffer_equals_a_fresh_one():
         np.testing.assert_array_equal(getattr(reused, name), getattr(fresh, name))
 
 
-def test_refine_with_the_inits_cells_equals_refine_without():
+def test_the_inits_cells_give_the_same_refinement_as_cells_found_afresh():
     x = blobs(50, true_blobs(30, 16, seed=10), 1.0, seed=10)
     init = two_level_init(np, x, 120, 6, "kmeans++", np.random.default_rng(0), iters=2)
     assert init.cells.shape == (len(x), 1)
-    np.testing.assert_array_equal(init.cells[:, 0], nearest_centres(np, x, init.coarse)[0])
+    np.testing.assert_array_equal(init.cells[:, 0], nearest(np, x, init.coarse)[0])
     np.testing.assert_array_equal(init.norms, squared_norms(np, x))
-    with_cells = refine(np, x, init.centres, init.coarse, 2, 1, 3, init.cells, init.norms)
-    without = refine(np, x, init.centres, init.coarse, 2, 1, 3)
-    np.testing.assert_allclose(with_cells[0], without[0], rtol=1e-5, atol=1e-5)
+    refined = []
+    for cells, norms in ((init.cells, init.norms), (None, None)):
+        source = ResidentRows(x, threads=2, norms=norms, cells=cells)
+        refined.append(lloyd(np, source, init.centres.copy(), 2, TwoLevel(init.coarse, 3, 1)).centres)
+    np.testing.assert_allclose(refined[0], refined[1], rtol=1e-5, atol=1e-5)
 
 
 def test_known_row_norms_give_the_same_assignment_and_slices_sum_as_the_whole():
@@ -182,18 +175,20 @@ def test_known_row_norms_give_the_same_assignment_and_slices_sum_as_the_whole():
     centres = x[rng.choice(len(x), 90, replace=False)].copy()
     norms = squared_norms(np, x)
     # norms summed over the whole array or tile by tile may differ in the last bit: the labels do not
-    labels, dists = nearest_centres(np, x, centres, tile_rows=128, x_norms=norms)
-    np.testing.assert_array_equal(labels, nearest_centres(np, x, centres, tile_rows=128)[0])
-    np.testing.assert_allclose(dists, nearest_centres(np, x, centres, tile_rows=128)[1], rtol=1e-5, atol=1e-2)
+    labels, dists = nearest(np, x, centres, tile_rows=128, x_norms=norms)
+    np.testing.assert_array_equal(labels, nearest(np, x, centres, tile_rows=128)[0])
+    np.testing.assert_allclose(dists, nearest(np, x, centres, tile_rows=128)[1], rtol=1e-5, atol=1e-2)
     tree = build_tree(np, centres, x[::100].copy(), spread=2)
     cells = coarse_cells(np, tree, x, 1)
     labels, dists = assign_two_level(np, tree, x, 1, cells)
     np.testing.assert_array_equal((labels, dists), assign_two_level(np, tree, x, 1, cells, norms))
-    sums, counts, found = sums_parallel(np, tree, x, 1, cells, norms, 90)  # a slice of rows per core
+    assigner = TwoLevel(x[::100].copy(), 2, 1)
+    assigner.prepare(np, centres)
+    sliced = ResidentRows(x, threads=3).pass_sums(np, assigner, 8)  # a slice of rows per core, merged in order
     whole_sums, whole_counts = segment_sums(np, labels, x, 90)
-    np.testing.assert_array_equal(counts, whole_counts)
-    np.testing.assert_allclose(sums, whole_sums, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(found, dists, rtol=1e-5, atol=1e-2)  # other products per cell: other last bits
+    np.testing.assert_array_equal(sliced.counts, whole_counts)
+    np.testing.assert_allclose(sliced.sums, whole_sums, rtol=1e-5, atol=1e-4)
+    assert float(sliced.sse) == pytest.approx(float(dists.astype(np.float64).sum()), rel=1e-5)
     assert farthest(np, dists, 0).shape == (0,) and farthest(np, dists, 3).tolist() == np.argsort(-dists)[:3].tolist()
 
 
@@ -307,8 +302,7 @@ def test_constant_data_never_gives_nan():
     state = new_state(np, centres, counts, coarse)
     for i in range(0, 500, 100):
         assert minibatch_step(np, state, x[i:i + 100]) == 0.0
-    stats = pass_stats(np, state.centres, build_tree(np, state.centres, state.coarse), x)
-    apply_pass(np, state, stats)
+    lloyd(np, x, state.centres, 1, state.assigner)
     assert np.isfinite(state.centres).all() and np.isfinite(state.counts).all()
     assert inertia(CPU, [x], state.centres) == 0.0
     random_centres = init_centres(np, x, 20, "kmeans++", np.random.default_rng(1))
@@ -318,32 +312,77 @@ def test_constant_data_never_gives_nan():
 def test_lloyd_reseeds_empty_centres_instead_of_nan():
     x = blobs(100, np.eye(3, dtype=np.float32) * 10, 0.2, seed=3)
     centres = np.concatenate([x[:3], np.full((2, 3), -500.0, np.float32)])
-    found, counts = lloyd(np, x, centres, 3)
+    found, counts = fit(x, centres, 3)
     assert np.isfinite(found).all() and np.abs(found).max() < 20
     assert (counts > 0).sum() >= 3
 
 
-def test_pass_stats_merge_equals_one_pass_and_apply_is_a_lloyd_step():
+def test_parts_merged_equal_one_pass_and_the_update_is_a_lloyd_step():
     x = blobs(200, true_blobs(6, 5, seed=2), 1.0, seed=2)
     centres = x[:6].copy()
-    whole = pass_stats(np, centres, None, x, n_far=8)
+    assigner = Exact()
+    assigner.prepare(np, centres)
+    whole = accumulate(np, assigner, x, n_far=8)
     parts = None
     for i in range(0, len(x), 250):
-        parts = merge_stats(np, parts, pass_stats(np, centres, None, x[i:i + 250], n_far=8))
+        parts = merge(np, parts, accumulate(np, assigner, x[i:i + 250], n_far=8), 8)
     np.testing.assert_allclose(parts.sums, whole.sums, rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(parts.counts, whole.counts)
     np.testing.assert_allclose(parts.far_dists, whole.far_dists, rtol=1e-5)
-    assert parts.rows == len(x) and parts.sse == pytest.approx(whole.sse, rel=1e-6)
-    state = new_state(np, centres)
-    apply_pass(np, state, parts)
-    expected, _ = lloyd(np, x, centres.copy(), 1)
-    np.testing.assert_allclose(state.centres, expected, rtol=1e-4, atol=1e-4)
+    assert parts.rows == len(x) and float(parts.sse) == pytest.approx(float(whole.sse), rel=1e-6)
+    moved = centres.copy()
+    assert update(np, moved, parts, assigner) == 0
+    labels = nearest(np, x, centres)[0]
+    expected = np.stack([x[labels == j].mean(axis=0) for j in range(6)])
+    np.testing.assert_allclose(moved, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_centres_take_the_farthest_rows_and_in_fixed_cells_only_their_cells():
+    from rvc_index.compute.lloyd import reseed
+
+    centres = np.zeros((6, 2), np.float32)
+    empty = np.array([False, True, False, True, True, False])
+    spares = np.arange(10, dtype=np.float32).reshape(5, 2) + 100  # in priority order
+    fresh = reseed(np, centres, empty, spares)
+    np.testing.assert_array_equal(fresh, empty)  # five spares, three empty centres: the first three, in order
+    np.testing.assert_array_equal(centres[[1, 3, 4]], spares[:3])
+    assert not centres[[0, 2, 5]].any()
+    centres[:] = 0
+    cells = np.array([0, 0, 1, 1, 1, 2])  # centre 1 in cell 0; 3, 4 in cell 1
+    spare_cells = np.array([1, 2, 1, 1, 0])
+    fresh = reseed(np, centres, empty, spares, spare_cells, cells, 3)
+    np.testing.assert_array_equal(fresh, empty)
+    np.testing.assert_array_equal(centres[1], spares[4])  # cell 0's one spare
+    np.testing.assert_array_equal(centres[[3, 4]], spares[[0, 2]])  # cell 1's first two spares, in order
+    assert not centres[[0, 2, 5]].any()  # cell 2's spare had no empty centre there
+
+
+def test_passes_stop_when_the_msd_settles_and_a_fast_product_ends_with_an_exact_pass():
+    x = blobs(300, true_blobs(12, 8, seed=5), 1.0, seed=5)
+    start = x[np.random.default_rng(0).choice(len(x), 24, replace=False)]
+    every = lloyd(np, x, start.copy(), 30)
+    stopped = lloyd(np, x, start.copy(), 30, tol=1e-3)
+    assert stopped.converged and len(stopped.msd) < 30 and len(every.msd) == 30
+    assert stopped.msd[-1] <= 1.005 * every.msd[-1]  # what the passes it skipped would still have gained
+    used = []
+
+    def product(name):
+        def run(a, b):
+            used.append(name)
+            return a @ b.T
+        return run
+
+    precise = lloyd(np, x, start.copy(), 30, Exact(fast=product("fast"), exact=product("exact")), tol=1e-3)
+    calls_per_pass = used.count("exact")
+    assert precise.converged and calls_per_pass >= 1 and used[-calls_per_pass:] == ["exact"] * calls_per_pass
+    assert used[:-calls_per_pass] == ["fast"] * (len(used) - calls_per_pass)  # only the last pass is exact
+    assert len(precise.msd) == len(stopped.msd) + 1  # the same passes (same products here), then the exact one
 
 
 def test_kmeanspp_init_is_spread():
     x = blobs(100, np.eye(6, dtype=np.float32) * 50, 0.1)
     centres = init_centres(np, x, 6, "kmeans++", np.random.default_rng(0))
-    labels, _ = nearest_centres(np, centres, np.eye(6, dtype=np.float32) * 50)
+    labels, _ = nearest(np, centres, np.eye(6, dtype=np.float32) * 50)
     assert sorted(labels.tolist()) == list(range(6))
 
 
@@ -367,8 +406,7 @@ def test_cpu_and_gpu_agree(two_level):
         else:
             state = new_state(xp, init_centres(xp, rows, 120, "random", np.random.default_rng(1)))
         fit_minibatch(backend, (x[i:i + 1000] for i in range(0, len(x), 1000)), state, nprobe=2)
-        tree = state.current_tree(xp)
-        apply_pass(xp, state, pass_stats(xp, state.centres, tree, rows, 2))
+        lloyd(xp, rows, state.centres, 1, state.assigner)
         results.append(backend.to_host(state.centres))
     # float sums differ in order on the device, which may flip a row sitting on a boundary
     close = np.isclose(results[0], results[1], rtol=1e-3, atol=1e-3).all(axis=1)

@@ -4,15 +4,16 @@ the final pass runs on local threads in chunk order, and the dead-centre rule do
 
 import numpy as np
 from rvc_index.compute.backend import select_backend
-from rvc_index.compute.minibatch import fit_minibatch, new_state, pass_stats
-from rvc_index.compute.two_level import coarse_cells
+from rvc_index.compute.lloyd import N_FAR, ResidentRows
+from rvc_index.compute.minibatch import fit_minibatch, new_state
+from rvc_index.compute.two_level import TwoLevel, coarse_cells
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.sources import resolve_experiment, scan_manifest
 from rvc_index.runtime.stream import ROWS_READ, iter_blocks, local_threads
 from rvc_index.stages.compress import fit_centroids, plan_kmeans
-from rvc_index.stages.passes import PassCache, final_pass_stats
+from rvc_index.stages.passes import ChunkRows, PassCache
 from rvc_index.tools import speechlike
 
 CPU = select_backend("cpu")
@@ -58,35 +59,39 @@ def test_the_sample_leaves_out_drawn_rows_holding_nan_and_keeps_ids_straight(mak
     np.testing.assert_array_equal(rows[drawn.ids], drawn.rows)
 
 
+def one_pass(features, assigner, cache=None):
+    return ChunkRows(features, cache).pass_sums(np, assigner, N_FAR)
+
+
 def test_seeded_coarse_cells_and_reused_buffers_give_the_same_pass(make_experiment):
     features = open_set(make_experiment("seeded", 5000, 64))
     rows = np.concatenate(list(iter_blocks(features.array)))
-    state = new_state(np, rows[::40].copy(), coarse=rows[::400].copy(), spread=2)
-    fresh = final_pass_stats(features, state, CPU, 1, None)
-    tree = state.current_tree(np)
+    assigner = TwoLevel(rows[::400].copy(), 2, 1)
+    assigner.prepare(np, rows[::40].copy())
+    fresh = one_pass(features, assigner)
     ids = np.sort(np.random.default_rng(0).choice(5000, 2000, replace=False))
     cache = PassCache()
-    cache.seed_cells(np, features.chunk_rows, ids, coarse_cells(np, tree, rows[ids], 1))
+    cache.seed_cells(np, features.chunk_rows, ids, coarse_cells(np, assigner.tree, rows[ids], 1))
     assert all((c[:, 0] < 0).any() for c in cache.cells.values())  # the other rows: not known yet
-    seeded = final_pass_stats(features, state, CPU, 1, None, cache=cache)
-    again = final_pass_stats(features, state, CPU, 1, None, cache=cache)  # cells and buffers from the first
+    seeded = one_pass(features, assigner, cache)
+    again = one_pass(features, assigner, cache)  # cells and buffers from the first
     for part in (seeded, again):
         np.testing.assert_array_equal(part.counts, fresh.counts)
         np.testing.assert_array_equal(part.sums, fresh.sums)
     lent = np.zeros((3 * features.max_chunk_rows + 5, 64), np.float32)  # e.g. the init sample, done with
     adopted = PassCache()
     assert adopted.adopt(lent, features.max_chunk_rows, 2) == 2 and adopted.adopt(lent[:, :8], 10, 2) == 0
-    borrowed = final_pass_stats(features, state, CPU, 1, None, cache=adopted)
+    borrowed = one_pass(features, assigner, adopted)
     np.testing.assert_array_equal(borrowed.sums, fresh.sums)
     handed_back = [adopted.buffers.get() for _ in range(adopted.buffers.qsize())]
     assert sum(np.shares_memory(b, lent) for b in handed_back) == 2  # read into the lent pages, then kept
     norms = np.concatenate([cache.norms[i] for i in range(len(features.chunks))])  # kept for the next pass
     np.testing.assert_array_equal(norms, np.einsum("ij,ij->i", rows, rows))
     last = PassCache(keep_norms=False)  # no pass follows: nothing to keep them for
-    np.testing.assert_array_equal(final_pass_stats(features, state, CPU, 1, None, cache=last).sums, fresh.sums)
+    np.testing.assert_array_equal(one_pass(features, assigner, last).sums, fresh.sums)
     assert last.norms == {} and len(last.cells) == len(features.chunks)
     known = np.concatenate([cache.cells[i] for i in range(len(features.chunks))])
-    np.testing.assert_array_equal(known, coarse_cells(np, tree, rows, 1))  # every row's, as if found afresh
+    np.testing.assert_array_equal(known, coarse_cells(np, assigner.tree, rows, 1))  # every row's, as if found afresh
     assert 1 <= cache.buffers.qsize() <= local_threads()  # a buffer per thread, handed from pass to pass
 
 
@@ -108,19 +113,20 @@ def test_local_threaded_final_pass_equals_one_pass_in_memory(make_experiment):
     features = open_set(make_experiment("threads", 5000, 64))
     assert len(features.chunks) >= 4
     rows = np.concatenate(list(iter_blocks(features.array)))
-    state = new_state(np, rows[:: 50].copy(), coarse=rows[:: 500].copy())
-    streamed = final_pass_stats(features, state, CPU, 2, None)
-    whole = pass_stats(np, state.centres, state.current_tree(np), rows, 2)
+    assigner = TwoLevel(rows[:: 500].copy(), 1, 2)
+    assigner.prepare(np, rows[:: 50].copy())
+    streamed = one_pass(features, assigner)
+    whole = ResidentRows(rows).pass_sums(np, assigner, N_FAR)
     np.testing.assert_array_equal(streamed.counts, whole.counts)
     np.testing.assert_allclose(streamed.sums, whole.sums, rtol=1e-4, atol=1e-3)
     assert streamed.rows == 5000
-    again = final_pass_stats(features, state, CPU, 2, None)
+    again = one_pass(features, assigner)
     np.testing.assert_array_equal(again.sums, streamed.sums)  # merged in chunk order: bit-identical
     cache = PassCache()
-    first = final_pass_stats(features, state, CPU, 2, None, cache=cache)
+    first = one_pass(features, assigner, cache)
     assert sorted(cache.cells) == list(range(len(features.chunks)))  # every chunk's coarse cells kept
     assert sum(len(c) for c in cache.cells.values()) == 5000 and all(c.shape[1] == 2 for c in cache.cells.values())
-    kept = final_pass_stats(features, state, CPU, 2, None, cache=cache)  # the next pass skips the coarse step
+    kept = one_pass(features, assigner, cache)  # the next pass skips the coarse step
     for part in (first, kept):
         np.testing.assert_array_equal(part.sums, streamed.sums)
         np.testing.assert_array_equal(part.counts, streamed.counts)

@@ -168,7 +168,7 @@ def test_code_fingerprint_covers_every_module_the_output_depends_on():
 
     hashed = {p.relative_to(resume.PACKAGE_DIR).with_suffix("").as_posix().replace("/", ".")
               for p in resume.output_sources()}
-    assert {"compute.kmeans", "stages.compress", "data.sources", "config.schema", "job.runner"} <= hashed
+    assert {"compute.lloyd", "stages.compress", "data.sources", "config.schema", "job.runner"} <= hashed
     for path in resume.output_sources():
         if path.name in ("runner.py", "__init__.py"):
             continue

@@ -17,7 +17,7 @@ def test_config_fingerprint_ignores_where_and_how_guarded_a_build_runs():
 
 def test_code_fingerprint_follows_the_output_layers_not_the_cli():
     hashed = {p.relative_to(resume.PACKAGE_DIR).as_posix() for p in resume.output_sources()}
-    assert "compute/kmeans.py" in hashed and "stages/indexing.py" in hashed and "job/plan.py" in hashed
+    assert "compute/lloyd.py" in hashed and "stages/indexing.py" in hashed and "job/plan.py" in hashed
     assert not any(p.startswith(("cli", "batch/", "evaluation/")) for p in hashed)
     assert resume.code_fingerprint() == resume.code_fingerprint()
 

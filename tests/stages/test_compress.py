@@ -6,13 +6,14 @@ import os
 import numpy as np
 import pytest
 from rvc_index.compute.backend import select_backend
-from rvc_index.compute.minibatch import inertia, new_state, pass_stats
-from rvc_index.compute.two_level import build_tree
+from rvc_index.compute.lloyd import Exact, ResidentRows
+from rvc_index.compute.minibatch import inertia
+from rvc_index.compute.two_level import TwoLevel
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import BudgetConfig, CompressConfig, ConfigError
 from rvc_index.runtime.stream import iter_blocks
 from rvc_index.stages.compress import CompressError, budget_vectors, fit_centroids, plan_compression, plan_kmeans
-from rvc_index.stages.passes import final_pass_stats, shuffled_batches
+from rvc_index.stages.passes import DaskRows, shuffled_batches
 from sklearn.cluster import MiniBatchKMeans
 
 CPU = select_backend("cpu")
@@ -154,14 +155,13 @@ def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experi
     rows = all_rows(features)
     rng = np.random.default_rng(0)
     centres = rows[rng.permutation(len(rows))[:300]].copy()
-    coarse = centres[:17].copy() if two_level else None
-    state = new_state(np, centres, coarse=coarse)
-    on_workers = final_pass_stats(features, state, CPU, 2, client)
-    tree = build_tree(np, centres, coarse) if two_level else None
-    in_memory = pass_stats(np, centres, tree, rows, 2, 256)
+    assigner = TwoLevel(centres[:17].copy(), 1, 2) if two_level else Exact()
+    assigner.prepare(np, centres)
+    on_workers = DaskRows(features, client, CPU).pass_sums(np, assigner, 256)
+    in_memory = ResidentRows(rows).pass_sums(np, assigner, 256)
     np.testing.assert_array_equal(on_workers.counts, in_memory.counts)
     np.testing.assert_allclose(on_workers.sums, in_memory.sums, rtol=1e-4, atol=1e-3)
-    assert on_workers.rows == len(rows) and on_workers.sse == pytest.approx(in_memory.sse, rel=1e-5)
+    assert on_workers.rows == len(rows) and float(on_workers.sse) == pytest.approx(float(in_memory.sse), rel=1e-5)
 
 
 def test_k_equal_to_rows_keeps_every_row(make_experiment, feature_set):

@@ -1,31 +1,40 @@
-"""The compress stage's device route: where the rows live during k-means, and the fit.
+"""The compress stage's ``device`` route (a GPU's): where the rows live during k-means, and the fit.
 
-``resident``: every row fits the device budget; chunks are staged once (pinned, double-buffered,
-overlapping the reading of the next chunks), then ``lloyd_passes`` full-batch passes run on the device.
-``streamed``: a uniform sample as large as the budget allows is clustered the same way, then
-``stream_passes`` exact passes stream every chunk through the device. The budget is
-``compress.device_budget_mb``, or half of the memory the device has free; the choice and its reason are logged.
-On the CPU backend the same code runs on numpy (the route CI checks).
+``resident``: every row fits the device budget; chunks are staged once (pinned, double-buffered, overlapping
+the reading of the next chunks), then full-batch passes of the k-means core run on the device. ``streamed``:
+a uniform sample as large as the budget allows is clustered the same way, then ``stream_passes`` passes
+stream every chunk through the device (``stages.passes.StagedRows``). The passes use TF32 products where
+the plan says so (``KMeansPlan.precision``) and end with one exact FP32 pass; the resident passes stop once
+the mean squared distance moves by less than ``stop_tol`` (one number read per pass). The budget is
+``compress.device_budget_mb``, or half of the memory the device has free; the choice and its reason are
+logged. On the CPU backend the same code runs on numpy (the route CI checks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from rvc_index.compute.backend import Backend
-from rvc_index.compute.init import d2_init, random_init
-from rvc_index.compute.lloyd import LloydResult, lloyd_passes, resident_tiles, tile_rows
+from rvc_index.compute.init import init_centres
+from rvc_index.compute.lloyd import Exact, LloydResult, ResidentRows, lloyd
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress, get_logger
 from rvc_index.runtime.stream import iter_blocks, sample_row_ids, take_rows
+from rvc_index.stages.kmeans_plan import KMeansPlan
+from rvc_index.stages.passes import StagedRows
 
 TILE_BYTES = {"gpu": 2 << 30, "cpu": 128 << 20}  # one pass tile's working memory, at most a quarter of the budget
 INIT_ROWS_PER_CENTRE = 32  # the init draws from at most max(32 K, 65,536) of the device rows
 MIB = 2**20
+
+
+def tile_rows(n_centres: int, dim: int, tile_bytes: int) -> int:
+    """Rows per tile whose scores [t, K] and the sums' sorted, transposed and prefix copies [t, d] fit."""
+    return max(1, tile_bytes // (4 * n_centres + 16 * dim + 64))
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,8 @@ class DeviceRoute:
     budget_bytes: int
     tile_rows: int
     device_rows: int  # rows held on the device: all of them (resident) or the sample (streamed)
-    passes: int  # full-batch passes over the device rows
-    stream_passes: int  # exact passes streamed over every row afterwards (streamed only)
+    passes: int  # full-batch passes over the device rows, at most
+    stream_passes: int  # passes streamed over every row afterwards (streamed only)
 
 
 def choose_route(n_rows: int, dim: int, n_centroids: int, config: CompressConfig, backend: Backend,
@@ -51,17 +60,18 @@ def choose_route(n_rows: int, dim: int, n_centroids: int, config: CompressConfig
         budget, source = backend.free_bytes() // 2, f"half of the {backend.name}'s free memory"
     tile_bytes = max(1, min(TILE_BYTES[backend.name], budget // 4))
     rows_per_tile = tile_rows(n_centroids, dim, tile_bytes)
-    working = rows_per_tile * (4 * n_centroids + 12 * dim) + 16 * n_centroids * dim
+    working = rows_per_tile * (4 * n_centroids + 16 * dim) + 12 * n_centroids * dim
     data = 4 * n_rows * dim
     if data + working <= budget:
         reason = (f"{data / MIB:,.0f} MiB of rows + {working / MIB:,.0f} MiB of pass tiles fit the "
-                  f"{budget / MIB:,.0f} MiB budget ({source}): copied once, {config.lloyd_passes} full-batch passes")
+                  f"{budget / MIB:,.0f} MiB budget ({source}): copied once, up to {config.lloyd_passes} "
+                  "full-batch passes")
         return DeviceRoute("resident", reason, budget, rows_per_tile, n_rows, config.lloyd_passes, 0)
     room = budget - working - 2 * 4 * chunk_rows * dim
     device_rows = int(min(n_rows, max(n_centroids, room // (4 * dim))))
     reason = (f"{data / MIB:,.0f} MiB of rows + {working / MIB:,.0f} MiB of pass tiles exceed the "
-              f"{budget / MIB:,.0f} MiB budget ({source}): {config.lloyd_passes} full-batch passes on a "
-              f"{device_rows:,}-row device sample, then {config.stream_passes} exact passes streaming every chunk")
+              f"{budget / MIB:,.0f} MiB budget ({source}): up to {config.lloyd_passes} full-batch passes on a "
+              f"{device_rows:,}-row device sample, then {config.stream_passes} passes streaming every chunk")
     return DeviceRoute("streamed", reason, budget, rows_per_tile, device_rows, config.lloyd_passes,
                        config.stream_passes)
 
@@ -74,20 +84,12 @@ def _to_device(backend: Backend, blocks: Iterable[np.ndarray], n: int, dim: int,
     return rows
 
 
-def _streamed_tiles(features: FeatureSet, backend: Backend, rows: int, client: Any | None,
-                    progress: Progress) -> Iterator[Any]:
-    for block in backend.stage(iter_blocks(features, client, prefetch=2)):
-        for start in range(0, block.shape[0], rows):
-            yield block[start:start + rows]
-        progress.advance(block.shape[0])
-
-
-def fit_device(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,
+def fit_device(features: FeatureSet, kplan: KMeansPlan, config: CompressConfig, backend: Backend,
                rng: np.random.Generator, client: Any | None = None) -> LloydResult:
     """k-means of the whole collection on the device route; centres and counts stay on the device."""
     log = get_logger()
-    xp, n, dim = backend.xp, features.n_rows, features.dim
-    route = choose_route(n, dim, n_centroids, config, backend, max(features.chunk_rows, default=0))
+    xp, n, dim, k = backend.xp, features.n_rows, features.dim, kplan.n_centroids
+    route = choose_route(n, dim, k, config, backend, max(features.chunk_rows, default=0))
     log.info("compress: device route %s: %s", route.name, route.reason)
     if route.name == "resident":
         rows = _to_device(backend, iter_blocks(features, client, prefetch=2), n, dim,
@@ -97,24 +99,25 @@ def fit_device(features: FeatureSet, n_centroids: int, config: CompressConfig, b
         rows = _to_device(backend, iter_blocks(sample), sample.shape[0], dim,
                           Progress("compress: sample to device", sample.shape[0]))
         del sample
-    init_rows = min(rows.shape[0], max(INIT_ROWS_PER_CENTRE * n_centroids, 65_536))
+    init_rows = min(rows.shape[0], max(INIT_ROWS_PER_CENTRE * k, 65_536))
     pool = rows if init_rows == rows.shape[0] else rows[xp.asarray(sample_row_ids(rows.shape[0], init_rows, rng))]
-    if config.init == "kmeans++":
-        centres = d2_init(xp, pool, n_centroids, rng, tile_elements=route.tile_rows * n_centroids)
-    else:
-        centres = random_init(xp, pool, n_centroids, rng)
+    centres = init_centres(xp, pool, k, kplan.init, rng)
     del pool
-    result = lloyd_passes(xp, resident_tiles(rows, route.tile_rows), centres, route.passes)
-    log.info("compress: %d full-batch passes over %s device rows, mean squared distance %s, %d re-seeded",
-             route.passes, f"{rows.shape[0]:,}", " -> ".join(f"{m:.4g}" for m in result.msd[:1] + result.msd[-1:]),
-             result.reseeded)
+    assigner = Exact(route.tile_rows, backend.product(kplan.precision), backend.product("fp32"))
+
+    def logged(where: str) -> Any:
+        return lambda number, msd, count: log.info("compress: %s pass %d over %s rows, mean squared distance %.5g",
+                                                   where, number, f"{count:,}", msd)
+
+    result = lloyd(xp, ResidentRows(rows, route.tile_rows), centres, route.passes, assigner, kplan.stop_tol,
+                   on_pass=logged("device"), finish=not route.stream_passes)
+    log.info("compress: %d full-batch passes over %s device rows (%s), mean squared distance %s, %d re-seeded",
+             len(result.msd), f"{rows.shape[0]:,}", "converged" if result.converged else "every pass",
+             " -> ".join(f"{m:.4g}" for m in result.msd[:1] + result.msd[-1:]), result.reseeded)
     del rows
     if route.stream_passes:
-        progress = Progress("compress: streamed passes", n * route.stream_passes)
-        streamed = lloyd_passes(xp, lambda: _streamed_tiles(features, backend, route.tile_rows, client, progress),
-                                result.centres, route.stream_passes)
-        log.info("compress: %d exact passes streamed over %s rows, mean squared distance %s, %d re-seeded",
-                 route.stream_passes, f"{n:,}", " -> ".join(f"{m:.4g}" for m in streamed.msd), streamed.reseeded)
+        streamed = lloyd(xp, StagedRows(features, backend, route.tile_rows, client), result.centres,
+                         route.stream_passes, assigner, on_pass=logged("streamed"))
         result = LloydResult(streamed.centres, streamed.counts, result.msd + streamed.msd,
-                             result.reseeded + streamed.reseeded)
+                             result.reseeded + streamed.reseeded, result.converged)
     return result
