@@ -8,7 +8,6 @@ holds more than a few chunks. Row ``i`` of the array is id ``i`` of the index.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -16,17 +15,14 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from rvc_index.data.sources import (
     Experiment,
-    FeatureFileError,
     Manifest,
     SourceError,
-    check_unchanged,
-    load_features,
     load_group,
-    usable_row_mask,
 )
+from rvc_index.data.value_check import RowCodes, check_and_sample
 from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
 from rvc_index.runtime.progress import DETAIL, get_logger
-from rvc_index.runtime.stream import ROWS_READ, counted_load, each_result, local_threads
+from rvc_index.runtime.stream import counted_load, each_result, local_threads
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -82,68 +78,6 @@ class RowSample:
             keep = np.sort(rng.choice(rows.shape[0], size=n_rows, replace=False))
             rows, ids = rows[keep], ids[keep]
         return DrawnRows(rows, ids)
-
-
-_scratch = threading.local()
-
-
-def scratch_rows(rows: int, dim: int) -> np.ndarray:
-    """A float32 [rows, dim] buffer of the calling thread's own, reused by its next call: the value
-    check reads each file into it instead of into fresh pages (page faults cost more than the read)."""
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < rows:
-        buffer = _scratch.buffer = np.empty((max(rows, 1), dim), np.float32)
-    return buffer[:rows]
-
-
-def check_and_sample(paths: Sequence[str], dim: int, file_rows: Sequence[int], n_sample: int,
-                     seed: Sequence[int], out: np.ndarray | None = None, keep: np.ndarray | None = None
-                     ) -> tuple[list[int | str], np.ndarray, np.ndarray, np.ndarray]:
-    """Check each file's values and draw ``n_sample`` of the chunk's rows (seeded, uniform over the
-    headers' ``file_rows``; a drawn row holding NaN/Inf is left out): one read of each file. A value too
-    large for float32 distances makes its file unusable (``sources.usable_row_mask``).
-
-    Returns (per file: finite rows, or a problem string for a file that cannot be used; the drawn
-    rows [<= n_sample, dim], written into ``out`` when given; each one's file (index into ``paths``);
-    its index among that file's finite rows). ``keep``: a float32 [sum(file_rows), dim] buffer that
-    ends up holding the chunk's finite rows in order, as ``load_group`` reads them (a resident
-    collection is read once); a file whose row count changed since its header was read is then a problem.
-    """
-    results: list[int | str] = []
-    total = sum(file_rows)
-    picks = np.sort(np.random.default_rng(list(seed)).choice(total, size=min(n_sample, total), replace=False))
-    rows_out = np.empty((len(picks), dim), np.float32) if out is None else out[:len(picks)]
-    file_of = np.empty(len(picks), np.int64)
-    row_in_file = np.empty(len(picks), np.int64)
-    filled, start, kept = 0, 0, 0
-    for index, (path, expected) in enumerate(zip(paths, file_rows)):
-        lo, hi = np.searchsorted(picks, [start, start + expected])
-        local = picks[lo:hi] - start
-        start += expected
-        try:
-            array = load_features(path, dim, scratch_rows(expected, dim) if keep is None else keep[kept:])
-            if keep is not None:
-                check_unchanged(path, expected, array.shape[0])
-            ROWS_READ.add(array.shape[0])
-            mask = usable_row_mask(path, array)  # a value too large for float32 distances: a bad file
-        except FeatureFileError as exc:
-            results.append(exc.problem)
-            continue
-        finite = int(mask.sum())
-        results.append(finite if finite else f"all {array.shape[0]} rows are NaN or Inf")
-        local = local[local < array.shape[0]]  # a file shorter than its header now: the chunk's load says so
-        local = local[mask[local]]
-        if local.size:
-            np.take(array, local, axis=0, out=rows_out[filled:filled + local.size], mode="clip")  # one copy, in range
-            file_of[filled:filled + local.size] = index
-            row_in_file[filled:filled + local.size] = local if finite == array.shape[0] else \
-                (np.cumsum(mask) - 1)[local]
-            filled += local.size
-        if keep is not None:
-            if finite < array.shape[0] or not np.shares_memory(array, keep):  # NaN rows out, or not read in place
-                keep[kept:kept + finite] = array[mask]
-            kept += finite
-    return results, rows_out[:filled], file_of[:filled], row_in_file[:filled]
 
 
 def share_rows(sizes: Sequence[int], total: int) -> list[int]:
@@ -238,12 +172,14 @@ def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_row
 
 def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float = 128.0,
                      on_bad_file: str = "error", client: object | None = None, sample_rows: int = 0,
-                     seed: int = 0, resident: bool = False) -> FeatureSet:
+                     seed: int = 0, resident: bool = False, row_codes: RowCodes | None = None) -> FeatureSet:
     """Check every file's values on the Dask workers or local threads (NaN/Inf rows counted) and open
     it lazily. ``sample_rows`` > 0: the same read also draws about that many rows, in proportion to
     each chunk's rows (``FeatureSet.sample``, for the k-means init). On local threads the chunks are
     a multiple of the threads (``plan_chunks``). ``resident`` (local only: ``resident_fits``): the
-    check keeps every chunk it reads (``FeatureSet.resident``), unless a file had to be skipped."""
+    check keeps every chunk it reads (``FeatureSet.resident``), unless a file had to be skipped.
+    ``row_codes`` (local only; a GPU build's ``compute.values.device_row_codes``): each chunk's values are
+    checked on the device in one call while the threads read the next chunks (``check_and_sample``)."""
     log = get_logger()
     chunk_bytes = max(1, int(chunk_mb * 2**20))
     parallel = local_threads() if client is None else 1
@@ -257,7 +193,7 @@ def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float
     tasks = [functools.partial(check_and_sample,  # locally the rows land in ``sample``
                                _chunk_paths(manifest, c), manifest.dim, rows, n, (seed, i),
                                None if client is not None else sample[offsets[i]:offsets[i + 1]],
-                               kept[i] if resident else None)
+                               kept[i] if resident else None, row_codes if client is None else None)
              for i, (c, rows, n) in enumerate(zip(chunks, header_rows, shares))]
     filled = np.zeros(len(chunks), dtype=np.int64)
     checked: list[list[int | str]] = [[] for _ in chunks]

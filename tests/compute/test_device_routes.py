@@ -140,3 +140,37 @@ def test_the_warm_up_launches_every_kernel_the_device_routes_launch(make_experim
         launched |= DeviceArray.counts.kernels
     assert not launched - warmed, sorted(launched - warmed)
     assert warm_kernels(GPU).compiled == 0 and warm_kernels(GPU).describe().startswith("kernels warmed in")
+
+
+def test_the_value_check_on_the_device_reads_back_once_per_chunk_and_agrees_with_the_host(make_experiment,
+                                                                                          feature_set):
+    from rvc_index.compute.values import device_row_codes
+    from rvc_index.data.feature_set import open_feature_set
+    from rvc_index.data.sources import value_bound
+
+    path = make_experiment("values", 6000, 64)
+    experiment, manifest = (lambda f: (f.experiment, f.manifest))(feature_set(path, chunk_mb=0.1))
+    folder = sorted(path.glob("3_feature*"))[0]
+    first = sorted(folder.glob("*.npy"))[0]
+    broken = np.load(first)
+    broken[::3, 2] = np.nan  # a third of its rows dropped
+    np.save(first, broken)  # the same shape and bytes: the headers scanned above still hold
+    opened = {}
+    for where, codes in (("host", None), ("device", device_row_codes(GPU, value_bound(64)))):
+        calls, transfers = measure(lambda codes=codes, where=where: opened.setdefault(where, open_feature_set(
+            experiment, manifest, 0.1, sample_rows=500, seed=3, row_codes=codes)))
+        if where == "device":
+            assert transfers == len(opened[where].chunks) and calls <= 3 * len(opened[where].chunks)
+    host, device = opened["host"], opened["device"]
+    assert device.file_rows == host.file_rows and device.dropped_rows == host.dropped_rows > 0
+    np.testing.assert_array_equal(device.sample.rows, host.sample.rows)
+    np.testing.assert_array_equal(device.sample.ids, host.sample.ids)
+    huge = np.load(first)
+    huge[7, 1] = 1e35  # beyond float32 distances: the file is bad, named the same way on both routes
+    np.save(first, huge)
+    problems = []
+    for codes in (None, device_row_codes(GPU, value_bound(64))):
+        with pytest.raises(Exception) as caught:
+            open_feature_set(experiment, manifest, 0.1, row_codes=codes)
+        problems.append(str(caught.value))
+    assert problems[0] == problems[1] and "row 7" in problems[0]
