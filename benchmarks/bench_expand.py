@@ -150,8 +150,9 @@ VARIANTS = {"off": ["expand.enabled=false"], "on": ["expand.enabled=true"],
 
 
 def effect(args: argparse.Namespace, backend: Backend) -> list[dict[str, Any]]:
+    from rvc_index.data.layouts import feature_dir_name
     from rvc_index.job.runner import build_experiment
-    from rvc_index.tools.synth import DEMO_SPEAKERS, feature_dir_name, save_npy, utterances
+    from rvc_index.tools.synth import DEMO_SPEAKERS, save_npy, utterances
 
     wanted = set(args.effect_speakers.split(",")) if args.effect_speakers else None
     rows_out = []
@@ -176,7 +177,7 @@ def effect(args: argparse.Namespace, backend: Backend) -> list[dict[str, Any]]:
                 result = build_experiment(folder, config, Path(work) / variant / name, backend)
                 row[variant] = rvc_blend_stats(result.index_path, queries)
                 if variant == "on":
-                    row["expansion"] = {key: result.record.expansion.get(key) for key in
+                    row["expansion"] = {key: getattr(result.record.expansion, key) for key in
                                         ("method", "nprobe", "neighbour_recall", "mean_cosine", "seconds")}
             rows_out.append(row)
             print(json.dumps(row), flush=True)

@@ -73,11 +73,11 @@ def measure(vectors: np.ndarray, lists: str, holdout: Any, features: Any, refere
     from rvc_index.evaluation.evaluate import evaluate_index
     from rvc_index.evaluation.sizing import full_plan
     from rvc_index.inspection.consumers import holdings, static_problems
+    from rvc_index.inspection.describe import list_sizes
     from rvc_index.runtime.progress import Progress
     from rvc_index.runtime.stream import iter_batches
     from rvc_index.stages.indexing import (
         add_batches,
-        list_sizes,
         nprobe_for_k,
         plan_index,
         set_search_params,
@@ -112,7 +112,8 @@ def run_frontier(feature_dir: Path, stored: Sequence[int | None], formats: Seque
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
     from rvc_index.data.feature_set import open_feature_set
-    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.data.layouts import resolve_experiment
+    from rvc_index.data.sources import scan_manifest
     from rvc_index.evaluation.evaluate import exact_reference
     from rvc_index.evaluation.holdout import holdout_from_folder
     from rvc_index.stages.compress import budget_vectors

@@ -66,7 +66,8 @@ def dataset(data_dir: Path, rows: int, dim: int, seed: int = 0, collection: str 
 
 def open_features(feature_dir: Path) -> Any:
     from rvc_index.data.feature_set import open_feature_set
-    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.data.layouts import resolve_experiment
+    from rvc_index.data.sources import scan_manifest
 
     experiment = resolve_experiment(feature_dir)
     return open_feature_set(experiment, scan_manifest(experiment))

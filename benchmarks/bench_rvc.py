@@ -117,7 +117,8 @@ def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_
     import faiss
     from rvc_index.compute.backend import select_backend
     from rvc_index.data.feature_set import open_feature_set
-    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.data.layouts import resolve_experiment
+    from rvc_index.data.sources import scan_manifest
     from rvc_index.evaluation.evaluate import evaluate_index, exact_reference
     from rvc_index.evaluation.holdout import holdout_from_folder
     from rvc_index.evaluation.sizing import full_plan

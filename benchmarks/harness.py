@@ -35,9 +35,10 @@ def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: in
 
     Reused when ``work`` already holds the same collection (a marker records its parameters).
     """
+    from rvc_index.data.layouts import feature_dir_name
     from rvc_index.runtime.outputs import write_atomic, write_json_atomic
     from rvc_index.tools import speechlike, synth
-    from rvc_index.tools.synth import MAX_FRAMES, feature_dir_name, save_npy
+    from rvc_index.tools.synth import MAX_FRAMES, save_npy
 
     def utterances(n: int, d: int, seed_words: list[int]):
         return synth.utterances(n, d, seed_words) if kind == "synth" else speechlike.utterances(kind, n, d, seed_words)
@@ -72,9 +73,9 @@ def generate(work: Path, rows: int, dim: int, heldout_rows: int = 2000, seed: in
 
 def split_collection(feature_dir: Path, work: Path, fraction: float = 0.02, seed: int = 0) -> Collection:
     """A given collection: whole files held out (symlinked into their own folder), the rest indexed."""
-    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.data.layouts import feature_dir_name, resolve_experiment
+    from rvc_index.data.sources import scan_manifest
     from rvc_index.evaluation.holdout import choose_files
-    from rvc_index.tools.synth import feature_dir_name
 
     experiment = resolve_experiment(feature_dir)
     manifest = scan_manifest(experiment)

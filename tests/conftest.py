@@ -14,7 +14,7 @@ from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
 CONSUMERS_SCRIPT = REPO / "pipeline" / "inspection" / "consumers.py"
-# The faiss releases the consumers pin (../shared/docs/rvc-contract.md): RVC 20240604 and w-okada 1.7.3 (numpy < 2),
+# The faiss releases the consumers pin (docs/consumers.md): RVC 20240604 and w-okada 1.7.3 (numpy < 2),
 # Applio 1.14.3; each in an environment of its own (`make compat`), named by `make test` (CI) through these variables.
 FAISS_ENVS = {"1.7.3": ("RVC_INDEX_COMPAT_PYTHON", ".venv-compat"),
               "1.14.3": ("RVC_INDEX_APPLIO_PYTHON", ".venv-applio")}
@@ -109,7 +109,8 @@ def consumer_check(tmp_path):
 def open_features(path: Path, chunk_mb: float = 0.5, client=None):
     """The FeatureSet of an experiment folder (its one ``3_feature<D>`` folder) or feature folder."""
     from rvc_index.data.feature_set import open_feature_set
-    from rvc_index.data.sources import resolve_experiment, scan_manifest
+    from rvc_index.data.layouts import resolve_experiment
+    from rvc_index.data.sources import scan_manifest
 
     folders = sorted(path.glob("3_feature*"))
     experiment = resolve_experiment(folders[0] if folders else path)

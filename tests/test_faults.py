@@ -27,7 +27,8 @@ from rvc_index.batch.jobs import plan_jobs, run_batch
 from rvc_index.cli import main
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
-from rvc_index.data.sources import resolve_experiment, scan_manifest, value_bound
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest, value_bound
 from rvc_index.job.guard import StageMemoryError
 from rvc_index.job.locks import HOLDER_NAME, LOCK_NAME
 from rvc_index.job.naming import ascii_name
@@ -603,8 +604,8 @@ def test_memory_guard_shrinks_chunks_to_fit(tmp_path):
                          [*settings, f"safety.memory_limit_mb={limit:.0f}", "safety.memory_guard=shrink"])
     result = build_experiment(exp, shrink, tmp_path / "shrunk")
     memory = result.record.memory
-    assert result.status == "built" and memory["shrunk_from_chunk_mb"] == 64.0 and memory["chunk_mb"] < 64
-    assert result.record.index["ntotal"] == 64 and files_in(tmp_path / "refused") == []
+    assert result.status == "built" and memory.shrunk_from_chunk_mb == 64.0 and memory.chunk_mb < 64
+    assert result.record.index.ntotal == 64 and files_in(tmp_path / "refused") == []
 
 
 # --- the matrix ---------------------------------------------------------------------------------------------
@@ -616,7 +617,7 @@ REFERENCES = {  # cases (or parts of them) proved in full by tests elsewhere
         "tests/data/test_sources.py::test_load_group_drops_nonfinite_rows"],
     11: ["tests/stages/test_indexing.py::test_plan_lowers_what_the_data_cannot_support",
          "tests/batch/test_batch.py::test_failing_experiments_are_isolated_and_reported"],
-    12: ["tests/data/test_sources.py::test_missing_and_empty_folders"],
+    12: ["tests/data/test_layouts.py::test_missing_and_empty_folders"],
     15: ["tests/job/test_build.py::test_rerun_skips_and_changes_rebuild"],
     17: ["tests/job/test_build.py::test_trained_in_output_path_is_refused"],
     19: ["tests/batch/test_batch.py::test_sigkill_partway_then_rerun_resumes_with_identical_bytes"],

@@ -20,16 +20,11 @@ from rvc_index.cli import main
 from rvc_index.config.loading import config_from_dict, load_config
 from rvc_index.config.schema import WIDE_INT_KEYS, Config, ConfigError
 from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import (
-    FeatureFileError,
-    SourceError,
-    check_name_fits,
-    load_features,
-    resolve_experiment,
-    scan_manifest,
-)
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import FeatureFileError, SourceError, load_features, scan_manifest
 from rvc_index.evaluation.holdout import holdout_from_folder
 from rvc_index.evaluation.index_file import IndexFileError, read_index_file
+from rvc_index.inspection.rvc_files import OutputError, check_stem
 from rvc_index.tools.synth import SpeakerSpec, write_speaker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,9 +116,9 @@ def test_non_utf8_file_name_builds_and_is_named(tmp_path, capsys):
 
 
 def test_long_experiment_name_fails_before_any_work(tmp_path, capsys):
-    check_name_fits("x" * 160)
-    with pytest.raises(SourceError, match="the experiment name is 230 bytes"):
-        check_name_fits("x" * 230)
+    check_stem("v", "x" * 160)
+    with pytest.raises(OutputError, match="the experiment name is 230 bytes"):
+        check_stem("v", "x" * 230)
     folder = folder_of(tmp_path, {"a.npy": rows(50)})
     named = folder.parent.rename(tmp_path / ("v" * 230))
     started = time.perf_counter()

@@ -39,7 +39,8 @@ from rvc_index.batch.joblog import experiment_log, log_path
 from rvc_index.batch.summary import BatchRecord, BatchReport, lost_record, printable, progress_line, write_report
 from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.schema import Config
-from rvc_index.data.sources import FEATURE_DIRS, SourceError
+from rvc_index.data.files import SourceError, is_feature_name
+from rvc_index.data.layouts import find_experiments, resolve_experiment
 from rvc_index.errors import RvcIndexError
 from rvc_index.job.naming import file_stem
 from rvc_index.job.runner import build_experiment
@@ -79,35 +80,15 @@ class Job:
         return self.out_dir or self.path
 
 
-def is_experiment(folder: Path) -> bool:
-    """RVC's ``logs/<exp>`` layout: a ``3_feature256`` or ``3_feature768`` folder inside."""
-    return any((folder / name).is_dir() for name in FEATURE_DIRS)
-
-
-def discover(root: str | Path) -> list[Path]:
-    """Experiment folders under ``root`` in name order (``root`` itself if it is one)."""
-    root = Path(root).expanduser().absolute()
-    if not root.is_dir():
-        raise SourceError(f"{root}: no such folder")
-    if is_experiment(root):
-        return [root]
-    found = [p for p in sorted(root.iterdir()) if p.is_dir() and is_experiment(p)]
-    if not found:
-        raise SourceError(f"{root}: no experiments (<exp>/3_feature256 or <exp>/3_feature768) found")
-    return found
-
-
 def feature_size(folder: Path) -> tuple[int, int]:
-    """(number, total bytes) of the ``.npy`` files in an experiment's feature folders."""
+    """(number, total bytes) of the feature files an experiment's build would read (``data.layouts`` finds
+    them, ``data.files`` says which entries are feature files)."""
     files = size = 0
-    for name in FEATURE_DIRS:
-        if not (folder / name).is_dir():
-            continue
-        with os.scandir(folder / name) as entries:
-            for entry in entries:
-                if entry.name.endswith(".npy") and entry.is_file():
-                    files += 1
-                    size += entry.stat().st_size
+    with os.scandir(resolve_experiment(folder).feature_dir) as entries:
+        for entry in entries:
+            if is_feature_name(entry.name) and entry.is_file():
+                files += 1
+                size += entry.stat().st_size
     return files, size
 
 
@@ -173,17 +154,19 @@ def plan_jobs(root: str | Path, config: Config, out: str | Path | None = None, o
               shard: tuple[int, int] | None = None) -> list[Job]:
     """The experiments to build, each with its output folder and run mode.
 
-    An experiment whose feature folder cannot be listed (permissions) is planned with its
-    ``problem``: it fails alone, the others build.
+    An experiment whose feature folder cannot be found or listed (v1 and v2 both, permissions) is planned
+    with its ``problem``: it fails alone, the others build.
     """
     out = check_output_folder("--out", out) if out is not None else None  # "" is not the current folder
-    folders = {p.name: p for p in discover(root)}
+    folders = {p.name: p for p in find_experiments(root)}
     threshold = config.cluster.stream_above_mb * 2**20
     jobs = []
     for name in one_name_per_folder({name: folders[name] for name in select(list(folders), only)}):
         problem = None
         try:
             files, size = feature_size(folders[name])
+        except SourceError as exc:
+            files, size, problem = 0, 0, str(exc)
         except OSError as exc:
             files, size, problem = 0, 0, f"{exc.filename or folders[name]}: cannot read: {exc.strerror or exc}"
         folder = file_stem(name, config)  # RVC on Windows needs ASCII paths

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from rvc_index.errors import RvcIndexError
+from rvc_index.inspection.rvc_files import TOTAL_FEA
 from rvc_index.runtime.outputs import TEMP_MARKER
 from rvc_index.runtime.progress import get_logger
 
@@ -26,7 +27,6 @@ from rvc_index.runtime.progress import get_logger
 # constructor recursion depth mismatch" (python/cpython#106905). A header takes microseconds: one at a time.
 _HEADER_LOCK = threading.Lock()
 
-OUTPUT_NPY_NAMES = frozenset({"total_fea.npy"})  # RVC's and our ``output.write_total_fea``: index vectors
 APPLEDOUBLE_PREFIX = "._"
 
 
@@ -160,11 +160,17 @@ def _not_features(name: str) -> str | None:
         return "macOS AppleDouble metadata"
     if name.startswith(".") or TEMP_MARKER in name:
         return "hidden or temporary"
-    if name in OUTPUT_NPY_NAMES:
+    if name == TOTAL_FEA:
         return "an index's stored vectors (RVC's or ours), not an utterance"
     if not name.endswith(".npy"):
         return "not .npy"
     return None
+
+
+def is_feature_name(name: str) -> bool:
+    """True when an entry named ``name`` may be a feature file (an ``.npy`` that is not hidden, temporary or
+    an index's stored vectors)."""
+    return _not_features(name) is None
 
 
 def list_feature_files(folder: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:

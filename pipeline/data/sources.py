@@ -1,7 +1,8 @@
-"""Find an experiment's feature files, validate them from their headers, load them.
+"""An experiment's feature files: validated from their headers (the manifest), loaded, their values checked.
 
-Files are taken in ``sorted()`` name order, as RVC does (``rvc_index.data.files`` says which entries
-are feature files). ``rvc_index.data.feature_set`` turns the validated files into a lazy dask array.
+Files are taken in ``sorted()`` name order, as RVC does (``rvc_index.data.layouts`` says where they are,
+``rvc_index.data.files`` which entries are feature files). ``rvc_index.data.feature_set`` opens the validated
+files as one collection.
 """
 
 from __future__ import annotations
@@ -17,77 +18,14 @@ import numpy as np
 from rvc_index.data.files import (
     FeatureFileError,
     SourceError,
-    broken_link,
     check_array_meta,
     list_feature_files,
     load_checked,
     read_header_and_stat,
     shown_name,
 )
+from rvc_index.data.layouts import VERSION_BY_DIM, Experiment
 from rvc_index.runtime.progress import get_logger
-
-FEATURE_DIRS = {"3_feature256": ("v1", 256), "3_feature768": ("v2", 768)}
-VERSION_BY_DIM = {256: "v1", 768: "v2"}
-APPLIO_FEATURES = "extracted"  # Applio: logs/<model>/extracted/*.npy, index at logs/<model>/<model>.index
-MAX_STEM_BYTES = 160  # index names add <= 81 bytes (layout, nprobe, version, temp suffix) to stay under 255
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """Where an experiment's features live and what they should look like."""
-
-    name: str
-    feature_dir: Path
-    exp_dir: Path  # RVC's logs/<exp> folder: the default output folder
-    version: str | None  # v1 / v2 from the folder name, None when the folder is not RVC's
-    expected_dim: int | None
-
-
-def _has_npy(folder: Path) -> bool:
-    return folder.is_dir() and any(name.endswith(".npy") for name in os.listdir(folder))
-
-
-def resolve_experiment(path: str | Path) -> Experiment:
-    """Accept ``<exp>``, ``<exp>/3_feature256|768``, Applio's ``<model>`` or ``<model>/extracted``, or any
-    folder of ``.npy`` files."""
-    path = Path(path).expanduser().absolute()
-    if not path.exists():
-        raise SourceError(f"{path}: {broken_link(path) or 'no such folder'}")
-    if not path.is_dir():
-        raise SourceError(f"{path}: not a folder")
-    if path.name in FEATURE_DIRS:
-        version, dim = FEATURE_DIRS[path.name]
-        return Experiment(path.parent.name, path, path.parent, version, dim)
-    if path.name == APPLIO_FEATURES:  # Applio's logs/<model>/extracted: named after the model folder
-        return Experiment(path.parent.name, path, path.parent, None, None)
-    for name in FEATURE_DIRS:
-        broken = broken_link(path / name)
-        if broken:
-            raise SourceError(f"{path / name}: {broken}")
-    candidates = [path / name for name in FEATURE_DIRS if _has_npy(path / name)]
-    if len(candidates) > 1:
-        raise SourceError(
-            f"{path}: holds both 3_feature256 (v1) and 3_feature768 (v2) features; "
-            "pass the one feature folder to index"
-        )
-    if candidates:
-        version, dim = FEATURE_DIRS[candidates[0].name]
-        return Experiment(path.name, candidates[0], path, version, dim)
-    if any((path / name).is_dir() for name in FEATURE_DIRS):
-        empty = [name for name in FEATURE_DIRS if (path / name).is_dir()]
-        raise SourceError(f"{path / empty[0]}: folder holds no .npy feature files")
-    if _has_npy(path / APPLIO_FEATURES) and not _has_npy(path):
-        return Experiment(path.name, path / APPLIO_FEATURES, path, None, None)
-    return Experiment(path.name, path, path.parent, None, None)
-
-
-def check_name_fits(stem: str) -> None:
-    """Raise SourceError when ``stem`` (the experiment's name as file names carry it) would make
-    an index file name longer than file systems allow (255 bytes): before any work, not at write."""
-    size = len(stem.encode("utf-8", "surrogateescape"))
-    if size > MAX_STEM_BYTES:
-        raise SourceError(f"{stem[:40]}...: the experiment name is {size} bytes; index file names carry it and "
-                          f"must stay under 255 bytes, so at most {MAX_STEM_BYTES}: rename the experiment folder")
 
 
 @dataclass(frozen=True)
@@ -176,12 +114,7 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
             continue
         files.append(FeatureFile(name, shape[0], shape[1], dtype.str, info.st_size, info.st_mtime_ns))
     problems.sort()
-    if problems and on_bad_file == "error":
-        listed = "\n".join(f"  {folder / shown_name(name)}: {problem}" for name, problem in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise SourceError(f"{len(problems)} bad feature file(s) in {folder}:\n{listed}{more}")
-    for name, problem in problems:
-        log.warning("skipping %s: %s", folder / shown_name(name), problem)
+    settle_bad_files(folder, problems, on_bad_file)
     if empty:
         log.warning("%s: %d files hold 0 rows and are left out", folder, len(empty))
     if not files:
@@ -190,6 +123,18 @@ def scan_manifest(experiment: Experiment, on_bad_file: str = "error") -> Manifes
     version = experiment.version or VERSION_BY_DIM.get(dim, f"d{dim}")
     return Manifest(str(folder), int(dim), version, tuple(files), tuple(problems), tuple(ignored),
                     tuple(sorted(empty)))
+
+
+def settle_bad_files(folder: Path | str, problems: Sequence[tuple[str, str]], on_bad_file: str) -> None:
+    """The bad-file policy, for the headers' check and the values' alike: ``source.on_bad_file=error`` raises one
+    SourceError listing every bad file of ``folder`` with its problem (the first 20); ``skip`` logs each as left
+    out (the caller leaves them out and records them)."""
+    if problems and on_bad_file == "error":
+        listed = "\n".join(f"  {Path(folder) / shown_name(name)}: {problem}" for name, problem in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise SourceError(f"{len(problems)} bad feature file(s) in {folder}:\n{listed}{more}")
+    for name, problem in problems:
+        get_logger().warning("skipping %s: %s", Path(folder) / shown_name(name), problem)
 
 
 def load_features(path: Path | str, dim: int, into: np.ndarray | None = None) -> np.ndarray:

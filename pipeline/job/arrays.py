@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from rvc_index.data.layouts import feature_dir_name
 from rvc_index.data.sources import to_float32, usable_row_mask
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import OutputWriteError
@@ -105,7 +106,7 @@ def staged_array(frames: np.ndarray, out: Path) -> Iterator[StagedArray]:
         raise ArrayError(f"{LABEL}: all {frames.shape[0]} rows hold NaN or Inf")
     _remove_stale_stages(out)
     with tempfile.TemporaryDirectory(prefix=f"{STAGE_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=out) as root:
-        staged = StagedArray(Path(root) / "array" / f"3_feature{frames.shape[1]}", _file_rows(finite))
+        staged = StagedArray(Path(root) / "array" / feature_dir_name(frames.shape[1]), _file_rows(finite))
         try:
             staged.folder.mkdir(parents=True)
             for number, (start, stop) in enumerate(staged.rows):

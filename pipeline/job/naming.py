@@ -1,6 +1,6 @@
 """Names of what a build writes: the experiment's name as file names carry it, the index file name that
-RVC's and Applio's lookups find (``../shared/docs/rvc-contract.md``, item 9), and the files beside the
-index (resolved config, report, picture), one set per experiment and preset so that builds of several
+RVC's and Applio's lookups find (docs/consumers.md; their file rules: ``inspection.rvc_files``), and the files
+beside the index (resolved config, report, picture), one set per experiment and preset so that builds of several
 experiments or presets into one folder never read or replace each other's."""
 
 from __future__ import annotations
@@ -13,18 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from rvc_index.config.schema import Config
-from rvc_index.data.sources import Experiment, check_name_fits
-from rvc_index.errors import RvcIndexError
+from rvc_index.data.layouts import Experiment
+from rvc_index.inspection.rvc_files import INDEX_SUFFIX, OutputError, check_index_path, check_stem
 from rvc_index.runtime.outputs import read_json
 from rvc_index.runtime.progress import get_logger
 from rvc_index.stages.indexing import IndexPlan
-
-INDEX_SUFFIX = ".index"
-REWRITTEN = "trained"  # RVC and Applio rewrite it to "added" when loading, and skip such files in lookups
-
-
-class OutputError(RvcIndexError, RuntimeError):
-    """The output place cannot take this build (not writable, 'trained' in the path, taken)."""
 
 
 def ascii_name(name: str) -> str:
@@ -46,11 +39,7 @@ def file_stem(name: str, config: Config) -> str:
 def check_names(name: str, out: Path, config: Config) -> None:
     """Refuse a name RVC would rewrite; warn about paths RVC's GUI and faiss on Windows cannot open."""
     stem = file_stem(name, config)
-    check_name_fits(stem)  # a name too long for an index file name fails now, not at the write stage
-    if REWRITTEN in stem:
-        raise OutputError(f"{name}: 'trained' in the experiment name, so in the index file name; RVC and "
-                          "Applio rewrite it to 'added' when loading, so the index would never be found: "
-                          "rename the experiment")
+    check_stem(name, stem)
     if stem != name:
         get_logger().warning("%s: not ASCII: RVC's GUI and faiss on Windows refuse such paths; the index file is "
                              "named with '%s' (output.ascii_names)", name, stem)
@@ -131,12 +120,7 @@ def output_place(experiment: Experiment, out_dir: str | Path | None = None, inde
             raise OutputError(f"--index-path {path}: is a folder; name the .index file to write")
         if out_dir is not None and path.parent != Path(out_dir).expanduser().absolute():
             raise OutputError(f"--index-path {path} and --out {out_dir}: give one of them")
-        if not path.name.endswith(INDEX_SUFFIX) or path.name == INDEX_SUFFIX:
-            raise OutputError(f"{path}: an index path must name a '<something>.index' file (RVC and Applio "
-                              "only list files ending in .index)")
-        if REWRITTEN in path.name:
-            raise OutputError(f"{path}: '{REWRITTEN}' in the index file name; RVC and Applio rewrite it to "
-                              "'added' when loading, so the index would never be found")
+        check_index_path(path)
         return OutputPlace(experiment, path.parent, path.name)
     out = Path(out_dir).expanduser().absolute() if out_dir is not None else experiment.exp_dir
     return OutputPlace(experiment, out)

@@ -25,12 +25,11 @@ from pathlib import Path
 
 from rvc_index.errors import RvcIndexError
 from rvc_index.inspection.consumers import file_problems
+from rvc_index.inspection.rvc_files import INDEX_SUFFIX, listed_by_lookups
 from rvc_index.runtime.outputs import read_json, write_json_atomic
 from rvc_index.runtime.progress import get_logger
 
-INDEX_SUFFIX = ".index"
 RETIRED_SUFFIX = ".retired"
-SKIPPED_BY_LOOKUPS = "trained"  # both lookups leave out files whose name holds it
 MANIFEST_NAME = "rvc-index-retired.json"  # what builds retired in a folder (relative paths), for unretire
 REPORT_PREFIX, REPORT_SUFFIX = "rvc-index-", ".report.json"  # build.naming.BuildFiles.report
 RVC_PATTERN = re.compile(r"_nprobe_\d+_(?P<voice>.+)_(?:v\d+|d\d+)\.index$")  # RVC's, its links' and ours
@@ -38,11 +37,6 @@ RVC_PATTERN = re.compile(r"_nprobe_\d+_(?P<voice>.+)_(?:v\d+|d\d+)\.index$")  # 
 
 class RetireError(RvcIndexError, OSError):
     """A retired index cannot be restored (its old name is taken) or a retirement failed."""
-
-
-def listed_by_lookups(name: str) -> bool:
-    """True for a file name RVC's and Applio's index lists include."""
-    return name.endswith(INDEX_SUFFIX) and SKIPPED_BY_LOOKUPS not in name
 
 
 def voice_named(file_name: str) -> str:

@@ -20,11 +20,12 @@ import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import replace_ivf_quantizer
 from rvc_index.compute.backend import Backend
-from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, BudgetConfig, IndexConfig
+from rvc_index.config.schema import LIST_FORMATS, BudgetConfig, IndexConfig
 from rvc_index.errors import RvcIndexError
 from rvc_index.inspection.consumers import static_problems
+from rvc_index.inspection.describe import check_rows
 from rvc_index.runtime.memory import F32, StageEstimate
-from rvc_index.runtime.outputs import write_atomic, writing
+from rvc_index.runtime.outputs import writing
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.stream import sample_row_ids, take_rows
 
@@ -46,7 +47,7 @@ SEARCH_US_PER_SCANNED_MB = 33.0
 SEARCH_US_PER_COARSE_MDIM = 110.0  # per million centroid dimensions (n_list x D)
 SEARCH_DECODE_US_PER_MDIM = {"flat": 0.0, "fp16": 26.0, "sq8": 91.0, "pq8": 85.0}  # per million dimensions decoded
 PQ_DECODE_DIMS = 16  # a pq8 code is decoded like this many dimensions (one table lookup per sub-quantizer)
-FRAMES_CROWDING = 3.0  # measured 2-6x on speech-derived collections of 175k-1M frames
+FRAMES_CROWDING = 3.0  # speech-derived collections of 175k-1M frames (docs/benchmarks.md, "Lab notes")
 
 
 class IndexBuildError(RvcIndexError, ValueError):
@@ -85,15 +86,6 @@ class IndexPlan:
 def rule_n_list(n_rows: int, sqrt_factor: float, min_rows_per_list: int) -> int:
     """``max(1, min(int(sqrt_factor * sqrt(N)), N // min_rows_per_list))`` (RVC: 16 and 39)."""
     return max(1, min(int(sqrt_factor * math.sqrt(n_rows)), n_rows // min_rows_per_list))
-
-
-def check_rows(n_rows: int, where: str = "") -> None:
-    """Raise IndexBuildError when fewer rows than the k=8 RVC asks for (``where``: their folder)."""
-    if n_rows < SEARCH_K:
-        raise IndexBuildError(
-            f"only {n_rows} rows{f' in {where}' if where else ''}: RVC and Applio search k={SEARCH_K} neighbours, "
-            f"so at least {SEARCH_K} rows are needed"
-        )
 
 
 def search_us(lists: str, dim: int, n_rows: int, n_list: int, nprobe: int, pq_m: int = 0,
@@ -225,6 +217,7 @@ def train_index(vectors: Any, plan: IndexPlan, backend: Backend, iterations: int
     centroids = train_coarse(sample, plan.n_list, backend, iterations, seed)
     return assemble_index(plan, centroids, sample)
 
+
 def add_batches(index: faiss.Index, batches: Iterable[np.ndarray], backend: Backend, progress: Progress) -> None:
     """Add every batch with plain ``add`` (ids 0..N-1 in order); list assignment on the backend."""
     ivf = faiss.extract_index_ivf(index)
@@ -238,12 +231,6 @@ def add_batches(index: faiss.Index, batches: Iterable[np.ndarray], backend: Back
     finally:
         if cpu_quantizer is not None:
             replace_ivf_quantizer(ivf, cpu_quantizer)
-
-
-def list_sizes(index: faiss.Index) -> np.ndarray:
-    """[n_list] number of vectors in each inverted list."""
-    invlists = faiss.extract_index_ivf(index).invlists
-    return np.array([invlists.list_size(i) for i in range(invlists.nlist)], dtype=np.int64)
 
 
 def nprobe_for_k(sizes: np.ndarray, k: int, nprobe: int) -> int:
@@ -271,42 +258,9 @@ def check_consumers(index: faiss.Index, dim: int) -> None:
         raise IndexBuildError(f"the index built would break a tool that loads it, so it is not written ({said})")
 
 
-def write_index(index: faiss.Index, path: Path) -> Path:
-    """``save_index`` to a temporary name, then rename into place."""
-    return write_atomic(Path(path), lambda tmp: save_index(index, tmp))
-
-
 def save_index(index: faiss.Index, path: Path) -> None:
     """``index`` serialised to ``path`` through a Python file object: faiss's own file API takes only
     UTF-8 strings, so a folder named in another encoding (or, on Windows, outside the ANSI code page)
     could not be written."""
     with writing(path), open(path, "wb") as handle:
         faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
-
-
-def describe_index(index: faiss.Index) -> dict[str, Any]:
-    """Type, width, size, search settings and list-size spread of a (loaded) index."""
-    typed = faiss.downcast_index(index)  # a view: ``index`` keeps owning the C++ object
-    info: dict[str, Any] = {
-        "type": type(typed).__name__,
-        "d": int(index.d),
-        "ntotal": int(index.ntotal),
-        "metric": "L2" if index.metric_type == faiss.METRIC_L2 else f"metric {index.metric_type}",
-    }
-    if isinstance(typed, faiss.IndexRefine):
-        info["k_factor"] = float(typed.k_factor)
-        info["base_type"] = type(faiss.downcast_index(typed.base_index)).__name__
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return info
-    sizes = list_sizes(index)
-    info.update({
-        "n_list": int(ivf.nlist),
-        "nprobe": int(ivf.nprobe),
-        "list_size_min": int(sizes.min()),
-        "list_size_median": float(np.median(sizes)),
-        "list_size_max": int(sizes.max()),
-        "empty_lists": int((sizes == 0).sum()),
-    })
-    return info

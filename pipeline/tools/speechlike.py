@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from rvc_index.data.layouts import feature_dir_name
 from rvc_index.runtime.outputs import write_atomic
-from rvc_index.tools.synth import MAX_FRAMES, MIN_FRAMES, feature_dir_name, save_npy
+from rvc_index.tools.synth import save_npy, utterance_lengths
 
 KINDS = ("speech", "manifold", "zipf")
 MAP_SEED = 20260514  # fixed projections shared by every collection of a kind and width
@@ -49,14 +50,6 @@ def unavailable(kind: str) -> str | None:
     if kind == "speech" and shutil.which("espeak-ng") is None:
         return "espeak-ng is not installed (apt-get install espeak-ng)"
     return None
-
-
-def _lengths(n_rows: int, rng: np.random.Generator) -> Iterator[int]:
-    remaining = n_rows
-    while remaining > 0:
-        frames = min(remaining, int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1)))
-        remaining -= frames
-        yield frames
 
 
 def _scaled(frames: np.ndarray, dim: int, scale: float) -> np.ndarray:
@@ -122,7 +115,7 @@ def speech_mels(n_rows: int, seed: int | Sequence[int]) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     voice = str(rng.choice(["en-us", "en-gb", "en-gb-scotland", "en-us+f3", "en-us+m3", "en+f2"]))
     base_speed, base_pitch = int(rng.integers(130, 190)), int(rng.integers(25, 75))
-    for frames in _lengths(n_rows, rng):
+    for frames in utterance_lengths(n_rows, rng):
         pieces, have = [], 0
         while have < frames:
             if rng.random() < 0.35:  # a pause: room noise, or digital silence (exact duplicate frames)
@@ -196,7 +189,7 @@ def utterances(kind: str, n_rows: int, dim: int, seed: int | Sequence[int]) -> I
         return
     rng = np.random.default_rng(seed)
     make: Callable[[int, int, np.random.Generator], np.ndarray] = manifold_frames if kind == "manifold" else zipf_frames
-    for frames in _lengths(n_rows, rng):
+    for frames in utterance_lengths(n_rows, rng):
         yield make(frames, dim, rng)
 
 

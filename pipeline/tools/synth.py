@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rvc_index.data.layouts import feature_dir_name
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.outputs import write_atomic
 
@@ -57,17 +58,21 @@ def speaker_specs(speakers: int, rows: int, dim: int) -> list[SpeakerSpec]:
     return [SpeakerSpec(f"speaker{i:02d}", rows, dim) for i in range(count)]
 
 
-def feature_dir_name(dim: int) -> str:
-    """RVC's folder name for a width: 3_feature256 (v1), 3_feature768 (v2), else 3_feature<D>."""
-    return f"3_feature{dim}"
-
-
 def _inventory(dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(orthonormal basis [RANK, D], phone prototypes [N_PHONES, RANK]) shared by all speakers."""
     rng = np.random.default_rng([INVENTORY_SEED, dim])
     basis, _ = np.linalg.qr(rng.standard_normal((dim, RANK)))
     prototypes = rng.standard_normal((N_PHONES, RANK)) * 2.4
     return basis.T.astype(np.float32), prototypes.astype(np.float32)
+
+
+def utterance_lengths(n_rows: int, rng: np.random.Generator) -> Iterator[int]:
+    """Frames per utterance (``MIN_FRAMES`` to ``MAX_FRAMES``, drawn from ``rng``) until ``n_rows`` are given."""
+    remaining = n_rows
+    while remaining > 0:
+        frames = min(remaining, int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1)))
+        remaining -= frames
+        yield frames
 
 
 def utterances(n_rows: int, dim: int, seed: int | Sequence[int]) -> Iterator[np.ndarray]:
@@ -79,10 +84,7 @@ def utterances(n_rows: int, dim: int, seed: int | Sequence[int]) -> Iterator[np.
     phones = (prototypes + speaker_shift) * speaker_scale
     transitions = rng.dirichlet(np.full(N_PHONES, 0.3), size=N_PHONES)
     noise_scale = np.float32(0.4 * 0.3)
-    remaining = n_rows
-    while remaining > 0:
-        frames = min(remaining, int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1)))
-        remaining -= frames
+    for frames in utterance_lengths(n_rows, rng):
         labels = np.empty(frames, np.int64)
         phone, t = int(rng.integers(N_PHONES)), 0
         while t < frames:
@@ -133,3 +135,11 @@ def sample_frames(n_rows: int, dim: int, seed: int = 0) -> np.ndarray:
 
 # The demo's speakers (name, rows, width): `rvc-index demo` and the expansion benchmark use them.
 DEMO_SPEAKERS = (("alto", 12_000, 768), ("bass", 30_000, 768), ("tenor", 60_000, 768), ("v1voice", 20_000, 256))
+
+
+def write_demo(root: Path, seed: int = 0) -> Path:
+    """The demo's speakers under ``root`` (RVC's ``logs/`` layout), each written unless it is there; ``root``."""
+    for name, n_rows, dim in DEMO_SPEAKERS:
+        if not (Path(root) / name).is_dir():
+            write_speaker(Path(root), SpeakerSpec(name, n_rows, dim), seed)
+    return Path(root)

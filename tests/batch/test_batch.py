@@ -174,12 +174,40 @@ def test_failing_experiments_are_isolated_and_reported(tmp_path, bank, client, c
     assert report["exit_code"] == 1 and report["counts"]["failed"] == 2 and report["counts"]["built"] == 2
     records = {r["experiment"]: r for r in report["experiments"]}
     assert "00001.npy: not a valid .npy" in records[broken]["error"]
-    assert records["tiny"]["error"].startswith("IndexBuildError: only 5 rows")
+    assert records["tiny"]["error"].startswith("TooFewRowsError: only 5 rows")
     assert "Traceback" in records["tiny"]["traceback"]
     assert {records[n]["status"] for n in (good1, good2)} == {"built"}
     assert not list((root / broken).glob("*.index")) and not temp_files(root)
     out = capsys.readouterr().out
-    assert "failed" in out and "IndexBuildError: only 5 rows" in out
+    assert "failed" in out and "TooFewRowsError: only 5 rows" in out
+
+
+def test_an_applio_logs_folder_builds_every_model(tmp_path, bank, client, capsys):
+    """Applio keeps a model's features in logs/<model>/extracted, and its logs/ also holds the tools' own silence
+    (logs/mute with 3_feature256 and 3_feature768, as RVC's; logs/mute_spin/extracted) and logs/reference. A
+    batch builds every model, as ``build`` on each would, names each index as Applio looks for it, and leaves
+    the tools' folders alone (logs/mute, holding both widths, used to fail the batch)."""
+    root = tmp_path / "logs"
+    names = ["spk0", "spk1", "spk2"]
+    for name in names:
+        shutil.copytree(bank / name / "3_feature256", root / name / "extracted")
+        (root / name / "sliced_audios").mkdir()  # what else Applio keeps beside them
+    for folder, width in (("mute/3_feature256", 256), ("mute/3_feature768", 768), ("mute_spin/extracted", 768),
+                          ("reference", 768)):
+        (root / folder).mkdir(parents=True)
+        np.save(root / folder / "mute.npy", np.zeros((50, width), np.float32))
+    applio = ["--config", CLASSIC, "--set", "output.naming=applio", *FAST]
+    assert main(["-q", "batch", str(root), "--dry-run", *applio]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "3 experiments: 3 to build, 0 up to date, 0 would fail"
+    assert main(["-q", "batch", str(root), "--cluster", client.scheduler.address, *applio]) == 0
+    assert statuses(root / "batch_report.json") == {name: "built" for name in names}
+    for name in names:
+        report = json.loads((root / name / f"rvc-index-{name}-{CLASSIC}.report.json").read_text())
+        assert report["index_file"] == f"{name}.index" and report["feature_dir"].endswith(f"{name}/extracted")
+        assert report["rows"] == 3000 and (root / name / f"{name}.index").is_file()
+    for tool in ("mute", "mute_spin", "reference"):
+        assert sorted(p.name for p in (root / tool).rglob("*") if p.is_file()) == ["mute.npy"] * (
+            2 if tool == "mute" else 1)
 
 
 def test_sigkill_partway_then_rerun_resumes_with_identical_bytes(tmp_path, bank, reference, client):

@@ -10,7 +10,8 @@ from rvc_index.compute.two_level import TwoLevel, coarse_cells
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.runtime.stream import ROWS_READ, iter_blocks, local_threads
 from rvc_index.stages.compress import fit_centroids, plan_kmeans
 from rvc_index.stages.passes import ChunkRows, PassCache

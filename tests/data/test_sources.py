@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from rvc_index.data.feature_set import open_feature_set, plan_chunks
 from rvc_index.data.files import FeatureFileError, load_checked
-from rvc_index.data.sources import SourceError, load_group, resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import SourceError, load_group, scan_manifest
 from rvc_index.runtime.stream import ROWS_READ, iter_blocks, take_rows
 
 
@@ -27,40 +28,6 @@ def open_set(path, **kwargs):
 
 def rows(n, dim=768, seed=0):
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-
-
-def test_resolve_experiment_forms(tmp_path):
-    folder = feature_dir(tmp_path)
-    save(folder, "a.npy", rows(10))
-    by_exp = resolve_experiment(tmp_path / "spk")
-    by_dir = resolve_experiment(folder)
-    assert by_exp == by_dir
-    assert (by_exp.name, by_exp.version, by_exp.expected_dim) == ("spk", "v2", 768)
-    assert by_exp.exp_dir == (tmp_path / "spk").absolute()
-    plain = tmp_path / "loose"
-    plain.mkdir()
-    save(plain, "a.npy", rows(10, 256))
-    loose = resolve_experiment(plain)
-    assert (loose.name, loose.version, loose.expected_dim) == ("loose", None, None)
-    assert scan_manifest(loose).version == "v1"
-
-
-def test_both_versions_in_one_experiment_is_ambiguous(tmp_path):
-    save(feature_dir(tmp_path, "3_feature768"), "a.npy", rows(10))
-    save(feature_dir(tmp_path, "3_feature256"), "a.npy", rows(10, 256))
-    with pytest.raises(SourceError, match="both 3_feature256"):
-        resolve_experiment(tmp_path / "spk")
-
-
-def test_missing_and_empty_folders(tmp_path):
-    with pytest.raises(SourceError, match="no such folder"):
-        resolve_experiment(tmp_path / "absent")
-    folder = feature_dir(tmp_path)
-    with pytest.raises(SourceError, match="holds no .npy"):
-        resolve_experiment(tmp_path / "spk")
-    (folder / "notes.txt").write_text("x")
-    with pytest.raises(SourceError, match="holds no .npy"):
-        scan_manifest(resolve_experiment(folder))
 
 
 BAD_FILES = {

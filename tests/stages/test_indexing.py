@@ -6,6 +6,7 @@ import pytest
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.schema import LIST_FORMATS, BudgetConfig, IndexConfig
 from rvc_index.inspection.consumers import gpu_clone_problem, static_problems
+from rvc_index.inspection.describe import TooFewRowsError, describe_index, list_sizes
 from rvc_index.job.naming import index_file_name
 from rvc_index.runtime.progress import Progress
 from rvc_index.stages.indexing import (
@@ -13,15 +14,13 @@ from rvc_index.stages.indexing import (
     add_batches,
     assemble_index,
     check_consumers,
-    describe_index,
-    list_sizes,
     nprobe_for_k,
     plan_index,
     rule_n_list,
+    save_index,
     search_us,
     set_search_params,
     train_coarse,
-    write_index,
 )
 from rvc_index.tools.synth import sample_frames
 
@@ -38,7 +37,7 @@ def test_rvcs_100k_decision():
 
 
 def test_plan_lowers_what_the_data_cannot_support():
-    with pytest.raises(IndexBuildError, match="at least 8 rows"):
+    with pytest.raises(TooFewRowsError, match="at least 8 rows"):
         plan_index(7, 768, IndexConfig())
     tiny = plan_index(50, 768, IndexConfig(lists="sq8"))
     assert tiny.lists == "flat" and tiny.n_list == 1 and any("min_coded_rows" in n for n in tiny.notes)
@@ -99,11 +98,11 @@ def test_every_list_format_builds_an_ivf_every_consumer_loads(lists, tmp_path):
     check_consumers(index, 256)
     assert static_problems(index, 256) == {} and gpu_clone_problem(index) is None
     path = tmp_path / index_file_name("spk", "v1", plan, nprobe, "rvc", "preset")
-    write_index(index, path)
+    save_index(index, path)
     assert f"_{plan.layout}_preset_" in path.name
     loaded = faiss.read_index(str(path))
     info = describe_index(loaded)
-    assert info["nprobe"] == nprobe and info["ntotal"] == len(x) and info["d"] == 256
+    assert info.nprobe == nprobe and info.ntotal == len(x) and info.d == 256
     assert isinstance(faiss.downcast_index(loaded), faiss.IndexIVF)
     loaded.nprobe = 12  # what Applio realtime does: a top-level IVF has the attribute
     _, labels = loaded.search(x[:200] + 0.01, 8)

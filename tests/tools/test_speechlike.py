@@ -9,7 +9,8 @@ from rvc_index.compute.backend import select_backend
 from rvc_index.compute.minibatch import inertia
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.runtime.stream import iter_blocks
 from rvc_index.stages.compress import fit_centroids, plan_kmeans
 from rvc_index.tools import speechlike
