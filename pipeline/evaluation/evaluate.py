@@ -1,6 +1,6 @@
 """Quality measures shared by builds, reports, tests and benchmarks.
 
-What RVC's inference does with an index (``../shared/docs/rvc-contract.md``), measured against
+What RVC's inference does with an index (docs/consumers.md), measured against
 exact search: recall@k, the retrieval blend (``(1/score)^2`` weights over k=8) against the same
 blend over exact neighbours among the original frames, coverage, single-thread search latency,
 index size, and ``-1`` labels. Queries are frames of held-out utterances (``rvc_index.evaluation.holdout``).
@@ -13,15 +13,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, faiss_threads
-from rvc_index.config.schema import EvaluateConfig, SourceConfig
+from rvc_index.config.schema import SEARCH_K, EvaluateConfig, SourceConfig
 from rvc_index.data.feature_set import FeatureSet, open_feature_set, resident_fits
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.errors import RvcIndexError
 from rvc_index.evaluation.holdout import (
     Holdout,
@@ -34,10 +36,8 @@ from rvc_index.evaluation.holdout import (
 )
 from rvc_index.evaluation.index_file import read_index_file
 from rvc_index.evaluation.measure import (
-    RVC_K,
     index_ram_bytes,
     ivf_or_none,
-    nprobe_values,
     reconstruct_blocks,
     search_latency,
     search_params,
@@ -55,32 +55,38 @@ from rvc_index.evaluation.metrics import (
     rvc_weights,
 )
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped, ListSizes, Size, Spread, SweepPoint
-from rvc_index.evaluation.sizing import EvaluationPlan, full_plan, plan_evaluation
+from rvc_index.evaluation.sizing import EvaluationPlan, full_plan, nprobe_values, plan_evaluation
+from rvc_index.inspection.describe import describe_index, list_sizes
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import read_json
 from rvc_index.runtime.stream import iter_blocks, take_rows
-from rvc_index.stages.indexing import describe_index, list_sizes
+
+
+@dataclass(frozen=True)
+class ExactReference:
+    """Exact neighbours of the queries: ``ids`` [q, k] int64, ``scores`` [q, k] float32 (squared distances) and,
+    once computed, RVC's blend over them ``blended`` [q, D] float64."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    blended: np.ndarray | None = None
 
 
 def exact_reference(backend: Backend, holdout: Holdout, originals: Any, client: Any | None = None,
-                    k: int = RVC_K) -> dict[str, np.ndarray]:
-    """RVC's blend over exact neighbours among the original frames (held-out rows left out).
-
-    Returns ``ids`` [q, k], ``scores`` [q, k] and ``blended`` [q, D]; computing it once lets a
-    benchmark compare several indexes of the same collection against one reference.
-    """
+                    k: int = SEARCH_K) -> ExactReference:
+    """RVC's blend over exact neighbours among the original frames (held-out rows left out); computing it once
+    lets a benchmark compare several indexes of the same collection against one reference."""
     keep = holdout.keep_mask(int(originals.shape[0]))
     scores, ids = exact_knn(backend, holdout.queries, iter_blocks(originals, client), k, keep=keep)
     unique = np.unique(ids[ids >= 0])
     rows = take_rows(originals, unique, client)
-    blended = rvc_blend(neighbour_rows(unique, rows, ids), rvc_weights(scores, ids))
-    return {"ids": ids, "scores": scores, "blended": blended}
+    return ExactReference(ids, scores, rvc_blend(neighbour_rows(unique, rows, ids), rvc_weights(scores, ids)))
 
 
 def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend: Backend, *,
                    client: Any | None = None, exclude_ids: np.ndarray | None = None,
-                   stored_is_original: bool = False, reference: dict[str, np.ndarray] | None = None,
-                   k: int = RVC_K, plan: EvaluationPlan | None = None) -> Evaluation:
+                   stored_is_original: bool = False, reference: ExactReference | None = None,
+                   k: int = SEARCH_K, plan: EvaluationPlan | None = None) -> Evaluation:
     """Every measure of one index on ``holdout``'s queries.
 
     ``originals``: the collection [N, D] (dask or numpy) the index was built from, held-out rows
@@ -106,18 +112,18 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
     stored = iter_blocks(originals) if resident else reconstruct_blocks(index)  # the same rows, no copy
     truth_d, truth_i = exact_knn(backend, queries, stored, k, keep=keep)
     if stored_is_original and reference is None:
-        reference = {"ids": truth_i, "scores": truth_d}
+        reference = ExactReference(truth_i, truth_d)
     elif reference is None and plan.reference:
         reference = exact_reference(backend, holdout, originals, client, k)
-    wanted = [found_i] if reference is None or "blended" in reference else [found_i, reference["ids"]]
+    wanted = [found_i] if reference is None or reference.blended is not None else [found_i, reference.ids]
     unique = np.unique(np.concatenate([w.ravel() for w in wanted]))
     unique = unique[unique >= 0]
     rows = stored_rows(index, unique)  # by id: no second pass over the stored vectors
     blended = rvc_blend(neighbour_rows(unique, rows, found_i), rvc_weights(found_d, found_i))
-    if reference is not None and "blended" not in reference:
-        reference = {**reference, "blended": rvc_blend(neighbour_rows(unique, rows, reference["ids"]),
-                                                       rvc_weights(reference["scores"], reference["ids"]))}
-    exact_blend = None if reference is None else reference["blended"]
+    if reference is not None and reference.blended is None:
+        reference = dataclasses.replace(reference, blended=rvc_blend(neighbour_rows(unique, rows, reference.ids),
+                                                                     rvc_weights(reference.scores, reference.ids)))
+    exact_blend = None if reference is None else reference.blended
     timed = queries[:plan.latency_frames]
     latency = search_latency(index, timed, k, repeats=plan.repeats_within(per_query))
     ivf = ivf_or_none(index)
@@ -136,12 +142,12 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
         coverage=round(float(coverage(queries, blended).mean()), 5),
         coverage_exact=None if exact_blend is None else round(float(coverage(queries, exact_blend).mean()), 5),
         latency=latency, size=Size(ram_bytes, ram_bytes + int(index.ntotal) * int(index.d) * 4),
-        list_sizes=sizes, nprobe_sweep=tuple(sweep), plan=plan.to_dict(),
+        list_sizes=sizes, nprobe_sweep=tuple(sweep), plan=plan,
         seconds=round(time.perf_counter() - started, 3))
 
 
 def nprobe_sweep(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, keep: np.ndarray | None,
-                 k: int = RVC_K, values: Sequence[int] | None = None, timed: np.ndarray | None = None,
+                 k: int = SEARCH_K, values: Sequence[int] | None = None, timed: np.ndarray | None = None,
                  repeats: int = 2) -> list[SweepPoint]:
     """recall@k and -1 share of ``queries`` and single-thread µs per frame of ``timed`` (default: the
     queries) at each nprobe of ``values`` (default: ``nprobe_values``)."""
@@ -159,20 +165,22 @@ def nprobe_sweep(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, kee
 
 def evaluate_build(index: faiss.Index, features: FeatureSet, config: EvaluateConfig, backend: Backend,
                    client: Any | None = None, *, aligned: bool, stored_is_original: bool, seed: int = 0,
-                   k: int = RVC_K, build_seconds: float | None = None) -> Evaluation | EvaluationSkipped:
+                   k: int = SEARCH_K, build_seconds: float | None = None
+                   ) -> tuple[Evaluation | EvaluationSkipped, Holdout | None]:
     """A build's evaluation (report.json ``evaluation``), sized to ``build_seconds`` of building so far
-    (``rvc_index.evaluation.sizing``; None: everything). ``aligned``: stored id i is feature row i (no
-    compression). Skipped, saying why, when no whole utterance can be held out."""
+    (``rvc_index.evaluation.sizing``; None: everything), and the held-out queries it used (the verdict measures
+    the index a build replaces on the same). ``aligned``: stored id i is feature row i (no compression).
+    Skipped, saying why (and no queries), when no whole utterance can be held out."""
     plan = plan_evaluation(config, features.n_rows, int(index.ntotal), features.dim,
                            stored_is_original=stored_is_original, build_seconds=build_seconds, device=backend.name)
     try:
         holdout = holdout_from_features(features, config.holdout_fraction, plan.queries, seed, client,
                                         min_keep_rows=k)
     except HoldoutError as exc:
-        return EvaluationSkipped(str(exc))
+        return EvaluationSkipped(str(exc)), None
     return evaluate_index(index, holdout, features, backend, client=client, k=k,
                           exclude_ids=holdout.row_ids() if aligned else None,
-                          stored_is_original=stored_is_original, plan=plan)
+                          stored_is_original=stored_is_original, plan=plan), holdout
 
 
 def evaluate_estimate(queries: int, n_vectors: int, dim: int, n_list: int, k: int, stream: int) -> StageEstimate:
@@ -223,8 +231,8 @@ def evaluate_files(index_path: str | Path, feature_dir: str | Path, backend: Bac
         raise EvaluationError(f"{index_path}: no such index file")
     index = read_index_file(index_path)  # type and counts checked: faiss would abort or loop forever
     check_seed(seed)
-    if index.ntotal < RVC_K:
-        raise EvaluationError(f"{index_path}: holds {index.ntotal} vectors, RVC needs {RVC_K}")
+    if index.ntotal < SEARCH_K:
+        raise EvaluationError(f"{index_path}: holds {index.ntotal} vectors, RVC needs {SEARCH_K}")
     experiment = resolve_experiment(feature_dir)
     manifest = scan_manifest(experiment)
     if manifest.dim != index.d:

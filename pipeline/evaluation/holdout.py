@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 from rvc_index.data.feature_set import FeatureSet
-from rvc_index.data.sources import load_features, resolve_experiment, scan_manifest, usable_row_mask
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import load_features, scan_manifest, usable_row_mask
 from rvc_index.errors import RvcIndexError
+from rvc_index.evaluation.result import HeldOut
 
 MIN_WINDOW = 50  # query frames are taken in runs of at least one second of audio
 
@@ -61,12 +63,12 @@ class Holdout:
             keep[a:b] = False
         return keep
 
-    def describe(self, left_out_of_index: int) -> dict[str, Any]:
+    def describe(self, left_out_of_index: int) -> HeldOut:
         """The report's account of how the queries were held out (``left_out_of_index``: stored
         ids the index's searches left out)."""
         if not self.ranges:
-            return {"source": "separate folder", "files": len(self.files), "queries": int(len(self.queries)),
-                    "note": "queries come from utterances that were never indexed"}
+            return HeldOut("separate folder", len(self.files), int(len(self.queries)),
+                           "queries come from utterances that were never indexed")
         if left_out_of_index >= self.held_rows:
             note = "held-out utterances left out of the reference and of the index's searches"
         elif left_out_of_index:
@@ -75,9 +77,8 @@ class Holdout:
         else:
             note = ("held-out utterances left out of the reference only: the index stores centroids "
                     "(or transformed vectors) that cannot be traced to frames")
-        return {"source": "collection", "files": len(self.files), "rows": self.held_rows,
-                "fraction": round(self.held_rows / max(self.total_rows, 1), 4),
-                "queries": int(len(self.queries)), "left_out_of_index": int(left_out_of_index), "note": note}
+        return HeldOut("collection", len(self.files), int(len(self.queries)), note, self.held_rows,
+                       round(self.held_rows / max(self.total_rows, 1), 4), int(left_out_of_index))
 
 
 def check_seed(seed: int) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 from rvc_index.errors import RvcIndexError
+from rvc_index.inspection.describe import IndexDescription, describe_index
 
 ID_BYTES = 8  # an IVF list stores one int64 id per vector
 
@@ -67,23 +69,29 @@ def check_index(index: faiss.Index, path: str | Path, file_bytes: int) -> None:
         raise IndexFileError(f"{path}: corrupted: {ntotal} vectors cannot fit in {file_bytes} bytes")
 
 
-def inspect_index_file(path: str | Path, frames: int = 500, seed: int = 0) -> dict:
-    """What ``rvc-index inspect`` prints: the index's layout (``describe_index``), which tools can use it and why
-    not (docs/consumers.md), what each holds (MB), and its search time per frame at one thread, measured with
-    ``frames`` of its own stored vectors, slightly moved, as queries."""
+@dataclass(frozen=True)
+class Inspection(IndexDescription):
+    """What ``rvc-index inspect`` prints: the index's description, which tools can use it and why not
+    (docs/consumers.md), what each holds (MB) and its search time per frame at one thread."""
+
+    consumers: dict[str, str] = field(default_factory=dict)  # tool: "ok" or why it cannot use the index
+    holdings_mb: dict[str, float] = field(default_factory=dict)
+    us_per_frame: float = 0.0
+
+
+def inspect_index_file(path: str | Path, frames: int = 500, seed: int = 0) -> Inspection:
+    """Inspect the index at ``path``; its search time is measured with ``frames`` of its own stored vectors,
+    slightly moved, as queries."""
     from rvc_index.evaluation.measure import search_latency, stored_rows
     from rvc_index.inspection.consumers import CONSUMERS, holdings, static_problems
-    from rvc_index.stages.indexing import describe_index
 
     index = read_index_file(path)
-    info = describe_index(index)
     problems = static_problems(index)
-    info["consumers"] = {name: problems.get(name, "ok") for name in CONSUMERS}
-    info["holdings_mb"] = {key: round(value / 2**20, 1) for key, value in holdings(index).items()
-                           if key != "exact_flops_per_frame"}
     rng = np.random.default_rng(seed)
     ids = np.unique(rng.integers(0, index.ntotal, size=min(frames, index.ntotal)))
     rows = stored_rows(index, ids)
     queries = rows + rng.standard_normal(rows.shape).astype(np.float32) * rows.std() * np.float32(0.1)
-    info["us_per_frame"] = search_latency(index, queries).us_per_frame
-    return info
+    return Inspection(**vars(describe_index(index)), consumers={name: problems.get(name, "ok") for name in CONSUMERS},
+                      holdings_mb={key: round(value / 2**20, 1) for key, value in holdings(index).items()
+                                   if key != "exact_flops_per_frame"},
+                      us_per_frame=search_latency(index, queries).us_per_frame)

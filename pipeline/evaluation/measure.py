@@ -13,11 +13,10 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import faiss_threads
+from rvc_index.config.schema import SEARCH_K
 from rvc_index.evaluation.result import Latency
-from rvc_index.stages.indexing import list_sizes
-
-RVC_K = 8
-FRAMES_PER_SECOND = 50  # HuBERT frames per second of 16 kHz audio (hop 320): RVC searches 50 per second
+from rvc_index.evaluation.sizing import FRAMES_PER_SECOND
+from rvc_index.inspection.describe import list_sizes
 
 
 def reconstruct_blocks(index: faiss.Index, block_rows: int = 8192) -> Iterator[np.ndarray]:
@@ -90,7 +89,7 @@ def search_params(index: faiss.Index, nprobe: int | None = None, keep: np.ndarra
     return params
 
 
-def short_search_share(index: faiss.Index, queries: np.ndarray, k: int = RVC_K) -> float:
+def short_search_share(index: faiss.Index, queries: np.ndarray, k: int = SEARCH_K) -> float:
     """Share of ``queries`` whose search at the stored settings returns a ``-1`` label, without searching:
     those whose ``nprobe`` probed lists together hold fewer than ``k`` vectors (a re-ranking index only
     re-ranks what its IVF returns). One coarse search: ``q x n_list`` distances instead of the lists' codes."""
@@ -103,7 +102,7 @@ def short_search_share(index: faiss.Index, queries: np.ndarray, k: int = RVC_K) 
     return float((held < k).mean()) if len(held) else 0.0
 
 
-def search_latency(index: faiss.Index, queries: np.ndarray, k: int = RVC_K, params: Any = None,
+def search_latency(index: faiss.Index, queries: np.ndarray, k: int = SEARCH_K, params: Any = None,
                    batch_frames: int = FRAMES_PER_SECOND, repeats: int = 5) -> Latency:
     """Single-thread search time in batches of ``batch_frames`` (one second of audio).
 
@@ -150,10 +149,3 @@ def index_ram_bytes(index: faiss.Index) -> int:
             extra = int(typed.pq.M * typed.pq.ksub * typed.pq.dsub * 4)
         return index_ram_bytes(typed.quantizer) + codes + int(sizes.sum()) * 8 + extra
     return int(faiss.serialize_index(index).size)
-
-
-def nprobe_values(n_list: int, stored: int) -> list[int]:
-    """nprobe values for the recall/latency curve: powers of two up to max(64, 4 x stored), and stored."""
-    top = min(n_list, max(64, 4 * stored))
-    values = {1 << i for i in range(top.bit_length()) if 1 << i <= top} | {stored, top}
-    return sorted(v for v in values if 1 <= v <= n_list)

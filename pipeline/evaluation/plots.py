@@ -1,18 +1,20 @@
 """Pictures of an evaluation (``report.png`` beside every index) and of the benchmark against RVC.
 
 Rendered with matplotlib's Agg canvas directly (no pyplot, no global backend switch; matplotlib is
-imported only when a picture is drawn), from the JSON of an evaluation (``Evaluation.to_dict()``), so a
-report can be redrawn from report.json.
+imported only when a picture is drawn), from the typed evaluation; a report can be redrawn from report.json
+(``runtime.records.from_json(BuildRecord, ...)``).
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rvc_index.errors import RvcIndexError
+from rvc_index.evaluation.result import Evaluation, Histogram, ListSizes
+from rvc_index.inspection.describe import IndexDescription
 from rvc_index.runtime.outputs import write_atomic
 
 RECALL_TARGET = 0.95
@@ -23,7 +25,7 @@ class ReportError(RvcIndexError, RuntimeError):
 
 
 def figure_canvas(width: float, height: float, constrained: bool = True) -> Any:
-    """An empty Agg figure; ``constrained`` layout places labels itself (about 0.3 s more to save)."""
+    """An empty Agg figure; ``constrained`` layout places labels itself (slower to save)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -35,8 +37,8 @@ def figure_canvas(width: float, height: float, constrained: bool = True) -> Any:
     return figure
 
 
-def _bars(axis: Any, histogram: Mapping[str, Sequence[float]], color: str) -> None:
-    edges, counts = list(histogram["edges"]), list(histogram["counts"])
+def _bars(axis: Any, histogram: Histogram | ListSizes, color: str) -> None:
+    edges, counts = list(histogram.edges), list(histogram.counts)
     widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
     axis.bar(edges[:-1], counts, width=widths, align="edge", color=color, edgecolor="white", linewidth=0.4)
 
@@ -45,43 +47,41 @@ def _mb(value: float) -> str:
     return f"{value / 2**20:,.1f} MB"
 
 
-def summary_lines(evaluation: Mapping[str, Any], index: Mapping[str, Any] | None = None) -> list[str]:
+def summary_lines(evaluation: Evaluation, index: IndexDescription | None = None) -> list[str]:
     """The key numbers of an evaluation, one per line (also the text panel of report.png)."""
-    e = evaluation
-    blend, latency, size, holdout = e.get("blend_error"), e["latency"], e["size"], e["holdout"]
+    e, blend, latency, size = evaluation, evaluation.blend_error, evaluation.latency, evaluation.size
     lines = []
     if index:
-        lines.append(f"{index.get('type', '?')}  d={index.get('d')}  ntotal={index.get('ntotal', 0):,}")
-        if "n_list" in index:
-            lines.append(f"n_list {index['n_list']}  nprobe {index['nprobe']}"
-                         + (f"  k_factor {index['k_factor']:g}" if "k_factor" in index else ""))
+        lines.append(f"{index.type}  d={index.d}  ntotal={index.ntotal:,}")
+        if index.n_list is not None:
+            lines.append(f"n_list {index.n_list}  nprobe {index.nprobe}"
+                         + (f"  k_factor {index.k_factor:g}" if index.k_factor is not None else ""))
     lines += [
-        f"recall@{e['k']}: {e['recall_at_k']:.3f}   queries with -1 labels: {e['missing_label_share']:.1%}",
-        f"blend error: mean {blend['mean']:.4f}  median {blend['median']:.4f}  p95 {blend['p95']:.4f}" if blend
+        f"recall@{e.k}: {e.recall_at_k:.3f}   queries with -1 labels: {e.missing_label_share:.1%}",
+        f"blend error: mean {blend.mean:.4f}  median {blend.median:.4f}  p95 {blend.p95:.4f}" if blend
         else "blend error: not measured (no exact reference in this build's budget; evaluate.full=true)",
-        f"coverage: {e['coverage']:.3f}" + (f" (exact k-NN blend: {e['coverage_exact']:.3f})"
-                                            if e.get("coverage_exact") is not None else ""),
-        f"search: {latency['us_per_frame']:.1f} us/frame = {latency['ms_per_second_audio']:.2f} ms per "
-        f"second of audio (1 thread, {latency['batch_frames']}-frame batches)",
-        f"size: RAM {_mb(size['ram_bytes'])}" + (f", disk {_mb(size['disk_bytes'])}" if "disk_bytes" in size else "")
-        + f", with RVC's big_npy {_mb(size['ram_with_big_npy_bytes'])}",
-        f"queries: {e['queries']} frames of {holdout.get('files', '?')} held-out utterances "
-        f"({holdout.get('source')})",
+        f"coverage: {e.coverage:.3f}" + (f" (exact k-NN blend: {e.coverage_exact:.3f})"
+                                         if e.coverage_exact is not None else ""),
+        f"search: {latency.us_per_frame:.1f} us/frame = {latency.ms_per_second_audio:.2f} ms per "
+        f"second of audio (1 thread, {latency.batch_frames}-frame batches)",
+        f"size: RAM {_mb(size.ram_bytes)}" + (f", disk {_mb(size.disk_bytes)}" if size.disk_bytes is not None else "")
+        + f", with RVC's big_npy {_mb(size.ram_with_big_npy_bytes)}",
+        f"queries: {e.queries} frames of {e.holdout.files} held-out utterances ({e.holdout.source})",
     ]
     return lines
 
 
-def _sweep_panel(curve: Any, evaluation: Mapping[str, Any], stored: int | None) -> None:
-    sweep = evaluation.get("nprobe_sweep") or []
+def _sweep_panel(curve: Any, evaluation: Evaluation, stored: int | None) -> None:
+    sweep = evaluation.nprobe_sweep
     curve.set_title("recall@8 and latency against nprobe", fontsize=10)
     if not sweep:
-        why = ("no IVF: no nprobe curve" if "list_sizes" not in evaluation
+        why = ("no IVF: no nprobe curve" if evaluation.list_sizes is None
                else "no nprobe sweep in this build's evaluation budget\n(evaluate.full=true, or rvc-index eval)")
         curve.axis("off")
         curve.text(0.5, 0.5, why, ha="center", va="center", fontsize=9)
         return
-    nprobes = [row["nprobe"] for row in sweep]
-    curve.plot(nprobes, [row["recall_at_k"] for row in sweep], "o-", color="tab:blue", label="recall@8")
+    nprobes = [point.nprobe for point in sweep]
+    curve.plot(nprobes, [point.recall_at_k for point in sweep], "o-", color="tab:blue", label="recall@8")
     curve.axhline(RECALL_TARGET, color="tab:blue", linestyle=":", linewidth=1)
     curve.set_xscale("log", base=2)
     curve.set_xticks(nprobes, [str(n) for n in nprobes])
@@ -90,7 +90,7 @@ def _sweep_panel(curve: Any, evaluation: Mapping[str, Any], stored: int | None) 
     curve.set_xlabel("nprobe")
     curve.set_ylabel("recall@8", color="tab:blue")
     speed = curve.twinx()
-    speed.plot(nprobes, [row["us_per_frame"] for row in sweep], "s--", color="tab:red", label="us/frame")
+    speed.plot(nprobes, [point.us_per_frame for point in sweep], "s--", color="tab:red", label="us/frame")
     speed.set_ylabel("search us per frame (1 thread)", color="tab:red")
     speed.set_ylim(bottom=0)
     if stored:
@@ -98,62 +98,61 @@ def _sweep_panel(curve: Any, evaluation: Mapping[str, Any], stored: int | None) 
         curve.annotate(f"stored nprobe {stored}", (stored, 0.04), fontsize=8, color="grey")
 
 
-def _lists_panel(lists: Any, evaluation: Mapping[str, Any]) -> None:
-    if "list_sizes" not in evaluation:
+def _lists_panel(lists: Any, evaluation: Evaluation) -> None:
+    sizes = evaluation.list_sizes
+    if sizes is None:
         lists.text(0.5, 0.5, "no inverted lists", ha="center", va="center")
         return
-    sizes = evaluation["list_sizes"]
     _bars(lists, sizes, "tab:green")
     lists.set_xlabel("vectors in an inverted list")
     lists.set_ylabel("lists")
-    lists.set_title(f"inverted-list sizes ({sizes['n_list']} lists, min {sizes['min']}, max {sizes['max']})",
-                    fontsize=10)
+    lists.set_title(f"inverted-list sizes ({sizes.n_list} lists, min {sizes.min}, max {sizes.max})", fontsize=10)
 
 
-def _blend_panel(errors: Any, evaluation: Mapping[str, Any]) -> None:
+def _blend_panel(errors: Any, evaluation: Evaluation) -> None:
     errors.set_title("RVC blend error per held-out frame", fontsize=10)
-    blend = evaluation["blend_error"]
-    if not blend:
+    blend = evaluation.blend_error
+    if blend is None:
         errors.axis("off")
         errors.text(0.5, 0.5, "not measured: no exact reference over the original\nframes in this build's "
                     "evaluation budget (evaluate.full=true)", ha="center", va="center", fontsize=9)
         return
-    _bars(errors, blend["histogram"], "tab:purple")
-    for value, style, label in ((blend["mean"], "-", "mean"), (blend["p95"], ":", "p95")):
+    _bars(errors, blend.histogram, "tab:purple")
+    for value, style, label in ((blend.mean, "-", "mean"), (blend.p95, ":", "p95")):
         errors.axvline(value, color="black", linestyle=style, linewidth=1, label=f"{label} {value:.4f}")
     errors.legend(fontsize=8)
     errors.set_xlabel("relative L2 error of RVC's blend vs exact k-NN over the original frames")
     errors.set_ylabel("query frames")
 
 
-def _text_panel(text: Any, evaluation: Mapping[str, Any], index: Mapping[str, Any] | None) -> None:
+def _text_panel(text: Any, evaluation: Evaluation, index: IndexDescription | None, verdict: Sequence[str]) -> None:
     text.axis("off")
-    verdict = list(evaluation.get("verdict") or [])  # plain words first (rvc_index.evaluation.verdict)
-    if verdict:
+    if verdict:  # plain words first (rvc_index.evaluation.verdict)
         text.text(0.0, 1.0, "\n".join(textwrap.fill(line, 62, subsequent_indent="  ") for line in verdict),
                   va="top", ha="left", fontsize=8.5, fontweight="bold")
     text.text(0.0, 0.52 if verdict else 1.0, "\n".join(summary_lines(evaluation, index)), va="top", ha="left",
               fontsize=8.5 if not verdict else 7.5, family="monospace", wrap=True)
 
 
-def render_report(evaluation: Mapping[str, Any], title: str, index: Mapping[str, Any] | None = None) -> Any:
-    """A 2 x 2 figure: recall and latency against nprobe, list sizes, blend errors, key numbers."""
-    for key in ("recall_at_k", "blend_error", "latency", "size"):
-        if key not in evaluation:
-            raise ReportError(f"the evaluation has no '{key}': nothing to draw")
-    figure = figure_canvas(11.0, 7.5, constrained=False)  # fixed margins: a third of the time to save
+def render_report(evaluation: Evaluation, title: str, index: IndexDescription | None = None,
+                  verdict: Sequence[str] = ()) -> Any:
+    """A 2 x 2 figure: recall and latency against nprobe, list sizes, blend errors, key numbers (the
+    ``verdict``'s lines first)."""
+    if not isinstance(evaluation, Evaluation):
+        raise ReportError(f"nothing to draw: {type(evaluation).__name__} is not a measured evaluation")
+    figure = figure_canvas(11.0, 7.5, constrained=False)  # fixed margins: faster to save (docs/benchmarks.md)
     figure.subplots_adjust(left=0.07, right=0.93, bottom=0.08, top=0.9, wspace=0.3, hspace=0.38)
     figure.suptitle(title, fontsize=11)
     (curve, lists), (errors, text) = figure.subplots(2, 2)
-    _sweep_panel(curve, evaluation, (index or {}).get("nprobe"))
+    _sweep_panel(curve, evaluation, index.nprobe if index else None)
     _lists_panel(lists, evaluation)
     _blend_panel(errors, evaluation)
-    _text_panel(text, evaluation, index)
+    _text_panel(text, evaluation, index, verdict)
     return figure
 
 
-def write_report_png(path: Path, evaluation: Mapping[str, Any], title: str,
-                     index: Mapping[str, Any] | None = None) -> Path:
-    """Render ``evaluation`` (report.json's form: ``Evaluation.to_dict()``) and write it to ``path`` atomically."""
-    figure = render_report(evaluation, title, index)
+def write_report_png(path: Path, evaluation: Evaluation, title: str, index: IndexDescription | None = None,
+                     verdict: Sequence[str] = ()) -> Path:
+    """Render ``evaluation`` and write it to ``path`` atomically."""
+    figure = render_report(evaluation, title, index, verdict)
     return write_atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png", pil_kwargs={"compress_level": 1}))

@@ -1,16 +1,16 @@
-"""Typed results of an evaluation, serialised to the JSON of ``report.json``'s ``evaluation`` entry and
-``rvc-index eval --json``: one spelling per number (``recall_at_k``, never ``recall@8``).
-
-Only numpy here: what ``evaluate`` and ``measure`` compute becomes these objects, and ``to_dict()``
-is the one place that decides the JSON.
+"""Typed results of an evaluation and of the verdict on it: report.json's ``evaluation`` and ``verdict``
+entries and ``rvc-index eval --json`` are these records written with ``dataclasses.asdict``, one spelling per
+number (``recall_at_k``, never ``recall@8``); ``runtime.records.from_json`` reads them back. A measure that
+was not taken is ``null``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from rvc_index.evaluation.sizing import EvaluationPlan
+from rvc_index.inspection.describe import IndexDescription
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,6 @@ class Histogram:
     def of(cls, values: np.ndarray, bins: int = 30) -> Histogram:
         counts, edges = np.histogram(np.asarray(values, np.float64), bins=bins)
         return cls(tuple(round(float(e), 6) for e in edges), tuple(int(c) for c in counts))
-
-    def to_dict(self) -> dict[str, list[float] | list[int]]:
-        return {"edges": list(self.edges), "counts": list(self.counts)}
 
 
 @dataclass(frozen=True)
@@ -45,10 +42,6 @@ class Spread:
         return cls(round(float(values.mean()), 5), round(float(np.median(values)), 5),
                    round(float(np.quantile(values, 0.95)), 5), round(float(values.max()), 5), Histogram.of(values))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "median": self.median, "p95": self.p95, "max": self.max,
-                "histogram": self.histogram.to_dict()}
-
 
 @dataclass(frozen=True)
 class Latency:
@@ -62,11 +55,6 @@ class Latency:
     repeats: int
     threads: int = 1
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"us_per_frame": self.us_per_frame, "us_per_frame_wall": self.us_per_frame_wall,
-                "ms_per_second_audio": self.ms_per_second_audio, "batch_frames": self.batch_frames,
-                "batches": self.batches, "threads": self.threads, "repeats": self.repeats}
-
 
 @dataclass(frozen=True)
 class Size:
@@ -74,18 +62,13 @@ class Size:
     ram_with_big_npy_bytes: int  # plus RVC's total_fea.npy (ntotal x d float32), which RVC also loads
     disk_bytes: int | None = None  # the index file, once written
 
-    def to_dict(self) -> dict[str, int]:
-        out = {"ram_bytes": self.ram_bytes, "ram_with_big_npy_bytes": self.ram_with_big_npy_bytes}
-        if self.disk_bytes is not None:
-            out["disk_bytes"] = self.disk_bytes
-        return out
-
 
 @dataclass(frozen=True)
 class ListSizes:
-    """Vectors per inverted list: histogram, extremes and the number of lists."""
+    """Vectors per inverted list: a histogram (``edges``, ``counts``), the extremes and the number of lists."""
 
-    histogram: Histogram
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
     min: int
     max: int
     n_list: int
@@ -93,11 +76,8 @@ class ListSizes:
     @classmethod
     def of(cls, sizes: np.ndarray) -> ListSizes:
         sizes = np.asarray(sizes)
-        return cls(Histogram.of(sizes, bins=min(40, max(5, len(sizes) // 4))), int(sizes.min()), int(sizes.max()),
-                   int(len(sizes)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.histogram.to_dict(), "min": self.min, "max": self.max, "n_list": self.n_list}
+        histogram = Histogram.of(sizes, bins=min(40, max(5, len(sizes) // 4)))
+        return cls(histogram.edges, histogram.counts, int(sizes.min()), int(sizes.max()), int(len(sizes)))
 
 
 @dataclass(frozen=True)
@@ -109,9 +89,19 @@ class SweepPoint:
     missing_label_share: float
     us_per_frame: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"nprobe": self.nprobe, "recall_at_k": self.recall_at_k,
-                "missing_label_share": self.missing_label_share, "us_per_frame": self.us_per_frame}
+
+@dataclass(frozen=True)
+class HeldOut:
+    """How the queries were held out (``evaluation.holdout.Holdout.account``): from the collection (whole
+    files; ``rows``, ``fraction`` and the stored ids left out of the index's searches) or a separate folder."""
+
+    source: str  # collection | separate folder
+    files: int
+    queries: int
+    note: str
+    rows: int | None = None
+    fraction: float | None = None
+    left_out_of_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +114,7 @@ class Evaluation:
 
     k: int
     queries: int
-    holdout: dict[str, Any]  # Holdout.describe(): how the queries were held out
+    holdout: HeldOut
     recall_at_k: float  # against exact search over the stored vectors
     missing_label_share: float  # queries with a -1 label at the stored settings
     blend_error: Spread | None  # RVC's blend vs the same blend over exact neighbours among the original frames
@@ -134,27 +124,9 @@ class Evaluation:
     size: Size
     list_sizes: ListSizes | None = None  # None: not an IVF index
     nprobe_sweep: tuple[SweepPoint, ...] = ()
-    index: dict[str, Any] | None = None  # describe_index(), for ``rvc-index eval``
-    plan: dict[str, Any] | None = None  # EvaluationPlan.to_dict(): what was measured and why
+    index: IndexDescription | None = None  # the index file's, for ``rvc-index eval``
+    plan: EvaluationPlan | None = None  # what was measured and why
     seconds: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON of report.json's ``evaluation`` and ``rvc-index eval --json``."""
-        out: dict[str, Any] = {
-            "k": self.k, "queries": self.queries, "holdout": dict(self.holdout),
-            "recall_at_k": self.recall_at_k, "missing_label_share": self.missing_label_share,
-            "blend_error": None if self.blend_error is None else self.blend_error.to_dict(),
-            "coverage": self.coverage, "coverage_exact": self.coverage_exact,
-            "latency": self.latency.to_dict(), "size": self.size.to_dict(),
-        }
-        if self.list_sizes is not None:
-            out["list_sizes"] = self.list_sizes.to_dict()
-        if self.nprobe_sweep:
-            out["nprobe_sweep"] = [p.to_dict() for p in self.nprobe_sweep]
-        for key in ("index", "plan", "seconds"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
 
     def summary_line(self) -> str:
         """One log line with the key numbers."""
@@ -166,12 +138,29 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class EvaluationSkipped:
-    """No evaluation: ``reason`` says why (one feature file: no whole utterance can be held out)."""
+    """No evaluation: ``skipped`` says why (one feature file: no whole utterance can be held out)."""
 
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"skipped": self.reason}
+    skipped: str
 
     def summary_line(self) -> str:
-        return f"evaluation skipped: {self.reason}"
+        return f"evaluation skipped: {self.skipped}"
+
+
+@dataclass(frozen=True)
+class ReplacedIndex:
+    """The index a build replaces, measured on the build's held-out frames; ``skipped`` says why not."""
+
+    file: str
+    ntotal: int | None = None
+    recall_at_k: float | None = None  # against exact search over its own stored vectors
+    missing_label_share: float | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict's sentences (the last lines of a build's log, report.png's text) and the replaced index's
+    measures they quote."""
+
+    lines: tuple[str, ...]
+    replaced: ReplacedIndex | None = None

@@ -9,23 +9,22 @@ own search of the queries), and report.png (about a second: matplotlib). ``evalu
 measures everything whatever it costs; ``rvc-index eval`` always does.
 
 The rates below are a quiet 2-core machine's, rounded down: on a busy machine the build and the
-evaluation slow down alike, and the share stays near its bound (11-13 % measured at a load of 3 per core).
+evaluation slow down alike, and the share stays near its bound (the figures: docs/benchmarks.md, "Lab notes").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from rvc_index.config.schema import EvaluateConfig
-from rvc_index.evaluation.measure import FRAMES_PER_SECOND, nprobe_values
 
-GEMM_FLOPS = {"cpu": 2e10, "gpu": 2e12}  # exact k-NN tiles; 21-45e9 measured on 2 shared cores (numpy BLAS)
-TOPK_S_PER_PAIR = {"cpu": 1e-8, "gpu": 0.0}  # argpartition and merge of a tile per (query, row): 6.7e-9 measured
-READ_BYTES_PER_S = 2.5e8  # a streamed pass over the feature files (load, finite check): 310 MB/s measured
+FRAMES_PER_SECOND = 50  # HuBERT frames per second of 16 kHz audio (hop 320): RVC searches 50 per second
+GEMM_FLOPS = {"cpu": 2e10, "gpu": 2e12}  # exact k-NN tiles (numpy BLAS, or CuPy)
+TOPK_S_PER_PAIR = {"cpu": 1e-8, "gpu": 0.0}  # argpartition and merge of a tile per (query, row)
+READ_BYTES_PER_S = 2.5e8  # a streamed pass over the feature files (load, finite check)
 FIXED_S = 0.05  # held-out files, masks, gathers and blends of a few hundred queries
-SEARCH_S = 1.5e-4  # one query's single-thread search at the stored settings, before it is measured (43-100 us)
-PICTURE_S = 1.0  # matplotlib's import and report.png (0.9-1.6 s measured on 2 shared cores)
+SEARCH_S = 1.5e-4  # one query's single-thread search at the stored settings, before it is measured
+PICTURE_S = 1.0  # matplotlib's import and report.png
 MIN_QUERIES = FRAMES_PER_SECOND  # one one-second window: the exact blend reference is kept when it fits with these
 FLOOR_QUERIES = 20  # whatever the budget: recall@8 over 160 neighbours (a fast build of many frames)
 LATENCY_FRAMES = 5 * FRAMES_PER_SECOND  # frames timed per repeat: five one-second batches
@@ -82,14 +81,6 @@ class EvaluationPlan:
             chosen.append(value)
         return chosen if len(chosen) >= MIN_SWEEP_POINTS else []
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report's account (``evaluation.plan``)."""
-        return {"full": self.full, "queries": self.queries, "reference": self.reference,
-                "latency_frames": self.latency_frames, "latency_repeats": self.latency_repeats,
-                "sweep": self.sweep, "plot": self.plot,
-                "budget_s": None if self.budget_s is None else round(self.budget_s, 3),
-                "estimate_s": round(self.estimate_s, 3), "notes": list(self.notes)}
-
 
 def full_plan(queries: int, sweep: bool = True, plot: bool = True, repeats: int = FULL_REPEATS) -> EvaluationPlan:
     """Everything: ``queries`` frames, the exact reference, every latency batch, the whole sweep."""
@@ -141,3 +132,10 @@ def plan_evaluation(config: EvaluateConfig, n_rows: int, n_vectors: int, dim: in
             notes.append(f"no report.png: drawing it takes about {PICTURE_S:.0f} s (evaluate.plot=true draws it)")
     return EvaluationPlan(queries, reference, min(queries, LATENCY_FRAMES), FULL_REPEATS, config.nprobe_sweep,
                           plot, budget, estimate, tuple(notes))
+
+
+def nprobe_values(n_list: int, stored: int) -> list[int]:
+    """nprobe values for the recall/latency curve: powers of two up to max(64, 4 x stored), and stored."""
+    top = min(n_list, max(64, 4 * stored))
+    values = {1 << i for i in range(top.bit_length()) if 1 << i <= top} | {stored, top}
+    return sorted(v for v in values if 1 <= v <= n_list)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
 from rvc_index.config.schema import SafetyConfig
 from rvc_index.errors import RvcIndexError
 from rvc_index.job.plan import BuildPlan
+from rvc_index.job.record import MemoryRecord
 from rvc_index.runtime.memory import MB, Budget, StageEstimate, mb, memory_budget
 from rvc_index.runtime.progress import get_logger
 
@@ -36,35 +36,35 @@ class StageMemoryError(RvcIndexError, MemoryError):
     """A stage's estimated peak does not fit in the memory available to this process."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemoryGuard:
-    """The checked plan of one build: ``check(stage)`` before each stage; ``report()`` for report.json."""
+    """Checks each stage of a plan before it runs (``check``); made by ``guard_plan`` with the first plan and
+    kept for the plan remade after the value check (the guard holds no plan: each check names its own)."""
 
-    plan: BuildPlan
     safety: SafetyConfig
     label: str = ""
     shrunk_from: float | None = None
     rss_start: int = field(default_factory=lambda: psutil.Process().memory_info().rss)
 
-    def check(self, stage: str) -> None:
-        """Refuse ``stage`` if its need no longer fits in what is available now.
+    def check(self, plan: BuildPlan, stage: str) -> None:
+        """Refuse ``stage`` of ``plan`` if its need no longer fits in what is available now.
 
         What this process grew by beyond the bytes earlier stages retain is freed memory its
         allocator kept: the stage can reuse it, so it counts as available.
         """
-        estimate = self.plan.estimate(stage)
+        estimate = plan.estimate(stage)
         if self.safety.memory_guard == "off" or estimate is None or not estimate.need:
             return
-        grown = max(0, psutil.Process().memory_info().rss - self.rss_start - self.plan.held_before(stage))
+        grown = max(0, psutil.Process().memory_info().rss - self.rss_start - plan.held_before(stage))
         budget = memory_budget(self.safety.memory_limit_mb)
         budget = Budget(budget.available + grown, budget.source)
         if estimate.need > budget.available * self.safety.memory_headroom:
             raise StageMemoryError(refusal(self.label, estimate, estimate.need, budget, self.safety.memory_headroom))
 
-    def report(self) -> dict[str, Any]:
-        return {"guard": self.safety.memory_guard, "chunk_mb": self.plan.chunk_mb,
-                "shrunk_from_chunk_mb": self.shrunk_from, "estimated_peak_mb": round(self.plan.peak()[0] / MB, 1),
-                "stages_mb": {s.stage: round(s.need / MB, 1) for s in self.plan.stages}}
+    def record(self, plan: BuildPlan) -> MemoryRecord:
+        """The report's ``memory`` entry for ``plan``."""
+        return MemoryRecord(self.safety.memory_guard, plan.chunk_mb, self.shrunk_from,
+                            round(plan.peak()[0] / MB, 1), {s.stage: round(s.need / MB, 1) for s in plan.stages})
 
 
 def refusal(label: str, estimate: StageEstimate, need: int, budget: Budget, headroom: float,
@@ -86,17 +86,18 @@ def refusal(label: str, estimate: StageEstimate, need: int, budget: Budget, head
 
 
 def guard_plan(make: Callable[[float], BuildPlan], chunk_mb: float, safety: SafetyConfig,
-               label: str = "") -> MemoryGuard:
-    """Check the plan ``make(chunk_mb)`` against the memory available now; in ``shrink`` mode try smaller
-    chunks. Raises StageMemoryError (naming the stage) when no plan fits."""
+               label: str = "") -> tuple[BuildPlan, MemoryGuard]:
+    """The plan ``make(chunk_mb)``, checked against the memory available now (in ``shrink`` mode with smaller
+    chunks until it fits), and the guard that checks its stages. Raises StageMemoryError (naming the stage)
+    when no plan fits."""
     plan = make(chunk_mb)
     if safety.memory_guard == "off":
-        return MemoryGuard(plan, safety, label)
+        return plan, MemoryGuard(safety, label)
     budget = memory_budget(safety.memory_limit_mb)
     usable = budget.available * safety.memory_headroom
     top, stage, held = plan.peak()
     if top <= usable:
-        return MemoryGuard(plan, safety, label)
+        return plan, MemoryGuard(safety, label)
     size = chunk_mb
     while safety.memory_guard == "shrink" and size / 2 >= MIN_CHUNK_MB:
         size /= 2
@@ -105,5 +106,5 @@ def guard_plan(make: Callable[[float], BuildPlan], chunk_mb: float, safety: Safe
             get_logger().warning("%smemory: source.chunk_mb lowered from %g to %g so that the plan's peak (%s) "
                                  "fits in %s (%s)", f"{label}: " if label else "", chunk_mb, size,
                                  mb(smaller.peak()[0]), mb(usable), budget.source)
-            return MemoryGuard(smaller, safety, label, shrunk_from=chunk_mb)
+            return smaller, MemoryGuard(safety, label, shrunk_from=chunk_mb)
     raise StageMemoryError(refusal(label, stage, top, budget, safety.memory_headroom, held))

@@ -1,14 +1,13 @@
 """The plan of one build, made once from the manifest, the config and the backend: every stage's
 decisions (chunks, compression and its k-means, expansion, index layout, evaluation queries) and each
 stage's own memory estimate. The guard reads the estimates, the runner executes the plan, ``tune``
-and ``batch --dry-run`` reuse it.
+reuses it and ``batch --dry-run`` prints its decisions (``describe``).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from rvc_index.compute.backend import Backend
 from rvc_index.config.schema import SEARCH_K, Config
@@ -33,6 +32,7 @@ class BuildPlan:
     compression: CompressPlan
     kmeans: KMeansPlan | None  # the minibatch k-means, when compression applies with that method
     expansion: ExpandPlan | None
+    expansion_alpha: float | None  # the expansion's weights max(0, cos)^alpha (expand.alpha), when it runs
     index: IndexPlan
     eval_queries: int
     stages: tuple[StageEstimate, ...]
@@ -76,19 +76,14 @@ class BuildPlan:
         if self.kmeans is not None:
             lines.append(f"k-means: {self.kmeans.describe()}")
         if self.expansion is not None:
-            lines.append(f"expansion: {self.expansion.neighbours} neighbours, {self.expansion.method} "
-                         f"({self.expansion.reason}), {'spilled to disk' if self.expansion.spill else 'in memory'}")
+            lines.append(f"expansion: alpha {self.expansion_alpha:g} over {self.expansion.neighbours} neighbours, "
+                         f"{self.expansion.method} ({self.expansion.reason}), "
+                         f"{'spilled to disk' if self.expansion.spill else 'in memory'}")
         lines.append(f"index: {self.index.factory}, nprobe {self.index.nprobe}, "
                      f"train on {self.index.train_rows:,} rows, about {self.index.us_per_frame:,.0f} us per frame")
         lines.append(f"evaluation: up to {self.eval_queries:,} held-out query frames, sized to the build"
                      if self.eval_queries else "evaluation: off")
         return lines
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``plan`` entry of a build report."""
-        return {"rows": self.n_rows, "vectors": self.n_vectors, "backend": self.backend, "chunk_mb": self.chunk_mb,
-                "decisions": self.describe(),
-                "stages_mb": {s.stage: round(s.need / 2**20, 1) for s in self.stages}}
 
 
 def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool, chunk_mb: float | None = None,
@@ -121,5 +116,5 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     if queries:
         stages.append(evaluate_estimate(queries, vectors, dim, index.n_list, SEARCH_K, stream))
     stages.append(StageEstimate("write", stream if config.output.write_total_fea else 0, 0, "streamed"))
-    return BuildPlan(n, dim, backend.name, chunk_mb, resident, compression, kmeans, expansion, index, queries,
-                     tuple(stages))
+    return BuildPlan(n, dim, backend.name, chunk_mb, resident, compression, kmeans, expansion,
+                     config.expand.alpha if expansion is not None else None, index, queries, tuple(stages))

@@ -77,12 +77,12 @@ def read_report(path: Path) -> dict[str, Any] | None:
     return read_json(path)
 
 
-def finished_build(report: dict[str, Any] | None, files: BuildFiles, fingerprint: str) -> dict[str, Any] | None:
-    """``report`` (this experiment's and preset's, or None) if it records this fingerprint and its index
-    file, a plain name in the output folder, is intact."""
+def finished_build(report: dict[str, Any] | None, files: BuildFiles, fingerprint: str) -> BuildRecord | None:
+    """The record of ``report`` (this experiment's and preset's, or None) if it records this fingerprint and its
+    index file, a plain name in the output folder, is intact; None otherwise (an older or foreign report too)."""
     if report is None or report.get("fingerprint") != fingerprint or not is_plain_name(report.get("index_file")):
         return None
     index_file = files.index(report["index_file"])
     if not index_file.is_file() or index_file.stat().st_size != report.get("index_bytes"):
         return None
-    return report if BuildRecord.from_dict(report) is not None else None  # an older or foreign report: rebuild
+    return BuildRecord.read(report)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,20 +14,23 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, select_backend
-from rvc_index.config.loading import config_to_dict, dump_config
+from rvc_index.config.loading import dump_config
 from rvc_index.config.schema import SEARCH_K, Config
 from rvc_index.data.feature_set import FeatureSet, open_feature_set
-from rvc_index.data.sources import Experiment, Manifest, resolve_experiment, scan_manifest
+from rvc_index.data.layouts import Experiment, resolve_experiment
+from rvc_index.data.sources import Manifest, scan_manifest
 from rvc_index.evaluation.evaluate import evaluate_build
+from rvc_index.evaluation.holdout import Holdout
 from rvc_index.evaluation.plots import write_report_png
-from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
+from rvc_index.evaluation.result import Evaluation, EvaluationSkipped, Verdict
 from rvc_index.evaluation.verdict import judge, replaced_index
 from rvc_index.inspection.consumers import holdings, static_problems
+from rvc_index.inspection.describe import check_rows, describe_index, list_sizes
+from rvc_index.inspection.rvc_files import INDEX_SUFFIX, TOTAL_FEA, OutputError, check_output_dir
 from rvc_index.job.guard import MemoryGuard, guard_plan
 from rvc_index.job.locks import output_lock
 from rvc_index.job.naming import (
     BuildFiles,
-    OutputError,
     build_files,
     check_files_are_ours,
     check_names,
@@ -39,7 +42,15 @@ from rvc_index.job.naming import (
     output_place,
 )
 from rvc_index.job.plan import BuildPlan, make_plan
-from rvc_index.job.record import BuildRecord, BuildResult
+from rvc_index.job.record import (
+    BuildRecord,
+    BuildResult,
+    CompressionRecord,
+    ExpansionRecord,
+    IndexRecord,
+    NamesRecord,
+    PlanRecord,
+)
 from rvc_index.job.resume import (
     build_fingerprint,
     code_fingerprint,
@@ -57,27 +68,11 @@ from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
     add_batches,
     check_consumers,
-    check_rows,
-    describe_index,
-    list_sizes,
     nprobe_for_k,
     save_index,
     set_search_params,
     train_index,
 )
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """Refuse paths RVC rewrites or cannot use before any work is spent."""
-    if "trained" in str(out_dir):
-        raise OutputError(f"{out_dir}: 'trained' in the output path; RVC and Applio rewrite it to "
-                          "'added' when loading, so the index would never be found")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create output folder: {exc.strerror or exc}") from exc
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"{out_dir}: output folder is not writable")
 
 
 def log_evaluation(name: str, evaluation: Evaluation | EvaluationSkipped) -> None:
@@ -136,10 +131,10 @@ class Build:
         return f"{self.name} ({self.config.name})"
 
     @contextmanager
-    def stage(self, name: str, guard: MemoryGuard | None = None) -> Iterator[None]:
-        """A timed stage, refused first if the memory it needs is no longer available."""
-        if guard is not None:
-            guard.check(name)
+    def stage(self, name: str, plan: BuildPlan | None = None, guard: MemoryGuard | None = None) -> Iterator[None]:
+        """A timed stage, refused first if the memory ``plan`` says it needs is no longer available."""
+        if guard is not None and plan is not None:
+            guard.check(plan, name)
         with stage(name, self.timings, self.name):
             yield
 
@@ -157,54 +152,52 @@ class Build:
             previous = read_report(files.report)  # the lock is held: it stays as read until this build replaces it
             done = None if self.force else finished_build(previous, files, fingerprint)
             if done is not None:
-                log.info("%s: up to date (%s), skipped", name, done["index_file"])
-                settle_competitors(self.out, self.voices, files.index(done["index_file"]), [], config.output.retire_old,
+                log.info("%s: up to date (%s), skipped", name, done.index_file)
+                settle_competitors(self.out, self.voices, files.index(done.index_file), [], config.output.retire_old,
                                    by=self.label)
-                record = BuildRecord.from_dict(done)  # finished_build checked that it is one
-                return BuildResult(name, "skipped", files.index(done["index_file"]), files.report, record)
+                return BuildResult(name, "skipped", files.index(done.index_file), files.report, done)
             if not self.force and previous is not None and previous.get("config_fingerprint") != config_fp:
                 raise OutputError(f"{files.report}: an index built with other settings is already there; "
                                   "use --force to replace it")
             check_rows(manifest.rows, str(self.experiment.feature_dir))  # before any value is read
-            guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, self.backend, self.client is None,
-                                                          chunk_mb), config.source.chunk_mb, config.safety, name)
-            kplan = guard.plan.kmeans  # the value check also draws the k-means init sample (no read of its own)
-            features = open_feature_set(self.experiment, manifest, guard.plan.chunk_mb, config.source.on_bad_file,
+            headers_plan, guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, self.backend,
+                                                                        self.client is None, chunk_mb),
+                                             config.source.chunk_mb, config.safety, name)
+            kplan = headers_plan.kmeans  # the value check also draws the k-means init sample (no read of its own)
+            features = open_feature_set(self.experiment, manifest, headers_plan.chunk_mb, config.source.on_bad_file,
                                         self.client, kplan.check_sample_rows if kplan else 0, config.seed,
-                                        guard.plan.resident)
+                                        headers_plan.resident)
             check_rows(features.n_rows, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
-        guard.plan = make_plan(features.manifest, config, self.backend, self.client is None, guard.plan.chunk_mb,
-                               features.n_rows, features.is_resident)  # for the rows that passed the value check
-        plan = guard.plan
+        plan = make_plan(features.manifest, config, self.backend, self.client is None, headers_plan.chunk_mb,
+                         features.n_rows, features.is_resident)  # for the rows that passed the value check
         log.info("%s: %s rows x %d, compression: %s, index %s, backend: %s", name, f"{plan.n_rows:,}", plan.dim,
                  plan.compression.reason, plan.index.factory, self.backend.describe())
         for line in plan.describe():
             log.info("%s: plan: %s", name, line, extra=DETAIL)
         prepared = prepare_vectors(features, plan, config, self.backend, self.client, self.out, name,
-                                   lambda stage_name: self.stage(stage_name, guard))
+                                   lambda stage_name: self.stage(stage_name, plan, guard))
         index, nprobe = self.index(prepared, plan, guard)
-        evaluation = self.evaluate(index, features, prepared, plan, guard)
+        evaluation, holdout = self.evaluate(index, features, prepared, plan, guard)
         index_name = self.index_file or index_file_name(file_stem(name, config), features.manifest.version,
                                                         plan.index, nprobe, config.output.naming, config.name)
         prior = (previous or {}).get("index_file")
-        previous_index = prior if is_plain_name(prior) and prior.endswith(".index") else None  # never a path elsewhere
+        previous_index = prior if is_plain_name(prior) and prior.endswith(INDEX_SUFFIX) else None  # never elsewhere
         superseded = [files.index(previous_index)] if previous_index else []
         competitors = competing_indexes(self.out, self.voices, files.index(index_name))  # one walk of the folder
         replaced = replaced_index(files.index(index_name), superseded[0] if superseded else None, competitors)
-        consumers = {"problems": static_problems(index, features.dim), "holdings": holdings(index)}
-        verdict = judge(evaluation, replaced, features, config, self.backend, self.client, consumers)
-        self.write(index, index_name, previous_index, config_fp, files, prepared, features.dim, guard)
+        verdict = judge(evaluation, replaced, holdout, features.dim, self.backend, static_problems(index, features.dim),
+                        holdings(index))
+        self.write(index, index_name, previous_index, config_fp, files, prepared, features.dim, plan, guard)
         retired = settle_competitors(self.out, self.voices, files.index(index_name), superseded,
                                      config.output.retire_old, competitors, self.label)
-        record = self.record(features, manifest, plan, prepared, index, index_name, evaluation, guard, files,
-                             fingerprint, config_fp)
-        record.retired = retired
-        write_json_atomic(files.report, record.to_dict())
+        record = self.record(features, manifest, plan, prepared, index, index_name, evaluation, verdict, guard,
+                             files, fingerprint, config_fp, retired)
+        write_json_atomic(files.report, dataclasses.asdict(record))
         if previous_index and previous_index != index_name:
             files.index(previous_index).unlink(missing_ok=True)  # the replaced build's index, now superseded
         log.info("%s: wrote %s (%s vectors, %.1f MB)", name, files.index(index_name), f"{index.ntotal:,}",
                  record.index_bytes / 2**20)
-        for line in verdict:
+        for line in verdict.lines:
             log.info("%s: %s", name, line)
         return BuildResult(name, "built", files.index(index_name), files.report, record)
 
@@ -213,10 +206,10 @@ class Build:
         log, config, name = get_logger(), self.config, self.name
         for note in plan.index.notes:
             log.warning("%s: %s", name, note)
-        with self.stage("train", guard):
+        with self.stage("train", plan, guard):
             index = train_index(prepared.vectors, plan.index, self.backend, config.index.train_iterations,
                                 config.seed, prepared.raw_rows, self.client)
-        with self.stage("add", guard):
+        with self.stage("add", plan, guard):
             add_batches(index, iter_batches(prepared.vectors, config.index.add_batch_rows, self.client), self.backend,
                         Progress(f"{name}: add", prepared.n_vectors, "vectors"))
         sizes = list_sizes(index)
@@ -229,32 +222,33 @@ class Build:
         return index, nprobe
 
     def evaluate(self, index: faiss.Index, features: FeatureSet, prepared: IndexVectors, plan: BuildPlan,
-                 guard: MemoryGuard) -> dict[str, Any]:
-        """Recall, blend error, latency on held-out utterances (ids are rows unless compressed)."""
+                 guard: MemoryGuard) -> tuple[Evaluation | EvaluationSkipped | None, Holdout | None]:
+        """Recall, blend error, latency on held-out utterances (ids are rows unless compressed), and those
+        utterances' queries; (None, None) when the evaluation is off."""
         if not plan.eval_queries:
-            return {}
-        with self.stage("evaluate", guard):
-            evaluation = evaluate_build(index, features, self.config.evaluate, self.backend, self.client,
-                                        aligned=prepared.raw_rows, seed=self.config.seed,
-                                        stored_is_original=prepared.are_originals, k=SEARCH_K,
-                                        build_seconds=time.perf_counter() - self.started + self.head_start_s)
+            return None, None
+        with self.stage("evaluate", plan, guard):
+            evaluation, holdout = evaluate_build(index, features, self.config.evaluate, self.backend, self.client,
+                                                 aligned=prepared.raw_rows, seed=self.config.seed,
+                                                 stored_is_original=prepared.are_originals, k=SEARCH_K,
+                                                 build_seconds=time.perf_counter() - self.started + self.head_start_s)
         log_evaluation(self.name, evaluation)
-        return evaluation.to_dict()
+        return evaluation, holdout
 
     def write(self, index: faiss.Index, index_name: str, previous_index: str | None, config_fp: str,
-              files: BuildFiles, prepared: IndexVectors, dim: int, guard: MemoryGuard) -> None:
+              files: BuildFiles, prepared: IndexVectors, dim: int, plan: BuildPlan, guard: MemoryGuard) -> None:
         """Config, optional ``total_fea.npy`` and the index, each written in full before any is renamed: a
         full disk replaces none. The config goes first: it marks the index ours."""
         index_path = files.index(index_name)
         ours = index_name == previous_index or written_with(files.config, config_fp)  # or a killed run's, pre-report
         if index_path.exists() and not ours and not self.force:
             raise OutputError(f"{index_path}: exists and was not written by this preset; use --force to replace it")
-        fea = self.out / "total_fea.npy"  # RVC's own (old RVC pairs it with its index): never replaced unasked
+        fea = self.out / TOTAL_FEA  # RVC's own (old RVC pairs it with its index): never replaced unasked
         if self.config.output.write_total_fea and fea.exists() and not ours and not self.force:
             raise OutputError(f"{fea}: exists and was not written by this preset (RVC's own?); "
                               "use --force to replace it")
-        with self.stage("write", guard):
-            total_fea = [self.out / "total_fea.npy"] if self.config.output.write_total_fea else []
+        with self.stage("write", plan, guard):
+            total_fea = [fea] if self.config.output.write_total_fea else []
             with atomic_paths(files.config, *total_fea, index_path) as tmps:
                 with writing(tmps[0]):
                     tmps[0].write_text(dump_config(self.config), encoding="utf-8")
@@ -263,41 +257,44 @@ class Build:
                 save_index(index, tmps[-1])
 
     def record(self, features: FeatureSet, manifest: Manifest, plan: BuildPlan, prepared: IndexVectors,
-               index: faiss.Index, index_name: str, evaluation: dict[str, Any], guard: MemoryGuard,
-               files: BuildFiles, fingerprint: str, config_fp: str) -> BuildRecord:
+               index: faiss.Index, index_name: str, evaluation: Evaluation | EvaluationSkipped | None,
+               verdict: Verdict, guard: MemoryGuard, files: BuildFiles, fingerprint: str, config_fp: str,
+               retired: list[str]) -> BuildRecord:
         """The report of this build; draws its picture first (the report is the last file written)."""
         config, name = self.config, self.name
         index_path = files.index(index_name)
-        if "size" in evaluation:
-            evaluation["size"]["disk_bytes"] = index_path.stat().st_size
-        if evaluation.get("plan", {}).get("plot") and "recall_at_k" in evaluation:  # plot=auto: within budget
-            with self.stage("report"):
-                write_report_png(files.picture, evaluation, f"{name}: {index_name}", describe_index(index))
+        disk_bytes = index_path.stat().st_size
+        description = describe_index(index)
+        if isinstance(evaluation, Evaluation):
+            evaluation = dataclasses.replace(evaluation, size=dataclasses.replace(evaluation.size,
+                                                                                  disk_bytes=disk_bytes))
+        if isinstance(evaluation, Evaluation) and evaluation.plan is not None and evaluation.plan.plot:
+            with self.stage("report"):  # plot=auto: within the evaluation's budget
+                write_report_png(files.picture, evaluation, f"{name}: {index_name}", description, verdict.lines)
         else:
             files.picture.unlink(missing_ok=True)  # a previous build's picture would not describe this index
-        compression = plan.compression
+        compression, index_plan = plan.compression, plan.index
         return BuildRecord(
             experiment=name, feature_dir=str(self.experiment.feature_dir), version=features.manifest.version,
             dim=features.dim, files=len(features.manifest.files), rows_declared=features.manifest.rows,
-            rows=features.n_rows, index_file=index_name, index_bytes=index_path.stat().st_size,
+            rows=features.n_rows, index_file=index_name, index_bytes=disk_bytes,
             fingerprint=fingerprint, config_fingerprint=config_fp, code_version=code_fingerprint(),
             faiss_version=faiss.__version__,
-            skipped_files=[list(item) for item in features.manifest.skipped],
-            empty_files=list(features.manifest.empty_files), ignored_entries=list(features.manifest.ignored),
-            dropped_rows=features.dropped_rows,
-            compression={"applied": compression.apply, "reason": compression.reason,
-                         "n_centroids": compression.n_centroids, "method": config.compress.method,
-                         "summary": f"{compression.n_centroids} centroids" if compression.apply else "none"},
-            expansion=prepared.expansion.report() if prepared.expansion is not None else {"applied": False},
-            index={**describe_index(index), "factory": plan.index.factory, "lists": plan.index.lists,
-                   "holdings": holdings(index), "us_per_frame_planned": plan.index.us_per_frame,
-                   "pq_m": plan.index.pq_m, "nprobe_configured": plan.index.nprobe,
-                   "train_rows": plan.index.train_rows, "notes": list(plan.index.notes)},
-            evaluation=evaluation, plan=plan.to_dict(), backend=self.backend.describe(), timings=self.timings,
+            compression=CompressionRecord(compression.apply, compression.reason, compression.n_centroids,
+                                          config.compress.method, f"{compression.n_centroids} centroids"
+                                          if compression.apply else "none"),
+            expansion=ExpansionRecord.of(prepared.expansion),
+            index=IndexRecord(**vars(description), factory=index_plan.factory, lists=index_plan.lists,
+                              holdings=holdings(index), us_per_frame_planned=index_plan.us_per_frame,
+                              pq_m=index_plan.pq_m, nprobe_configured=index_plan.nprobe,
+                              train_rows=index_plan.train_rows, notes=tuple(index_plan.notes)),
+            evaluation=evaluation, verdict=verdict, plan=PlanRecord.of(plan), memory=guard.record(plan),
+            names=NamesRecord(name, file_stem(name, config), str(index_path).isascii()), config=config,
+            backend=self.backend.describe(), timings=dict(self.timings),
             seconds=round(time.perf_counter() - self.started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
-            names={"experiment": name, "in_file_names": file_stem(name, config),
-                   "ascii_path": str(index_path).isascii()},
-            memory=guard.report(), config=config_to_dict(config))
+            skipped_files=tuple(features.manifest.skipped),
+            empty_files=tuple(features.manifest.empty_files), ignored_entries=tuple(features.manifest.ignored),
+            dropped_rows=features.dropped_rows, retired=tuple(retired))
 
 
 def write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:

@@ -26,19 +26,22 @@ import yaml
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import config_from_dict, config_to_dict
 from rvc_index.config.schema import LIST_FORMATS, SEARCH_K, Config
-from rvc_index.data.feature_set import FeatureSet
+from rvc_index.data.feature_set import FeatureSet, open_feature_set, resident_fits
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.errors import RvcIndexError
-from rvc_index.evaluation.evaluate import (
+from rvc_index.evaluation.evaluate import exact_reference
+from rvc_index.evaluation.holdout import holdout_from_features
+from rvc_index.evaluation.measure import index_ram_bytes, search_latency, search_params
+from rvc_index.evaluation.metrics import (
     blend_errors,
     exact_knn,
-    exact_reference,
     missing_label_share,
     recall_at_k,
     rvc_blend,
     rvc_weights,
 )
-from rvc_index.evaluation.holdout import holdout_from_features
-from rvc_index.evaluation.measure import RVC_K, index_ram_bytes, search_latency, search_params
+from rvc_index.inspection.describe import list_sizes
 from rvc_index.job.plan import make_plan
 from rvc_index.job.vectors import prepare_vectors
 from rvc_index.runtime.outputs import write_text_atomic
@@ -47,7 +50,6 @@ from rvc_index.runtime.stream import iter_batches, iter_blocks
 from rvc_index.stages.indexing import (
     FLAT,
     add_batches,
-    list_sizes,
     nprobe_for_k,
     plan_index,
     train_index,
@@ -152,7 +154,7 @@ def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: B
 
 def sweep_layout(index: faiss.Index, layout: Layout, vectors: np.ndarray, queries: np.ndarray,
                  keep: np.ndarray | None, truth: np.ndarray, reference: np.ndarray, target: Target,
-                 k: int = RVC_K) -> list[Trial]:
+                 k: int = SEARCH_K) -> list[Trial]:
     """Trials of one built index over nprobe (doubling, then bisecting)."""
     sizes = list_sizes(index)
     n_list = len(sizes)
@@ -199,7 +201,8 @@ class TuneResult:
     vectors: int
     queries: int
     per_layout: list[Trial] = field(default_factory=list)  # each layout's chosen trial, else its best recall
-    config: Config | None = None
+    config: Config | None = None  # the base with the chosen trial's settings
+    preset_file: Path | None = None  # where ``tune_experiment`` wrote it
 
 
 def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, client: Any | None = None,
@@ -210,7 +213,7 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
     k = SEARCH_K
     holdout = holdout_from_features(features, holdout_fraction, max_queries, base.seed, client)
     queries = holdout.queries
-    reference = exact_reference(backend, holdout, features, client, k)["blended"]
+    reference = exact_reference(backend, holdout, features, client, k).blended
     with tempfile.TemporaryDirectory(prefix="rvc-index-tune-") as workdir:
         vectors, aligned = index_vectors(features, base, backend, client, Path(workdir))
         keep = holdout.keep_mask(vectors.shape[0]) if aligned else None
@@ -231,11 +234,32 @@ def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, c
             trials += found
             del index
     chosen = choose(trials, target)
-    result = TuneResult(chosen, trials, target, features.n_rows, int(vectors.shape[0]), int(len(queries)),
-                        per_layout)
-    if chosen is not None:
-        result.config = tuned_config(base, chosen, features.dim, name)
-    return result
+    return TuneResult(chosen, trials, target, features.n_rows, int(vectors.shape[0]), int(len(queries)), per_layout,
+                      None if chosen is None else tuned_config(base, chosen, features.dim, name))
+
+
+def tune_experiment(path: str | Path, base: Config, target: Target, backend: Backend, out: Path | None = None, *,
+                    quick: bool = False, holdout_fraction: float = 0.05, max_queries: int = 1000,
+                    name: str = "tuned") -> TuneResult:
+    """``rvc-index tune``: measure the layouts (``quick``: flat and fp16 lists at two n_list sizes) on held-out
+    utterances of the experiment at ``path`` and write the cheapest config meeting ``target`` to ``out`` as a
+    preset. Raises TuneError, naming the closest configuration, when none meets it."""
+    experiment = resolve_experiment(path)
+    manifest = scan_manifest(experiment, base.source.on_bad_file)
+    features = open_feature_set(experiment, manifest, base.source.chunk_mb, base.source.on_bad_file,
+                                resident=resident_fits(manifest, base.source.chunk_mb, True))
+    grid = layouts(("flat", "fp16"), (1.0, 2.0), (1.0, 2.0)) if quick else None
+    result = tune(features, base, target, backend, layout_list=grid, holdout_fraction=holdout_fraction,
+                  max_queries=max_queries, name=name)
+    if not result.trials:
+        raise TuneError(f"no layout could be measured on {result.vectors:,} vectors (coded lists need "
+                        "index.min_coded_rows of them)")
+    if result.chosen is None:
+        closest = max(result.trials, key=lambda t: t.recall_at_k)
+        raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "
+                        f"({closest.lists} lists, n_list {closest.n_list}, nprobe {closest.nprobe}, "
+                        f"{closest.us_per_frame:.1f} us/frame)")
+    return dataclasses.replace(result, preset_file=write_preset(out, result)) if out is not None else result
 
 
 def tuned_config(base: Config, trial: Trial, dim: int, name: str) -> Config:

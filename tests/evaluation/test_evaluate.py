@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import faiss
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 from rvc_index.compute.backend import faiss_threads, select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.evaluation.evaluate import evaluate_files, evaluate_index
 from rvc_index.evaluation.holdout import (
     Holdout,
@@ -22,7 +24,7 @@ from rvc_index.evaluation.holdout import (
     ids_holding,
     row_digests,
 )
-from rvc_index.evaluation.measure import index_ram_bytes, nprobe_values, search_latency, search_params
+from rvc_index.evaluation.measure import index_ram_bytes, search_latency, search_params
 from rvc_index.evaluation.metrics import (
     blend_errors,
     coverage,
@@ -34,7 +36,7 @@ from rvc_index.evaluation.metrics import (
     rvc_blend,
     rvc_weights,
 )
-from rvc_index.evaluation.sizing import full_plan
+from rvc_index.evaluation.sizing import full_plan, nprobe_values
 from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import utterances
 
@@ -138,15 +140,15 @@ def test_exhaustive_index_has_perfect_recall_and_no_blend_error():
     data = frames(3000)
     holdout = collection_holdout(data, [300] * 10)
     index = flat_ivf(data)  # nprobe = n_list: exact search
-    result = evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(), stored_is_original=True).to_dict()
+    result = asdict(evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(), stored_is_original=True))
     assert result["recall_at_k"] == 1.0 and result["missing_label_share"] == 0.0
     assert result["blend_error"]["max"] < 1e-5
     assert result["coverage"] == pytest.approx(result["coverage_exact"], rel=1e-5)
     assert result["holdout"]["left_out_of_index"] == holdout.held_rows >= 300
     assert result["holdout"]["files"] == len(holdout.files)
     # the separate reference pass (stored_is_original=False) computes the same thing
-    again = evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(),
-                           plan=full_plan(len(holdout.queries), sweep=False)).to_dict()
+    again = asdict(evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(),
+                                  plan=full_plan(len(holdout.queries), sweep=False)))
     assert again["blend_error"]["max"] < 1e-5 and again["recall_at_k"] == 1.0
 
 
@@ -166,8 +168,8 @@ def test_approximate_index_is_measured_honestly():
     data = frames(4000)
     holdout = collection_holdout(data, [400] * 10)
     index = flat_ivf(data, n_list=64, nprobe=1)
-    result = evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(), stored_is_original=True,
-                            plan=full_plan(len(holdout.queries), repeats=1)).to_dict()
+    result = asdict(evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(), stored_is_original=True,
+                                   plan=full_plan(len(holdout.queries), repeats=1)))
     assert 0.0 < result["recall_at_k"] < 1.0 and result["blend_error"]["mean"] > 1e-3
     sweep = result["nprobe_sweep"]
     assert [r["nprobe"] for r in sweep] == nprobe_values(64, 1) == [1, 2, 4, 8, 16, 32, 64]
@@ -242,11 +244,11 @@ def test_eval_cli_on_a_built_index(make_experiment, tmp_path):
     assert result["holdout"]["left_out_of_index"] and result["holdout"]["source"] == "collection"
     assert 0.0 < result["recall_at_k"] <= 1.0 and result["missing_label_share"] == 0.0
     assert result["size"]["disk_bytes"] == built.index_path.stat().st_size
-    assert result["index"]["n_list"] == built.record.index["n_list"]
+    assert result["index"]["n_list"] == built.record.index.n_list
     assert (tmp_path / "eval.png").stat().st_size > 10_000
     # a folder of other utterances as queries: nothing to leave out
     other = make_experiment("other", 600, 64, seed=5) / "3_feature64"
-    separate = evaluate_files(built.index_path, exp, CPU, queries_dir=other, max_queries=200, sweep=False).to_dict()
+    separate = asdict(evaluate_files(built.index_path, exp, CPU, queries_dir=other, max_queries=200, sweep=False))
     assert separate["holdout"]["source"] == "separate folder" and 50 <= separate["queries"] <= 200
 
 
@@ -268,12 +270,12 @@ def test_a_compressed_index_is_evaluated_against_the_original_frames(make_experi
                                                       "evaluate.recall_queries=300", "evaluate.holdout_fraction=0.1",
                                                       "evaluate.full=true"])  # the queries `eval` takes below
     built = build_experiment(exp, config, tmp_path / "out")
-    evaluation = built.record.evaluation
-    assert built.record.index["ntotal"] == 300
+    evaluation = asdict(built.record.evaluation)
+    assert built.record.index.ntotal == 300
     assert not evaluation["holdout"]["left_out_of_index"] and "centroids" in evaluation["holdout"]["note"]
     # 300 centroids cannot stand in for 5000 frames: the blend moves, and the measure says so
     assert evaluation["blend_error"]["mean"] > 0.01 and evaluation["coverage"] > evaluation["coverage_exact"]
-    again = evaluate_files(built.index_path, exp, CPU, fraction=0.1, max_queries=300, sweep=False).to_dict()
+    again = asdict(evaluate_files(built.index_path, exp, CPU, fraction=0.1, max_queries=300, sweep=False))
     # by content: only a centroid that k-means never moved off its initial row can be a held-out frame
     assert again["holdout"]["left_out_of_index"] < 10
     assert again["blend_error"]["mean"] == pytest.approx(evaluation["blend_error"]["mean"], rel=0.05)

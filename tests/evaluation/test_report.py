@@ -1,6 +1,7 @@
 """report.png: drawn from a real evaluation, written atomically beside every build, before report.json."""
 
 import json
+from dataclasses import asdict
 
 import faiss
 import numpy as np
@@ -11,8 +12,11 @@ from rvc_index.config.loading import load_config
 from rvc_index.evaluation.evaluate import evaluate_index
 from rvc_index.evaluation.holdout import Holdout
 from rvc_index.evaluation.plots import ReportError, render_report, summary_lines, write_report_png
+from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
 from rvc_index.evaluation.sizing import full_plan
+from rvc_index.inspection.describe import describe_index
 from rvc_index.job.runner import build_experiment
+from rvc_index.runtime.records import from_json
 from rvc_index.tools.synth import utterances
 
 from benchmarks.bench_report import write_bench_png
@@ -29,8 +33,8 @@ def evaluation():
     faiss.extract_index_ivf(index).nprobe = 2
     holdout = Holdout(data[:300], ((0, 600),), ("a",), len(data))
     result = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(600),
-                            stored_is_original=True, plan=full_plan(300, repeats=1)).to_dict()
-    return result, {"type": "IndexIVFFlat", "d": 64, "ntotal": 4000, "n_list": 64, "nprobe": 2}
+                            stored_is_original=True, plan=full_plan(300, repeats=1))
+    return result, describe_index(index)
 
 
 def drawn_colours(path):
@@ -54,16 +58,21 @@ def test_report_png_is_written_and_shows_the_plots(evaluation, tmp_path):
 def test_summary_lines_carry_the_key_numbers(evaluation):
     result, index = evaluation
     text = "\n".join(summary_lines(result, index))
-    assert f"recall@8: {result['recall_at_k']:.3f}" in text
-    assert f"{result['latency']['us_per_frame']:.1f} us/frame" in text and "n_list 64  nprobe 2" in text
+    assert f"recall@8: {result.recall_at_k:.3f}" in text
+    assert f"{result.latency.us_per_frame:.1f} us/frame" in text and "n_list 64  nprobe 2" in text
+
+
+def test_a_report_redraws_from_report_json(evaluation, tmp_path):
+    """report.json holds the typed evaluation: read back, it draws the same picture's numbers."""
+    result, index = evaluation
+    back = from_json(Evaluation, json.loads(json.dumps(asdict(result))))
+    assert back == result and summary_lines(back, index) == summary_lines(result, index)
+    assert write_report_png(tmp_path / "again.png", back, "again", index, ("verdict: good",)).stat().st_size > 30_000
 
 
 def test_report_needs_an_evaluation(evaluation):
-    result, _ = evaluation
-    with pytest.raises(ReportError, match="'blend_error'"):
-        render_report({k: v for k, v in result.items() if k != "blend_error"}, "x")
-    with pytest.raises(ReportError, match="'recall_at_k'"):
-        render_report({"skipped": "one file"}, "x")
+    with pytest.raises(ReportError, match="EvaluationSkipped is not a measured evaluation"):
+        render_report(EvaluationSkipped("one file"), "x")
 
 
 def test_every_build_writes_report_png_before_report_json(make_experiment, tmp_path):
@@ -93,7 +102,7 @@ def test_a_single_file_experiment_skips_evaluation_without_failing(tmp_path):
     folder.mkdir(parents=True)
     np.save(folder / "only.npy", np.concatenate(list(utterances(2000, 256, [2, 256]))))
     result = build_experiment(folder, load_config("configs/rvc-classic.yaml"), tmp_path / "o")
-    assert "2 or more" in result.record.evaluation["skipped"]
+    assert "2 or more" in result.record.evaluation.skipped
     assert not (tmp_path / "o" / "rvc-index-solo-rvc-classic.report.png").exists()
 
 

@@ -1,7 +1,7 @@
 """The build's evaluation sized to the build (evaluation/sizing.py), its typed JSON, and the cheap -1 share."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import faiss
 import numpy as np
@@ -10,13 +10,22 @@ from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import ConfigError, EvaluateConfig
 from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.evaluation.evaluate import evaluate_index
 from rvc_index.evaluation.holdout import Holdout, holdout_from_features
-from rvc_index.evaluation.measure import nprobe_values
 from rvc_index.evaluation.result import Evaluation, EvaluationSkipped
-from rvc_index.evaluation.sizing import FLOOR_QUERIES, MIN_QUERIES, PICTURE_S, exact_seconds, full_plan, plan_evaluation
+from rvc_index.evaluation.sizing import (
+    FLOOR_QUERIES,
+    MIN_QUERIES,
+    PICTURE_S,
+    exact_seconds,
+    full_plan,
+    nprobe_values,
+    plan_evaluation,
+)
 from rvc_index.job.runner import build_experiment
+from rvc_index.runtime.records import from_json
 from rvc_index.runtime.stream import take_rows
 from rvc_index.tools.synth import utterances
 
@@ -92,18 +101,19 @@ def test_evaluation_serialises_to_the_report_json():
     holdout = Holdout(data[:200], ((0, 300),), ("a",), len(data))
     plan = plan_evaluation(DEFAULT, 3000, 3000, 64, stored_is_original=False, build_seconds=1.0)
     result = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(300), plan=plan)
-    assert isinstance(result, Evaluation) and result.plan == plan.to_dict()
-    out = json.loads(json.dumps(result.to_dict()))
+    assert isinstance(result, Evaluation) and result.plan == plan
+    out = json.loads(json.dumps(asdict(result)))
     assert set(out) >= {"k", "queries", "holdout", "recall_at_k", "missing_label_share", "blend_error", "coverage",
                         "coverage_exact", "latency", "size", "list_sizes", "plan", "seconds"}
     assert not any("@" in key or key.endswith("_8") for key in out)  # one spelling: recall_at_k
     assert out["recall_at_k"] == result.recall_at_k and out["latency"]["us_per_frame"] == result.latency.us_per_frame
     assert out["blend_error"]["histogram"]["counts"] == list(result.blend_error.histogram.counts)
     assert "recall@8" in result.summary_line() and "blend error" in result.summary_line()
-    assert EvaluationSkipped("one file").to_dict() == {"skipped": "one file"}
+    assert asdict(EvaluationSkipped("one file")) == {"skipped": "one file"}
+    assert from_json(Evaluation, out) == result  # what report.json holds reads back as the typed result
     no_reference = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(300),
                                   plan=replace(full_plan(200), reference=False))
-    blank = no_reference.to_dict()
+    blank = asdict(no_reference)
     assert blank["blend_error"] is None and blank["coverage_exact"] is None and blank["coverage"] > 0
     assert "not measured" in no_reference.summary_line()
 
@@ -133,9 +143,9 @@ def test_a_default_build_sizes_its_evaluation(make_experiment, tmp_path):
     exp = make_experiment("sized", 6000, 64) / "3_feature64"
     built = build_experiment(exp, load_config("configs/tips-plain.yaml"), tmp_path / "out")
     evaluation = built.record.evaluation
-    plan = evaluation["plan"]
-    assert not plan["full"] and plan["budget_s"] > 0 and evaluation["queries"] <= plan["queries"]
-    assert evaluation["recall_at_k"] > 0.9 and evaluation["blend_error"] is not None  # stored = original frames
+    plan = evaluation.plan
+    assert not plan.full and plan.budget_s > 0 and evaluation.queries <= plan.queries
+    assert evaluation.recall_at_k > 0.9 and evaluation.blend_error is not None  # stored = original frames
     late = build_experiment(exp, load_config("configs/tips-plain.yaml"), tmp_path / "late", head_start_s=50.0)
-    assert late.record.evaluation["plan"]["budget_s"] >= 5.0  # the command's seconds before the build count
-    assert late.record.evaluation["queries"] >= evaluation["queries"]
+    assert late.record.evaluation.plan.budget_s >= 5.0  # the command's seconds before the build count
+    assert late.record.evaluation.queries >= evaluation.queries

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import faiss
+from rvc_index.evaluation.result import (
+    Evaluation,
+    EvaluationSkipped,
+    HeldOut,
+    Histogram,
+    Latency,
+    ReplacedIndex,
+    Size,
+    Spread,
+)
 from rvc_index.evaluation.verdict import verdict_lines
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 
@@ -15,22 +26,25 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--backend", "cpu", "--set", "evaluate.recall_queries=200", "--set", "evaluate.plot=false"]
 
 
-def evaluation(recall: float, missing: float, blend: float | None) -> dict:
-    return {"k": 8, "queries": 500, "recall_at_k": recall, "missing_label_share": missing,
-            "blend_error": None if blend is None else {"mean": blend}}
+def evaluation(recall: float, missing: float, blend: float | None) -> Evaluation:
+    spread = None if blend is None else Spread(blend, blend, blend, blend, Histogram((0.0, 1.0), (1,)))
+    return Evaluation(8, 500, HeldOut("collection", 3, 500, "held out"), recall, missing, spread, 1.0, None,
+                      Latency(10.0, 10.0, 0.5, 50, 10, 1), Size(1000, 2000))
 
 
 def test_verdict_words_follow_the_numbers():
     good = verdict_lines(evaluation(0.998, 0.0, 0.0011))
     assert good[0].startswith("verdict: good: this index finds 99.8 % of the 8 neighbours exact search finds")
     assert "no -1 labels" in good[1] and "0.1 % away" in good[2]
-    poor = verdict_lines(evaluation(0.70, 0.012, 0.2), {"file": "old.index", "recall_at_k": 0.37,
-                                                          "missing_label_share": 0.05})
+    poor = verdict_lines(evaluation(0.70, 0.012, 0.2), ReplacedIndex("old.index", 1000, 0.37, 0.05))
     assert poor[0].startswith("verdict: poor") and "1.2 % of searches return fewer than 8" in poor[1]
     assert poor[3] == ("the index it replaces (old.index): finds 37 % of exact search's neighbours "
                        "(recall@8 0.370), -1 labels in 5 % of searches")
     assert "not measured" in verdict_lines(evaluation(0.99, 0.0, None))[2]
-    assert verdict_lines({"skipped": "one file"}) == ["verdict: not measured: one file"]
+    assert verdict_lines(EvaluationSkipped("one file")) == ["verdict: not measured: one file"]
+    assert verdict_lines(None) == ["verdict: not measured: evaluation off (evaluate.recall_queries=0)"]
+    assert "not measured (unreadable)" in verdict_lines(evaluation(0.9, 0.0, 0.01),
+                                                        ReplacedIndex("x.index", skipped="unreadable"))[3]
 
 
 def _build(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +60,8 @@ def test_default_log_is_a_few_lines_ending_with_the_verdict_and_the_replaced_ind
     frames = sample_frames(3000, 256, seed=0)
     old.train(frames)
     old.add(frames)
-    faiss.write_index(old, str(exp / "added_IVF64_Flat_nprobe_1_spk_v1.index"))
+    old_name = "added_IVF64_Flat_nprobe_1_spk_v1.index"
+    faiss.write_index(old, str(exp / old_name))
     quiet = _build("build", str(exp), "--config", "rvc-classic", *FAST)
     assert quiet.returncode == 0, quiet.stderr
     lines = quiet.stderr.strip().splitlines()
@@ -55,7 +70,9 @@ def test_default_log_is_a_few_lines_ending_with_the_verdict_and_the_replaced_ind
     tail = "\n".join(lines[-6:])  # the verdict's four lines, then the tools that load it and what they hold
     assert "verdict: " in tail and "the index it replaces (added_IVF64_Flat_nprobe_1_spk_v1.index): finds" in tail
     report = next(exp.glob("rvc-index-*.report.json")).read_text()
-    assert '"verdict"' in report and '"replaced"' in report
+    verdict = json.loads(report)["verdict"]
+    assert verdict["lines"][0].startswith("verdict: ") and verdict["replaced"]["file"] == old_name
+    assert verdict["replaced"]["recall_at_k"] > 0
     loud = _build("-v", "build", str(exp), "--config", "rvc-classic", "--force", *FAST)
     assert loud.returncode == 0 and "[train] start" in loud.stderr and "add: 3,000/3,000 vectors" in loud.stderr
     assert len(loud.stderr.strip().splitlines()) > len(lines) + 5
@@ -66,7 +83,7 @@ def test_a_foreign_index_that_would_abort_faiss_is_skipped_not_measured(make_exp
     index a build replaces is checked before it is measured."""
     import numpy as np
     from rvc_index.compute.backend import select_backend
-    from rvc_index.config.loading import load_config
+    from rvc_index.evaluation.holdout import holdout_from_features
     from rvc_index.evaluation.verdict import measure_replaced
 
     features = feature_set(make_experiment("idmap", 3000, 256))
@@ -75,5 +92,6 @@ def test_a_foreign_index_that_would_abort_faiss_is_skipped_not_measured(make_exp
     ids.add_with_ids(frames, np.arange(3000, dtype=np.int64))
     path = tmp_path / "added_old_idmap_v1.index"
     faiss.write_index(ids, str(path))
-    result = measure_replaced(path, features, load_config("tips-plain").evaluate, select_backend("cpu"))
-    assert result["file"] == path.name and "skipped" in result and "recall_at_k" not in result
+    holdout = holdout_from_features(features, 0.05, 200, 0)
+    result = measure_replaced(path, holdout, 256, select_backend("cpu"))
+    assert result.file == path.name and result.skipped and result.recall_at_k is None

@@ -12,7 +12,7 @@ import pytest
 from rvc_index.compute.backend import Backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.sources import SourceError
-from rvc_index.job.naming import OutputError
+from rvc_index.inspection.rvc_files import OutputError
 from rvc_index.job.runner import build_experiment
 from rvc_index.stages.expand import expand
 from rvc_index.tools.synth import utterances
@@ -59,7 +59,7 @@ def test_compressed_build_stores_centroids_in_feature_scale(make_experiment, con
     config = load_config(CONFIGS / "rvc-classic.yaml",
                          ["compress.row_threshold=4000", "compress.n_centroids=600", "output.write_total_fea=true"])
     result = build_experiment(exp, config, client=client)
-    assert result.record.compression["applied"]
+    assert result.record.compression.applied
     index = faiss.read_index(str(result.index_path))
     assert index.ntotal == 600
     total_fea = np.load(exp / "total_fea.npy")
@@ -81,9 +81,9 @@ def test_tiny_lists_raise_the_stored_nprobe(tmp_path, consumer_check):
     config = load_config(CONFIGS / "rvc-classic.yaml")
     result = build_experiment(folder, config)
     info = result.record.index
-    assert info["list_size_min"] < 8
-    assert info["nprobe"] > 1 and info["nprobe_configured"] == 1
-    assert f"nprobe_{info['nprobe']}_carol_v1" in result.index_path.name
+    assert info.list_size_min < 8
+    assert info.nprobe > 1 and info.nprobe_configured == 1
+    assert f"nprobe_{info.nprobe}_carol_v1" in result.index_path.name
     consumer_check(result.index_path, np.concatenate([outliers + 0.5, body[:100] + 0.01]), None, 256)
 
 

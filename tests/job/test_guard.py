@@ -3,7 +3,8 @@
 import pytest
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.job.guard import StageMemoryError, guard_plan
 from rvc_index.job.plan import make_plan
 
@@ -20,10 +21,11 @@ def make(manifest, *overrides):
 
 def test_a_plan_that_fits_passes_and_reports_its_estimates(manifest):
     config, plan = make(manifest)
-    guard = guard_plan(plan, config.source.chunk_mb, config.safety, "guarded")
-    guard.check("add")
-    report = guard.report()
-    assert report["estimated_peak_mb"] > 0 and set(report["stages_mb"]) >= {"check", "train", "add", "write"}
+    checked, guard = guard_plan(plan, config.source.chunk_mb, config.safety, "guarded")
+    guard.check(checked, "add")
+    report = guard.record(checked)
+    assert report.estimated_peak_mb > 0 and set(report.stages_mb) >= {"check", "train", "add", "write"}
+    assert report.chunk_mb == checked.chunk_mb and report.shrunk_from_chunk_mb is None
 
 
 def test_a_plan_beyond_the_limit_is_refused_naming_stage_and_limit(manifest):
@@ -32,7 +34,7 @@ def test_a_plan_beyond_the_limit_is_refused_naming_stage_and_limit(manifest):
     with pytest.raises(StageMemoryError, match=refused):
         guard_plan(plan, config.source.chunk_mb, config.safety, "guarded")
     off, plan_off = make(manifest, "safety.memory_limit_mb=1", "safety.memory_guard=off")
-    assert guard_plan(plan_off, off.source.chunk_mb, off.safety).plan.n_rows == 20_000
+    assert guard_plan(plan_off, off.source.chunk_mb, off.safety)[0].n_rows == 20_000
 
 
 def test_shrink_mode_lowers_the_chunk_size_until_the_plan_fits(manifest):
@@ -46,5 +48,5 @@ def test_shrink_mode_lowers_the_chunk_size_until_the_plan_fits(manifest):
                           "safety.memory_guard=shrink")
     shrink = load_config("rvc-classic", ["source.chunk_mb=16", f"safety.memory_limit_mb={limit:.0f}",
                                          "safety.memory_guard=shrink"])
-    guard = guard_plan(shrink_plan, 16.0, shrink.safety)
-    assert guard.shrunk_from == 16.0 and guard.plan.chunk_mb < 16.0
+    smaller, guard = guard_plan(shrink_plan, 16.0, shrink.safety)
+    assert guard.shrunk_from == 16.0 and smaller.chunk_mb < 16.0

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from rvc_index.cli import main
 from rvc_index.config.schema import IndexConfig
-from rvc_index.data.sources import resolve_experiment
-from rvc_index.job.naming import OutputError, ascii_name, index_file_name, output_place
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.inspection.rvc_files import OutputError
+from rvc_index.job.naming import ascii_name, index_file_name, output_place
 from rvc_index.stages.indexing import plan_index
 from rvc_index.tools.synth import SpeakerSpec, sample_frames, write_speaker
 

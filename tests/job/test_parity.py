@@ -1,11 +1,13 @@
 """rvc-classic makes RVC's decisions and, at RVC's nprobe, RVC's recall (benchmarks/rvc_recipe.py)."""
 
+from dataclasses import asdict
+
 import faiss
 import numpy as np
 import pytest
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
-from rvc_index.evaluation.evaluate import exact_knn, recall_at_k
+from rvc_index.evaluation.metrics import exact_knn, recall_at_k
 from rvc_index.job.runner import build_experiment
 from rvc_index.tools.synth import utterances
 
@@ -30,7 +32,7 @@ def test_rvc_classic_matches_rvcs_recipe(rows, dim, overrides, make_experiment, 
     ours = build_experiment(exp, config, tmp_path / "ours")
     rvc = rvc_train_index(feature_dir, dim, seed=3, row_threshold=config.compress.row_threshold,
                           n_centroids=config.compress.n_centroids)
-    report = ours.record.to_dict()
+    report = asdict(ours.record)
     assert report["compression"]["applied"] == rvc.compressed
     assert report["index"]["n_list"] == rvc.n_ivf
     assert report["index"]["ntotal"] == rvc.index.ntotal

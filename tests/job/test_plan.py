@@ -4,7 +4,8 @@ import pytest
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import stream_bytes
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.job.plan import make_plan
 
 

@@ -60,9 +60,9 @@ def test_the_report_records_the_plan_it_executed(make_experiment, tmp_path):
     result = build_experiment(make_experiment("erin", 3000, 256), classic("compress.row_threshold=1000",
                               "compress.n_centroids=200"), tmp_path / "o", select_backend("cpu"))
     plan = result.record.plan
-    assert plan["rows"] == 3000 and plan["vectors"] == 200
-    assert any(line.startswith("compression: 3,000 rows > compress.row_threshold 1,000") for line in plan["decisions"])
-    assert set(plan["stages_mb"]) >= {"check", "compress", "train", "add", "write"}
+    assert plan.rows == 3000 and plan.vectors == 200
+    assert any(line.startswith("compression: 3,000 rows > compress.row_threshold 1,000") for line in plan.decisions)
+    assert set(plan.stages_mb) >= {"check", "compress", "train", "add", "write"}
     assert Path(result.report_path).name == "rvc-index-erin-rvc-classic.report.json"
 
 
@@ -81,10 +81,10 @@ def test_a_collection_kept_in_memory_is_read_once(make_experiment, tmp_path, ove
             tmp_path / str(chunk_mb), select_backend("cpu"))
         reads[chunk_mb] = ROWS_READ.rows - before
     kept, streamed = results[64.0].record, results[0.2].record
-    assert any(line.startswith("source: read once") for line in kept.plan["decisions"])
-    assert any(line.startswith("source: streamed") for line in streamed.plan["decisions"])
+    assert any(line.startswith("source: read once") for line in kept.plan.decisions)
+    assert any(line.startswith("source: streamed") for line in streamed.plan.decisions)
     assert reads[64.0] == 4000 < reads[0.2]
-    assert kept.evaluation["queries"] == streamed.evaluation["queries"] > 0
+    assert kept.evaluation.queries == streamed.evaluation.queries > 0
     if not overrides:
-        assert kept.evaluation["recall_at_k"] == streamed.evaluation["recall_at_k"]
+        assert kept.evaluation.recall_at_k == streamed.evaluation.recall_at_k
         assert results[64.0].index_path.read_bytes() == results[0.2].index_path.read_bytes()

@@ -8,7 +8,8 @@ import pytest
 from rvc_index.compute.backend import select_backend
 from rvc_index.config.loading import load_config
 from rvc_index.data.feature_set import open_feature_set
-from rvc_index.data.sources import resolve_experiment, scan_manifest
+from rvc_index.data.layouts import resolve_experiment
+from rvc_index.data.sources import scan_manifest
 from rvc_index.job.runner import build_experiment
 from rvc_index.job.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
 
@@ -67,12 +68,12 @@ def test_tune_picks_a_config_that_builds_to_its_measured_recall(speaker, tmp_pat
     assert path.read_text().startswith("# Written by `rvc-index tune`")
     # every query, as tune measured (a build's own evaluation is otherwise sized to its time)
     built = build_experiment(speaker, load_config(path, ["evaluate.full=true"]), tmp_path / "out")
-    assert built.record.index["n_list"] == chosen.n_list
+    assert built.record.index.n_list == chosen.n_list
     # the build evaluates on the same held-out utterances: it finds what tune measured
     # (faiss's list training on 2 threads is not bit-reproducible, so the rebuilt index may differ a little)
-    assert built.record.evaluation["recall_at_k"] == pytest.approx(chosen.recall_at_k, abs=0.05)
-    assert built.record.evaluation["recall_at_k"] >= target.min_recall - 0.02
-    assert built.record.evaluation["missing_label_share"] == 0.0
+    assert built.record.evaluation.recall_at_k == pytest.approx(chosen.recall_at_k, abs=0.05)
+    assert built.record.evaluation.recall_at_k >= target.min_recall - 0.02
+    assert built.record.evaluation.missing_label_share == 0.0
 
 
 def test_an_unreachable_target_writes_nothing(speaker, tmp_path):
