@@ -1,8 +1,8 @@
 """rvc-index: build RVC-ready faiss retrieval indices from HuBERT feature collections.
 
-The public API (``rvc_index.api``): ``build_index``, ``build_batch``, ``load_preset``, ``evaluate_index``,
-their result types and ``RvcIndexError``. Names load on first use, so importing a lower layer
-(``rvc_index.compute``, ``rvc_index.config``) pulls in no Dask cluster code, faiss or CLI.
+The public API (``rvc_index.api``): ``build_index``, ``build_batch``, ``preview_batch``, ``load_preset``,
+``evaluate_index``, ``tune_index``, their result types and ``RvcIndexError``. Names load on first use, so
+importing a lower layer (``rvc_index.compute``, ``rvc_index.config``) pulls in no Dask cluster code, faiss or CLI.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ __version__ = "0.5.0"
 _EXPORTS = {
     "build_index": "rvc_index.api",
     "build_batch": "rvc_index.api",
+    "preview_batch": "rvc_index.api",
     "load_preset": "rvc_index.api",
     "evaluate_index": "rvc_index.api",
+    "tune_index": "rvc_index.api",
     "BuildResult": "rvc_index.job.record",
     "BuildRecord": "rvc_index.job.record",
     "BatchReport": "rvc_index.batch.summary",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -10,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rvc_index import __version__
-from rvc_index.config.loading import resolve_config_path
+from rvc_index.api import BACKENDS
+from rvc_index.config.loading import DEFAULT_PRESET
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import avoid_compaction_stalls, keep_freed_memory
 from rvc_index.runtime.outputs import check_output_file, check_output_folder, check_working_folder
@@ -18,7 +20,6 @@ from rvc_index.runtime.progress import DETAIL, configure_logging, get_logger, to
 from rvc_index.runtime.tables import format_table
 
 EXIT_FAILED = 1
-DEFAULT_PRESET = "tips-plain"  # the closest blend to exact retrieval; `--config tips` adds alpha query expansion
 NEEDS_FAISS = ("build", "batch", "inspect", "eval", "tune", "demo")
 
 
@@ -38,7 +39,7 @@ def require_faiss() -> None:
 
 def _add_build_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=DEFAULT_PRESET, help=f"preset (default {DEFAULT_PRESET})")
-    parser.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set index.nprobe=4 (repeatable)")
     parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date index exists")
@@ -77,7 +78,8 @@ def make_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
 
     batch = commands.add_parser("batch", help="build every experiment under a logs/ root on a Dask cluster")
-    batch.add_argument("root", help="RVC's logs/ folder: every <exp>/3_feature256|3_feature768 is built")
+    batch.add_argument("root", help="RVC's or Applio's logs/ folder: every <exp>/3_feature256|3_feature768 and "
+                       "<model>/extracted is built")
     batch.add_argument("--out", help="write to OUT/<exp>/ (default: each experiment folder, as RVC)")
     batch.add_argument("--cluster", default="local",
                        help="local (default), cuda, slurm, a scheduler address or a scheduler file")
@@ -112,7 +114,7 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--queries", metavar="DIR", help="query with these never-indexed utterances instead")
     evaluate.add_argument("--max-queries", type=int, default=1000, help="query frames (default 1000)")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
     evaluate.add_argument("--no-sweep", action="store_true", help="skip recall/latency against nprobe")
     evaluate.add_argument("--json", metavar="FILE", help="write every measure as JSON")
     evaluate.add_argument("--png", metavar="FILE", help="draw the report picture")
@@ -130,9 +132,9 @@ def make_parser() -> argparse.ArgumentParser:
     tune.add_argument("--holdout", type=float, default=0.05, metavar="FRACTION")
     tune.add_argument("--max-queries", type=int, default=1000)
     tune.add_argument("--quick", action="store_true", help="fewer layouts (flat and fp16 lists, two n_list sizes)")
-    tune.add_argument("--config", "-c", default="tips-plain",
-                      help="base preset (default tips-plain: no expansion, so the blend stays closest to exact)")
-    tune.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    tune.add_argument("--config", "-c", default=DEFAULT_PRESET,
+                      help=f"base preset (default {DEFAULT_PRESET}: no expansion, so the blend stays closest to exact)")
+    tune.add_argument("--backend", choices=BACKENDS, default="auto")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     demo = commands.add_parser("demo", help="generate data, build one index per speaker, print a table")
@@ -149,13 +151,11 @@ def command_seconds() -> float:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from rvc_index.compute.backend import select_backend
-    from rvc_index.config.loading import load_config
-    from rvc_index.job.runner import build_experiment
+    from rvc_index.api import build_index
 
-    config = load_config(resolve_config_path(args.config), build_overrides(args))
-    result = build_experiment(args.path, config, args.out, select_backend(args.backend), force=args.force,
-                              name=args.name, index_path=args.index_path, head_start_s=command_seconds())
+    result = build_index(args.path, args.out, preset=args.config, overrides=build_overrides(args), name=args.name,
+                         index_path=args.index_path, backend=args.backend, force=args.force,
+                         head_start_s=command_seconds())
     print(format_table([result.summary()]))
     print(f"index: {result.index_path}")
     return 0
@@ -182,7 +182,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.index)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such index file")
-    print(json.dumps(inspect_index_file(path), indent=2))
+    print(json.dumps(dataclasses.asdict(inspect_index_file(path)), indent=2))
     return 0
 
 
@@ -197,50 +197,34 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from distributed import Client, LocalCluster
-    from rvc_index.compute.backend import select_backend
-    from rvc_index.config.loading import load_config
-    from rvc_index.job.runner import build_experiment
-    from rvc_index.tools.synth import DEMO_SPEAKERS, SpeakerSpec, write_speaker
+    from rvc_index.api import build_batch
+    from rvc_index.tools.synth import write_demo
 
-    config = load_config(resolve_config_path(args.config), build_overrides(args))
-    root = Path(args.root)
-    backend = select_backend(args.backend)
-    rows = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
-        for name, n_rows, dim in DEMO_SPEAKERS:
-            if not (root / name).is_dir():
-                write_speaker(root, SpeakerSpec(name, n_rows, dim))
-            result = build_experiment(root / name, config, backend=backend, client=client, force=args.force)
-            rows.append(result.summary())
+    root = write_demo(Path(args.root))
+    report = build_batch(root, preset=args.config, overrides=build_overrides(args), workers=2, backend=args.backend,
+                         force=args.force)
     print()
-    print(format_table(rows))
-    return 0
+    print(report.table())
+    return report.exit_code
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from rvc_index.batch.jobs import parse_shard, plan_jobs
-    from rvc_index.batch.root import run_root
-    from rvc_index.config.loading import load_config
+    from rvc_index.api import build_batch, preview_batch
 
-    config_path = resolve_config_path(args.config)
-    overrides = build_overrides(args)
-    config = load_config(config_path, overrides)
-    shard = parse_shard(args.shard)
-    jobs = plan_jobs(args.root, config, args.out, args.only, shard)
-    if not jobs:
-        print(f"shard {args.shard}: no experiments")
-        return 0
+    common = dict(preset=args.config, overrides=build_overrides(args), only=args.only, shard=args.shard,
+                  backend=args.backend)
     if args.dry_run:
-        from rvc_index.batch.preview import format_previews, preview_jobs
+        from rvc_index.batch.preview import format_previews
 
-        previews = preview_jobs(jobs, config)
+        previews = preview_batch(args.root, args.out, **common)
         print(format_previews(previews))
         return EXIT_FAILED if any(p.action == "fail" for p in previews) else 0
-    report = run_root(args.root, config, args.out, jobs=jobs, cluster=args.cluster, workers=args.workers,
-                      only=args.only, backend=args.backend, force=args.force, report=args.report, shard=shard,
-                      retries=args.retries, performance_report=args.performance_report, config_file=config_path,
-                      overrides=overrides, verbose=args.verbose > 0)
+    report = build_batch(args.root, args.out, **common, cluster=args.cluster, workers=args.workers,
+                         force=args.force, report=args.report, retries=args.retries,
+                         performance_report=args.performance_report, verbose=args.verbose > 0)
+    if not report.records:
+        print(f"shard {args.shard}: no experiments")
+        return 0
     print(report.table())
     print(report.headline())
     print(f"report: {report.meta['report_file']}")
@@ -262,59 +246,39 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rvc_index.compute.backend import select_backend
-    from rvc_index.evaluation.evaluate import evaluate_files
+    from rvc_index.api import evaluate_index
     from rvc_index.evaluation.plots import summary_lines, write_report_png
     from rvc_index.runtime.outputs import write_json_atomic
 
     given = {"--json": args.json, "--png": args.png}
     outputs = {option: check_output_file(option, value) for option, value in given.items() if value is not None}
-    result = evaluate_files(args.index, args.feature_dir, select_backend(args.backend), fraction=args.holdout,
-                            queries_dir=args.queries, max_queries=args.max_queries, seed=args.seed,
-                            sweep=not args.no_sweep).to_dict()
-    print("\n".join(summary_lines(result, result["index"])))
-    print(f"held out: {result['holdout']['note']}")
-    if result.get("nprobe_sweep"):
-        print(format_table(result["nprobe_sweep"]))
+    result = evaluate_index(args.index, args.feature_dir, holdout=args.holdout, queries=args.queries,
+                            max_queries=args.max_queries, seed=args.seed, backend=args.backend,
+                            sweep=not args.no_sweep)
+    print("\n".join(summary_lines(result, result.index)))
+    print(f"held out: {result.holdout.note}")
+    if result.nprobe_sweep:
+        print(format_table([dataclasses.asdict(point) for point in result.nprobe_sweep]))
     if "--json" in outputs:
-        write_json_atomic(outputs["--json"], result)
+        write_json_atomic(outputs["--json"], dataclasses.asdict(result))
     if "--png" in outputs:
-        write_report_png(outputs["--png"], result, Path(args.index).name, result["index"])
+        write_report_png(outputs["--png"], result, Path(args.index).name, result.index)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rvc_index.compute.backend import select_backend
-    from rvc_index.config.loading import load_config
-    from rvc_index.data.feature_set import open_feature_set, resident_fits
-    from rvc_index.data.sources import resolve_experiment, scan_manifest
-    from rvc_index.job.tune import Target, TuneError, layouts, tune, write_preset
+    from rvc_index.api import tune_index
 
-    config = load_config(resolve_config_path(args.config), args.overrides)
-    out = check_output_file("--out", args.out)  # checked before minutes of tuning, not after
-    target = Target(args.min_recall, args.max_us_per_frame, args.max_ram_mb, args.objective)  # checks itself
-    experiment = resolve_experiment(args.path)
-    manifest = scan_manifest(experiment, config.source.on_bad_file)
-    features = open_feature_set(experiment, manifest, config.source.chunk_mb, config.source.on_bad_file,
-                                resident=resident_fits(manifest, config.source.chunk_mb, True))
-    grid = layouts(("flat", "fp16"), (1.0, 2.0), (1.0, 2.0)) if args.quick else None
-    result = tune(features, config, target, select_backend(args.backend), layout_list=grid,
-                  holdout_fraction=args.holdout, max_queries=args.max_queries, name=args.name)
-    print(format_table([vars(t) | {"meets": t.meets(target)} for t in result.per_layout]))
-    if not result.trials:
-        raise TuneError(f"no layout could be measured on {result.vectors:,} vectors (coded lists need "
-                        "index.min_coded_rows of them)")
-    if result.chosen is None:
-        closest = max(result.trials, key=lambda t: t.recall_at_k)
-        raise TuneError(f"no configuration met the target; the best recall@8 was {closest.recall_at_k:.3f} "
-                        f"({closest.lists} lists, n_list {closest.n_list}, nprobe {closest.nprobe}, "
-                        f"{closest.us_per_frame:.1f} us/frame)")
-    path = write_preset(out, result)
+    result = tune_index(args.path, args.out, preset=args.config, overrides=args.overrides, min_recall=args.min_recall,
+                        max_us_per_frame=args.max_us_per_frame, max_ram_mb=args.max_ram_mb, objective=args.objective,
+                        holdout=args.holdout, max_queries=args.max_queries, quick=args.quick, name=args.name,
+                        backend=args.backend)
+    print(format_table([dataclasses.asdict(t) | {"meets": t.meets(result.target)} for t in result.per_layout]))
     chosen = result.chosen
     print(f"chosen: {chosen.lists} lists, n_list {chosen.n_list}, nprobe {chosen.nprobe}: recall@8 "
           f"{chosen.recall_at_k:.3f}, blend error {chosen.blend_error:.4f}, {chosen.us_per_frame:.1f} us/frame, "
           f"{chosen.ram_mb:.1f} MB")
-    print(f"config: {path}  (rvc-index build {args.path} --config {path})")
+    print(f"config: {result.preset_file}  (rvc-index build {args.path} --config {result.preset_file})")
     return 0
 
 

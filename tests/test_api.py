@@ -20,11 +20,53 @@ FAST = ["evaluate.plot=false"]
 
 
 def test_the_package_exports_exactly_the_api():
-    assert set(rvc_index.__all__) == {"__version__", "build_index", "build_batch", "load_preset", "evaluate_index",
-                                      "BuildResult", "BuildRecord", "BatchReport", "Evaluation", "ProgressEvent",
-                                      "RvcIndexError"}
+    assert set(rvc_index.__all__) == {"__version__", "build_index", "build_batch", "preview_batch", "load_preset",
+                                      "evaluate_index", "tune_index", "BuildResult", "BuildRecord", "BatchReport",
+                                      "Evaluation", "ProgressEvent", "RvcIndexError"}
     with pytest.raises(AttributeError):
         rvc_index.build_experiment  # noqa: B018 - internal, not exported
+
+
+def test_the_command_line_is_the_api_plus_printing():
+    """Each command is one call of the API and its printing: no use-case logic in the face; one default preset
+    and one spelling of the backend choices, the same as the compute layer's."""
+    import ast
+    import typing
+
+    from rvc_index import api, cli
+    from rvc_index.compute.backend import BackendName
+    from rvc_index.config.loading import DEFAULT_PRESET
+
+    source = (REPO / "pipeline" / "cli.py").read_text(encoding="utf-8")
+    commands = {n.name: n for n in ast.parse(source).body
+                if isinstance(n, ast.FunctionDef) and n.name.startswith("cmd_")}
+    assert set(commands) == {f"cmd_{name}" for name in cli.COMMANDS}
+    for name in ("cmd_build", "cmd_batch", "cmd_eval", "cmd_tune"):
+        called = {node.func.id for node in ast.walk(commands[name]) if isinstance(node, ast.Call)
+                  and isinstance(node.func, ast.Name)}
+        assert called & {"build_index", "build_batch", "preview_batch", "evaluate_index", "tune_index"}, name
+    assert all(node.end_lineno - node.lineno < 22 for node in commands.values())
+    assert api.BACKENDS == typing.get_args(BackendName) == ("auto", "cpu", "gpu")
+    assert '"tips-plain"' not in source and cli.make_parser().parse_args(["tune", "x"]).config == DEFAULT_PRESET
+
+
+def test_tune_and_preview_through_the_api(tmp_path):
+    logs = tmp_path / "logs"
+    (logs / "spk" / "extracted").mkdir(parents=True)  # Applio's layout
+    for i, utterance in enumerate(utterances(6000, 64, [4, 64])):
+        np.save(logs / "spk" / "extracted" / f"{i:04d}.npy", utterance)
+    previews = rvc_index.preview_batch(logs, preset="tips", backend="cpu")
+    assert [(p.experiment, p.action) for p in previews] == [("spk", "build")]
+    assert any(line.startswith("expansion: alpha 3 over 8 neighbours") for line in previews[0].plan)
+    tuned = rvc_index.tune_index(logs / "spk", tmp_path / "t.yaml", overrides=["expand.enabled=false"],
+                                 min_recall=0.8, quick=True, backend="cpu", max_queries=200)
+    assert tuned.chosen.recall_at_k >= 0.8 and tuned.preset_file == tmp_path / "t.yaml"
+    assert rvc_index.load_preset(tuned.preset_file).index.lists == tuned.chosen.lists
+    with pytest.raises(rvc_index.RvcIndexError, match="no configuration met the target"):
+        rvc_index.tune_index(logs / "spk", min_recall=1.0, max_us_per_frame=0.001, quick=True, backend="cpu",
+                             overrides=["expand.enabled=false"], max_queries=200)
+    with pytest.raises(rvc_index.RvcIndexError, match="backend must be 'auto' or 'cpu' or 'gpu'"):
+        rvc_index.preview_batch(logs, backend="tpu")
 
 
 def test_presets_load_by_name_and_unknown_ones_are_named():
@@ -41,7 +83,7 @@ def test_build_from_a_folder_with_progress_then_evaluate(make_experiment):
     assert result.status == "built" and result.index_path.parent == exp and result.record.rows == 4000
     assert {e.kind for e in events} >= {"start", "done"} and any(e.label.endswith("train") for e in events)
     quality = rvc_index.evaluate_index(result.index_path, exp, sweep=False, max_queries=200, backend="cpu")
-    assert quality.to_dict()["recall_at_k"] > 0.9
+    assert quality.recall_at_k > 0.9 and quality.index.ntotal == 4000
 
 
 def test_build_from_an_array(tmp_path):

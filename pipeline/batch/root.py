@@ -1,6 +1,6 @@
 """One batch from end to end: plan a root's experiments, start the cluster, run, write the report.
 
-The CLI's ``batch`` and the API's ``build_batch`` both call ``run_root``.
+The API's ``build_batch`` (and so the CLI's ``batch``) calls ``run_root``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def run_root(root: str | Path, config: Config, out: str | Path | None = None, *,
     if retries < 0:
         raise BatchError(f"--retries {retries}: must be 0 or more")
     planned = list(jobs) if jobs is not None else plan_jobs(root, config, out, only, shard)
+    if not planned:  # a shard of an array with more tasks than experiments: nothing to run, no report
+        return BatchReport([], 0.0, meta={"shard": f"{shard[0]}/{shard[1]}" if shard else None, "report_file": None})
     report_path = check_output_file("--report", report, make_folder=True) if report is not None else \
         report_file(root, out, shard)
     if performance_report is not None:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from rvc_index.config.schema import RETIRED_KEYS, Config, ConfigError, shown
 
+DEFAULT_PRESET = "tips-plain"  # the closest blend to exact retrieval; `tips` adds alpha query expansion
 MAX_CONFIG_BYTES = 2**20
 MAX_DEPTH = 8  # a config nests two levels; values may be short lists
 MAX_STRING_CHARS = 1024

@@ -158,13 +158,18 @@ def test_dry_run_reads_every_header_and_says_build_skip_or_fail(tmp_path, bank, 
     (root / "spk2" / "3_feature256" / "00003.npy").write_bytes(b"\x93NUMPY\x01\x00" + b"x" * 10)
     code = main(["-q", "batch", str(root), "--config", "rvc-classic", "--dry-run",
                  "--set", "evaluate.recall_queries=100"])
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if not line.startswith(" ")]  # each experiment's line; its plan indented under it
     assert code == 1  # something would fail
+    plan = out[1:out.index(lines[1])]  # what spk0's build would do, one decision a line
+    assert [line.split(":")[0].strip() for line in plan] == ["source", "compression", "index", "evaluation"]
     assert lines[0].split()[:2] == ["build", "spk0"] and "2,000 x 256" in lines[0] and "whole" in lines[0]
     assert lines[1].split()[:2] == ["skip", "spk1"] and "up to date: added_IVF" in lines[1]
     assert lines[2].split()[:2] == ["fail", "spk2"] and "3_feature256/00003.npy: not a valid .npy" in lines[2]
     assert lines[3] == "3 experiments: 1 to build, 1 up to date, 1 would fail"
     assert not list((root / "spk0").glob("*.index"))  # nothing built
+    assert main(["-q", "batch", str(root), "--only", "spk0", "--config", "tips", "--dry-run"]) == 0
+    assert "expansion: alpha 3 over 8 neighbours, exact" in capsys.readouterr().out  # what expansion will do
 
 
 def test_bad_worker_count_and_scheduler_file_are_clear_errors(tmp_path, bank, capsys):
@@ -214,7 +219,7 @@ def test_an_unreadable_feature_folder_fails_only_its_experiment(tmp_path, bank, 
     finally:
         (root / "spk1" / "3_feature256").chmod(0o755)
     assert proc.returncode == 1, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith(" ")]
     assert lines[0].startswith("build  spk0")
     assert lines[1].startswith("fail   spk1") and "3_feature256: cannot read: Permission denied" in lines[1]
 
