@@ -1,4 +1,5 @@
-"""The house: sub-packages by layer, imports only downward, no cycles, light lower layers."""
+"""The house: sub-packages by layer, imports only downward, no cycles, light lower layers, and the stricter
+rules: compute reads neither config nor data; evaluation, batch and the faces never reach into a stage."""
 
 import ast
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # Lowest first; a module may import its own layer or any layer below it, never one above.
-LAYERS = ["errors", "runtime", "config", "data", "compute", "inspection", "stages", "evaluation", "job", "batch",
+LAYERS = ["errors", "runtime", "config", "inspection", "data", "compute", "stages", "evaluation", "job", "batch",
           "tools", "api", "cli", "__main__"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["tools"] = RANK["batch"]  # generators and RVC's checker: beside batch, used by the CLI and tests
@@ -69,6 +70,26 @@ def test_no_import_cycle():
     for module in graph:
         if module not in state:
             visit(module, [module])
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) == "compute"))
+def test_compute_reads_neither_config_nor_data(module):
+    """Array code takes arrays and plain settings: the stages read the config and the data and hand them over."""
+    assert not {i for i in MODULES[module] if layer(i) in ("config", "data")}
+
+
+@pytest.mark.parametrize("owner", ["evaluation", "batch", "tools", "api", "cli", "__main__"])
+def test_evaluation_batch_and_the_faces_never_import_a_stage(owner):
+    """What they need of an index (its lists, its description, the rows RVC's k needs) is in inspection/; a
+    build's stages run only through job/."""
+    reaching = {(m, i) for m, imported in MODULES.items() if layer(m) == owner for i in imported
+                if layer(i) == "stages"}
+    assert not reaching
+
+
+def test_the_layers_hold_every_sub_package():
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
+        name for name in LAYERS if (PACKAGE / name).is_dir()}
 
 
 def test_posix_only_modules_are_never_imported_at_top_level():
