@@ -1,1 +1,2 @@
-"""What an index file is and who can use it: the consumers' rules, replayed (below every stage that writes one)."""
+"""What an index file is and who can use it: the consumers' rules, replayed, an index's description, RVC's file rules
+(below every stage that writes one)."""

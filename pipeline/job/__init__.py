@@ -1,1 +1,1 @@
-"""job: one experiment's build."""
+"""One experiment's build: the plan, its guard, the runner that executes it, names, locks, resume, retire, tune."""

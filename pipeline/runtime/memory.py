@@ -171,7 +171,7 @@ def keep_freed_memory() -> str | None:
     at twice that: each Lloyd pass's per-chunk arrays and the init's per-cell arrays came back as fresh
     pages, 2 GB of page faults in a 300,000-row build. Arrays below ``HEAP_BELOW`` now come from the heap
     and up to ``KEEP_FREED`` of freed heap stays mapped (:func:`release_freed_memory` still hands all of it
-    back between phases): 400,000 faults instead of 557,000 and 8.2-8.7 s instead of 8.8-9.5 s (3 runs each).
+    back between phases): fewer page faults and a faster build (docs/benchmarks.md, "Lab notes").
     """
     libc = _glibc()
     if libc is None:
@@ -190,9 +190,9 @@ def avoid_compaction_stalls(defrag: Path = THP_DEFRAG) -> str | None:
 
     numpy advises huge pages for every array of 4 MB and more. With transparent huge pages' ``defrag``
     at ``madvise`` (or ``always``, ``defer+madvise``), each fault of such an array may stall on
-    compaction, and a build's page cache full of feature files leaves memory fragmented: a 300,000-row
-    build took 0.4-0.7 s longer with the advice (5 runs each, 8.0-8.7 vs 8.6-9.4 s). Only before numpy
-    is imported (it reads ``NUMPY_MADVISE_HUGEPAGE`` then), and never over a value the user set.
+    compaction, and a build's page cache full of feature files leaves memory fragmented: a build is
+    slower with the advice (docs/benchmarks.md, "Lab notes"). Only before numpy is imported (it reads
+    ``NUMPY_MADVISE_HUGEPAGE`` then), and never over a value the user set.
     """
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ or "numpy" in sys.modules:
         return None

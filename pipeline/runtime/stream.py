@@ -3,7 +3,7 @@
 With a ``distributed`` client the work runs on the cluster's workers; with ``client=None`` it
 runs on local threads. Nothing here holds more than ``prefetch`` chunks at once. A ``ChunkSource``
 (a feature collection that loads its own chunks) streams on local threads without a dask graph,
-so a build without a cluster never imports dask (0.25 s of every command's start).
+so a build without a cluster never imports dask (a quarter of a command's start: docs/benchmarks.md, "Lab notes").
 """
 
 from __future__ import annotations
