@@ -98,7 +98,8 @@ def test_size_sweep_puts_rvc_and_ours_side_by_side(tmp_path):
     assert "| 6,000 | 6.0 s | 7.5 s (1.25x slower) |" in table
     doc = tmp_path / "b.md"
     update_docs(doc, runs, None)
-    assert "### Size sweep" in doc.read_text() and "| 6,000 x 768 | synthetic | 2026-01-01 | tips-plain |" in doc.read_text()
+    text = doc.read_text()
+    assert "### Size sweep" in text and "| 6,000 x 768 | synthetic | 2026-01-01 | tips-plain |" in text
 
 
 def test_replicated_collection_has_the_rows_asked_for_and_distinct_copies(tmp_path):
