@@ -34,8 +34,9 @@ from rvc_index.compute.neighbours import exact_neighbours
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import ExpandConfig
 from rvc_index.runtime.progress import configure_logging
+from rvc_index.runtime.run import Run
 from rvc_index.runtime.stream import sample_row_ids
-from rvc_index.stages.expand import expand
+from rvc_index.stages.expand import expand, plan_expansion
 
 from benchmarks.bench_kmeans import matmul_gflops
 
@@ -89,7 +90,8 @@ def throughput(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
                           method=args.method)
     ours_times, ref_times, ours, reference = [], [], None, None
     for _ in range(args.repeats):  # alternate, so both meet the same load on a shared machine
-        ours, seconds = _timed(expand, x, config, backend, None, None, args.seed)
+        ours, seconds = _timed(expand, x, plan_expansion(len(x), x.shape[1], config, backend),
+                               Run(backend, seed=args.seed))
         ours_times.append(round(seconds, 3))
         if args.reference:
             reference, seconds = _timed(reference_recipe, x, args.num_expand, args.alpha, args.seed)

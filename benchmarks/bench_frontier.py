@@ -49,6 +49,7 @@ def stored_vectors(features: Any, count: int | None, seed: int) -> tuple[np.ndar
     the budget's route for that many centres), or every frame when ``count`` is None or not below the rows."""
     from rvc_index.compute.backend import select_backend
     from rvc_index.config.loading import load_config
+    from rvc_index.runtime.run import Run
     from rvc_index.runtime.stream import iter_blocks
     from rvc_index.stages.compress import fit_centroids, plan_kmeans
 
@@ -58,7 +59,7 @@ def stored_vectors(features: Any, count: int | None, seed: int) -> tuple[np.ndar
     backend = select_backend("cpu")
     config = load_config("tips-plain", [f"compress.n_centroids={count}"]).compress
     kplan = plan_kmeans(features.n_rows, count, config, backend)
-    state = fit_centroids(features, count, config, backend, seed, kplan=kplan)
+    state = fit_centroids(features, kplan, Run(backend, seed=seed))
     centres = backend.to_host(state.centres).astype(np.float32)
     route = "fixed cells" if kplan.fixed_cells else "two-level"
     return centres, time.perf_counter() - started, f"k-means ({route})"
@@ -75,7 +76,7 @@ def measure(vectors: np.ndarray, lists: str, holdout: Any, features: Any, refere
     from rvc_index.inspection.consumers import holdings, static_problems
     from rvc_index.inspection.describe import list_sizes
     from rvc_index.runtime.progress import Progress
-    from rvc_index.runtime.stream import iter_batches
+    from rvc_index.runtime.run import Run
     from rvc_index.stages.indexing import (
         add_batches,
         nprobe_for_k,
@@ -84,18 +85,18 @@ def measure(vectors: np.ndarray, lists: str, holdout: Any, features: Any, refere
         train_index,
     )
 
-    backend = select_backend("cpu")
+    run = Run(select_backend("cpu"), seed=seed)
     config = load_config("tips-plain")
     index_config = dataclasses.replace(config.index, lists=lists, min_coded_rows=0)
     plan = plan_index(vectors.shape[0], vectors.shape[1], index_config, config.budget)
     started = time.perf_counter()
-    index = train_index(vectors, plan, backend, index_config.train_iterations, seed, raw_rows=False)
-    add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
+    index = train_index(vectors, plan, run, raw_rows=False)
+    add_batches(index, run.batches(vectors, plan.add_batch_rows), run.backend,
                 Progress(f"frontier: add {lists}", vectors.shape[0], "vectors", step_percent=50))
     nprobe = nprobe_for_k(list_sizes(index), SEARCH_K, plan.nprobe)
     set_search_params(index, nprobe)
     index_seconds = time.perf_counter() - started
-    result = evaluate_index(index, holdout, features, backend, reference=reference,
+    result = evaluate_index(index, holdout, features, run, reference=reference,
                             plan=full_plan(len(holdout.queries), sweep=False, plot=False))
     held = holdings(index)
     return {"lists": lists, "factory": plan.factory, "nprobe": nprobe, "vectors": int(index.ntotal),
@@ -116,13 +117,14 @@ def run_frontier(feature_dir: Path, stored: Sequence[int | None], formats: Seque
     from rvc_index.data.sources import scan_manifest
     from rvc_index.evaluation.evaluate import exact_reference
     from rvc_index.evaluation.holdout import holdout_from_folder
+    from rvc_index.runtime.run import Run
     from rvc_index.stages.compress import budget_vectors
 
     collection = split_collection(feature_dir, work, seed=seed)
     experiment = resolve_experiment(collection.feature_dir)
     features = open_feature_set(experiment, scan_manifest(experiment))
     holdout = holdout_from_folder(collection.heldout_dir, max_queries, seed, collection.dim)
-    reference = exact_reference(select_backend("cpu"), holdout, features)
+    reference = exact_reference(Run(select_backend("cpu"), seed=seed), holdout, features)
     budget = budget_vectors(collection.dim, load_config("tips-plain").budget)
     rows = []
     for count in stored:

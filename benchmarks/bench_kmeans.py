@@ -136,6 +136,7 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
     from rvc_index.compute.warm import ensure_warm
     from rvc_index.config.loading import load_config
     from rvc_index.runtime.progress import configure_logging
+    from rvc_index.runtime.run import Run
     from rvc_index.stages.compress import fit_centroids, plan_kmeans
 
     configure_logging()
@@ -145,11 +146,11 @@ def child_ours(feature_dir: Path, k: int, seed: int, out: Path, backend_name: st
     warm_seconds = time.perf_counter() - warm_started
     config = load_config(None, [f"compress.n_centroids={k}", *overrides]).compress
     features = open_features(feature_dir)
+    kplan = plan_kmeans(features.n_rows, k, config, backend)
     cpu, started = cpu_seconds(), time.perf_counter()
-    state = fit_centroids(features, k, config, backend, seed)
+    state = fit_centroids(features, kplan, Run(backend, seed=seed))
     centres = backend.to_host(state.centres).astype(np.float32)
     seconds = time.perf_counter() - started
-    kplan = plan_kmeans(features.n_rows, k, config, backend)
     passes = kplan.steps * kplan.batch_rows / features.n_rows + len(state.msd)  # (device: over the device rows)
     result: dict[str, Any] = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu, "steps": state.step,
                               "reseeded": int(state.reseeded), "msd_per_pass": [round(m, 5) for m in state.msd],

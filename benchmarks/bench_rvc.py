@@ -122,17 +122,18 @@ def evaluate_systems(collection: Collection, systems: list[dict[str, Any]], max_
     from rvc_index.evaluation.evaluate import evaluate_index, exact_reference
     from rvc_index.evaluation.holdout import holdout_from_folder
     from rvc_index.evaluation.sizing import full_plan
+    from rvc_index.runtime.run import Run
 
-    backend = select_backend("cpu")
+    run = Run(select_backend("cpu"), seed=seed)
     experiment = resolve_experiment(collection.feature_dir)
     features = open_feature_set(experiment, scan_manifest(experiment))
     holdout = holdout_from_folder(collection.heldout_dir, max_queries, seed, collection.dim)
-    reference = exact_reference(backend, holdout, features.array)
+    reference = exact_reference(run, holdout, features.array)
     for system in systems:
         if system["returncode"] != 0:
             continue
         index = faiss.read_index(system["index"])
-        result = evaluate_index(index, holdout, features.array, backend, reference=reference,
+        result = evaluate_index(index, holdout, features.array, run, reference=reference,
                                 plan=full_plan(len(holdout.queries), sweep=False))
         ivf = faiss.extract_index_ivf(index)
         blend = result.blend_error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -114,10 +115,14 @@ def open_features(path: Path, chunk_mb: float = 0.5, client=None):
 
     folders = sorted(path.glob("3_feature*"))
     experiment = resolve_experiment(folders[0] if folders else path)
-    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb, client=client)
+    from rvc_index.runtime.run import HOST_RUN
+
+    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb,
+                            run=HOST_RUN if client is None else dataclasses.replace(HOST_RUN, client=client))
 
 
 @pytest.fixture
 def feature_set():
     """``feature_set(path, chunk_mb=0.5, client=None)``: the FeatureSet of an experiment or feature folder."""
     return open_features
+

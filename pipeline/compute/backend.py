@@ -3,7 +3,7 @@
 This is the only module that imports cupy. Compute code receives a ``Backend`` and uses ``backend.xp``
 (``cupy`` or ``numpy``), ``backend.product`` (a matrix product at a chosen precision: TF32 where the GPU has
 it) and ``backend.flat_index`` (a GPU or CPU flat L2 index). Host rows reach the device through
-``Backend.stage``: on a GPU, large copies from two pinned host buffers on their own stream, the next block
+``Backend.upload``: on a GPU, large copies from two pinned host buffers on their own stream, the next block
 read meanwhile (``compute.staging``), so reading, copying and computing overlap.
 faiss-gpu is used only when a smoke test shows it runs kernels on this GPU with CuPy's CUDA major
 version; otherwise the build says why in one line and faiss runs on the CPU.
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -29,12 +28,24 @@ from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.progress import get_logger
 
 BackendName = Literal["auto", "cpu", "gpu"]
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class BackendError(RvcIndexError, RuntimeError):
     """The requested backend cannot run on this machine."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What sizes work on one kind of device (rates rounded down from a quiet machine's: docs/benchmarks.md)."""
+
+    tile_bytes: int  # one k-means pass tile's working memory (at most a quarter of the route's budget)
+    exact_max_rows: int  # the expansion's neighbours by exact k-NN up to this many rows (expand.exact_max_rows=0)
+    gemm_flops: float  # exact k-NN tiles' matrix-product rate (numpy BLAS on 2 cores, or CuPy)
+    topk_s_per_pair: float  # argpartition and merge of a tile, per (query, row)
+
+
+CPU_PROFILE = DeviceProfile(tile_bytes=128 << 20, exact_max_rows=12_288, gemm_flops=2e10, topk_s_per_pair=1e-8)
+GPU_PROFILE = DeviceProfile(tile_bytes=2 << 30, exact_max_rows=131_072, gemm_flops=2e12, topk_s_per_pair=0.0)
 
 
 @dataclass
@@ -52,6 +63,10 @@ class Backend:
     @property
     def is_gpu(self) -> bool:
         return self.name == "gpu"
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return GPU_PROFILE if self.is_gpu else CPU_PROFILE
 
     def describe(self) -> str:
         if not self.is_gpu:
@@ -111,7 +126,7 @@ class Backend:
         free, _ = self.xp.cuda.runtime.memGetInfo()
         return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
 
-    def stage(self, blocks: Iterable[np.ndarray], out: Any | None = None) -> Iterator[Any]:
+    def upload(self, blocks: Iterable[np.ndarray], out: Any | None = None) -> Iterator[Any]:
         """Each host block [b, d] as a float32 device array, in order; with ``out`` [n, d] (device), the
         blocks are copied into consecutive rows of it and the yielded arrays are those rows.
 
@@ -138,7 +153,7 @@ class Backend:
         if not self.is_gpu:
             return self.asarray(rows)
         out = self.xp.empty(rows.shape, dtype=self.xp.float32)
-        for _ in self.stage((rows[start:start + block_rows] for start in range(0, rows.shape[0], block_rows)), out):
+        for _ in self.upload((rows[start:start + block_rows] for start in range(0, rows.shape[0], block_rows)), out):
             pass
         return out
 
@@ -161,24 +176,6 @@ def to_host(array: Any) -> np.ndarray:
     """A numpy or cupy array as a numpy array (a no-op for numpy input): anything with ``get()`` is on a device."""
     get = getattr(array, "get", None)
     return array if get is None else get()
-
-
-def thread_map(xp: Any, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """``[fn(item) for item in items]``; on numpy, one item per core at a time, each with one BLAS thread.
-
-    numpy's kernels release the GIL, and the small matrix products and vector steps of per-cell
-    k-means gain far more from one core each than from a BLAS that splits each product in two. On a
-    GPU (one stream) the items run in order.
-    """
-    from rvc_index.runtime.stream import local_threads
-
-    threads = min(local_threads(), len(items))
-    if xp is not np or threads <= 1:
-        return [fn(item) for item in items]
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(fn, items))
 
 
 @contextmanager

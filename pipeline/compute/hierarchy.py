@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from rvc_index.compute.backend import thread_map, to_host
+from rvc_index.compute.backend import to_host
 from rvc_index.compute.init import d2_init, d2_order, init_centres
 from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.knn import nearest
 from rvc_index.compute.lloyd import lloyd, reseed
 from rvc_index.compute.two_level import assign_two_level, build_tree
+from rvc_index.runtime.run import in_threads
 
 COARSE_ROWS = 64  # sample rows per coarse centre for the coarse k-means (a coarse cell only routes rows)
 HEAVY_CELL = 4  # a coarse cell given more centres than this many times the average is split
@@ -73,7 +74,7 @@ def split_heavy_cells(xp: Any, sample: Any, coarse: Any, cell: Any, heavy: np.nd
 
 def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method: str,
                    rng: np.random.Generator, iters: int, coarse_iters: int = 10,
-                   coarse_rows: int = COARSE_ROWS, reseed_empty: bool = True) -> HierarchicalInit:
+                   coarse_rows: int = COARSE_ROWS, reseed_empty: bool = True, workers: int = 1) -> HierarchicalInit:
     """Hierarchical k-means on ``sample`` [n >= k, d].
 
     Coarse k-means (on ``coarse_rows`` rows per coarse centre), then each coarse cell gets centres,
@@ -123,7 +124,8 @@ def two_level_init(xp: Any, sample: Any, n_clusters: int, n_coarse: int, method:
         centres[starts[j]:starts[j + 1]] = fitted.centres
         counts[starts[j]:starts[j + 1]] = fitted.counts
 
-    thread_map(xp, fit_cell, range(cells.size))
+    for _ in in_threads(fit_cell, range(cells.size), workers):  # ``workers`` cells at a time (numpy)
+        pass
     coarse = coarse.astype(xp.float32)
     empty = counts == 0
     missing = int(to_host(empty.sum())) if reseed_empty else 0

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from rvc_index.compute.backend import thread_map
 from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.knn import Product, distance_tile_rows, nearest, plain_product
 from rvc_index.compute.segments import segment_sums
+from rvc_index.runtime.run import in_threads
 
 N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
 SPARSE_RATIO = 2  # a part sums sparsely (numpy) when the centres outnumber its rows this many times
@@ -229,7 +229,7 @@ class ResidentRows:
             cells = self.kept_cells[a:b] if self.kept_cells is not False else None
             return accumulate(xp, assigner, self.x[a:b], self.norms[a:b], cells, n_far)
 
-        parts = thread_map(xp, part, self.spans) if self.threads > 1 else [part(span) for span in self.spans]
+        parts = in_threads(part, self.spans, self.threads)  # one slice per thread (numpy), in order
         total = None
         for found in parts:
             total = merge(xp, total, found, n_far)

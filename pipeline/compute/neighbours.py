@@ -11,8 +11,6 @@ runs the same lists in a faiss ``GpuIndexIVFFlat`` where faiss-gpu is present.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faiss
@@ -21,18 +19,7 @@ from rvc_index.compute.backend import Backend, to_host
 from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.knn import query_tile_rows, select_top_k, top_k
 from rvc_index.runtime.progress import Progress
-from threadpoolctl import threadpool_limits
-
-
-def each(workers: int, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-    """``fn(item)`` for every item, results in order. With ``workers`` > 1 (CPU), on that many
-    threads with one BLAS thread each: no BLAS thread ever waits for a descheduled sibling, so
-    small matrix products stay fast on a busy machine. Items must write disjoint outputs."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(fn, items)
+from rvc_index.runtime.run import in_threads
 
 
 def tiles(n: int, rows: int, workers: int) -> list[tuple[int, int]]:
@@ -52,7 +39,7 @@ def exact_neighbours(xp: Any, queries: Any, db: Any, k: int, tile_bytes: int, wo
     def tile(span: tuple[int, int]) -> None:
         ids[span[0]:span[1]] = top_k(xp, queries[span[0]:span[1]], db, k, per_worker)[1]
 
-    for _ in each(workers, tile, tiles(queries.shape[0], rows, workers)):
+    for _ in in_threads(tile, tiles(queries.shape[0], rows, workers), workers):
         pass
     return ids
 
@@ -72,7 +59,7 @@ def probe_lists(xp: Any, x: Any, centres: Any, nprobe: int, tile_bytes: int, wor
         probes[span[0]:span[1]] = select_top_k(xp, scores, nprobe)[1] if nprobe <= 16 else \
             _ordered(xp, *select_top_k(xp, scores, nprobe))
 
-    for _ in each(workers, tile, tiles(x.shape[0], tile_bytes // (16 * centres.shape[0] * workers), workers)):
+    for _ in in_threads(tile, tiles(x.shape[0], tile_bytes // (16 * centres.shape[0] * workers), workers), workers):
         pass
     return probes
 
@@ -171,7 +158,7 @@ def ivf_neighbours(xp: Any, unit: Any, probes: Any, n_list: int, k: int, label: 
             best_s[targets], best_i[targets] = values, xp.take_along_axis(pool, picks, axis=1)
             return int(rows.size) * int(cols.shape[1])
 
-        for group, size in zip(groups, each(workers, search, groups)):
+        for group, size in zip(groups, in_threads(search, groups, workers)):
             pairs += size
             if group[1] == 0:
                 progress.advance(len(group[0]))

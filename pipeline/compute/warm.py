@@ -82,7 +82,7 @@ def run_every_route(backend: Backend, rows: int = 2048, dim: int = 32) -> None:
     ivf_neighbours(xp, unit, probes, 16, 8)
     probe_recall(xp, unit, lists, xp.arange(32), exact_neighbours(xp, unit[:32], unit, 8, 1 << 20), 4)
     row_check(xp, x, 1e30)
-    for _ in backend.stage([host[:100], host[100:250]]):
+    for _ in backend.upload([host[:100], host[100:250]]):
         pass
 
 

@@ -98,7 +98,9 @@ class ExpandConfig:
     spill_mb: float = 1024.0  # [N, D] buffers above this go to temporary memory-mapped .npy files; 0 = always
 
 
-LIST_FORMATS = ("flat", "fp16", "sq8", "pq8")  # every one an IndexIVF that every consumer loads (docs/consumers.md)
+ListFormat = Literal["flat", "fp16", "sq8", "pq8"]
+LIST_FORMATS: tuple[ListFormat, ...] = ("flat", "fp16", "sq8", "pq8")  # every one an IndexIVF every consumer loads
+# (docs/consumers.md)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from rvc_index.data.sources import (
@@ -22,7 +22,9 @@ from rvc_index.data.sources import (
 from rvc_index.data.value_check import RowCodes, check_and_sample
 from rvc_index.runtime.memory import F32, MB, STREAM_HELD, STREAM_LOADING, StageEstimate, mb
 from rvc_index.runtime.progress import DETAIL, get_logger
-from rvc_index.runtime.stream import counted_load, each_result, local_threads
+from rvc_index.runtime.run import HOST_RUN, Run
+from rvc_index.runtime.stream import counted_load
+from rvc_index.runtime.threads import local_threads
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -171,38 +173,40 @@ def build_array(manifest: Manifest, chunks: Sequence[tuple[int, int]], chunk_row
 
 
 def open_feature_set(experiment: Experiment, manifest: Manifest, chunk_mb: float = 128.0,
-                     on_bad_file: str = "error", client: object | None = None, sample_rows: int = 0,
-                     seed: int = 0, resident: bool = False, row_codes: RowCodes | None = None) -> FeatureSet:
-    """Check every file's values on the Dask workers or local threads (NaN/Inf rows counted) and open
-    it lazily. ``sample_rows`` > 0: the same read also draws about that many rows, in proportion to
-    each chunk's rows (``FeatureSet.sample``, for the k-means init). On local threads the chunks are
+                     on_bad_file: str = "error", run: Run[Any] | None = None, sample_rows: int = 0,
+                     resident: bool = False, row_codes: RowCodes | None = None) -> FeatureSet:
+    """Check every file's values on ``run``'s Dask workers or local threads (None: local threads, seed 0; NaN/Inf
+    rows counted) and open it lazily. ``sample_rows`` > 0: the same read also draws about that many rows, in
+    proportion to each chunk's rows (``FeatureSet.sample``, for the k-means init). On local threads the chunks are
     a multiple of the threads (``plan_chunks``). ``resident`` (local only: ``resident_fits``): the
     check keeps every chunk it reads (``FeatureSet.resident``), unless a file had to be skipped.
     ``row_codes`` (local only; a GPU build's ``compute.values.device_row_codes``): each chunk's values are
     checked on the device in one call while the threads read the next chunks (``check_and_sample``)."""
     log = get_logger()
+    run = run or HOST_RUN
+    local, seed = run.local, run.seed
     chunk_bytes = max(1, int(chunk_mb * 2**20))
-    parallel = local_threads() if client is None else 1
+    parallel = local_threads() if local else 1
     chunks = plan_chunks([f.bytes for f in manifest.files], chunk_bytes, parallel)
     header_rows = [_header_rows(manifest, chunk) for chunk in chunks]
     shares = share_rows([sum(rows) for rows in header_rows], sample_rows)
     offsets = np.concatenate([[0], np.cumsum(shares)]).astype(np.int64)
     sample = np.empty((int(offsets[-1]), manifest.dim), np.float32)
-    resident = resident and client is None
+    resident = resident and local
     kept = [np.empty((sum(rows), manifest.dim), np.float32) for rows in header_rows] if resident else []
     tasks = [functools.partial(check_and_sample,  # locally the rows land in ``sample``
                                _chunk_paths(manifest, c), manifest.dim, rows, n, (seed, i),
-                               None if client is not None else sample[offsets[i]:offsets[i + 1]],
-                               kept[i] if resident else None, row_codes if client is None else None)
+                               sample[offsets[i]:offsets[i + 1]] if local else None,
+                               kept[i] if resident else None, row_codes if local else None)
              for i, (c, rows, n) in enumerate(zip(chunks, header_rows, shares))]
     filled = np.zeros(len(chunks), dtype=np.int64)
     checked: list[list[int | str]] = [[] for _ in chunks]
     sample_file = np.empty(len(sample), np.int64)  # each drawn row's file (manifest index) and finite row in it
     sample_row = np.empty(len(sample), np.int64)
-    for i, (results, rows, file_of, row_in_file) in each_result(tasks, client):
+    for i, (results, rows, file_of, row_in_file) in run.completed(tasks):
         checked[i] = results
         at = slice(offsets[i], offsets[i] + rows.shape[0])
-        if client is not None:
+        if not local:
             sample[at] = rows
         sample_file[at], sample_row[at] = file_of + chunks[i][0], row_in_file
         filled[i] = rows.shape[0]

@@ -59,7 +59,8 @@ from rvc_index.evaluation.sizing import EvaluationPlan, full_plan, nprobe_values
 from rvc_index.inspection.describe import describe_index, list_sizes
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import read_json
-from rvc_index.runtime.stream import iter_blocks, take_rows
+from rvc_index.runtime.run import Run
+from rvc_index.runtime.stream import iter_blocks
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,18 @@ class ExactReference:
     blended: np.ndarray | None = None
 
 
-def exact_reference(backend: Backend, holdout: Holdout, originals: Any, client: Any | None = None,
-                    k: int = SEARCH_K) -> ExactReference:
+def exact_reference(run: Run[Backend], holdout: Holdout, originals: Any, k: int = SEARCH_K) -> ExactReference:
     """RVC's blend over exact neighbours among the original frames (held-out rows left out); computing it once
     lets a benchmark compare several indexes of the same collection against one reference."""
     keep = holdout.keep_mask(int(originals.shape[0]))
-    scores, ids = exact_knn(backend, holdout.queries, iter_blocks(originals, client), k, keep=keep)
+    scores, ids = exact_knn(run.backend, holdout.queries, run.blocks(originals), k, keep=keep)
     unique = np.unique(ids[ids >= 0])
-    rows = take_rows(originals, unique, client)
+    rows = run.take_rows(originals, unique)
     return ExactReference(ids, scores, rvc_blend(neighbour_rows(unique, rows, ids), rvc_weights(scores, ids)))
 
 
-def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend: Backend, *,
-                   client: Any | None = None, exclude_ids: np.ndarray | None = None,
+def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, run: Run[Backend], *,
+                   exclude_ids: np.ndarray | None = None,
                    stored_is_original: bool = False, reference: ExactReference | None = None,
                    k: int = SEARCH_K, plan: EvaluationPlan | None = None) -> Evaluation:
     """Every measure of one index on ``holdout``'s queries.
@@ -110,11 +110,11 @@ def evaluate_index(index: faiss.Index, holdout: Holdout, originals: Any, backend
     missing = missing_label_share(found_i) if keep is None else short_search_share(index, queries, k)
     resident = stored_is_original and isinstance(originals, FeatureSet) and originals.is_resident
     stored = iter_blocks(originals) if resident else reconstruct_blocks(index)  # the same rows, no copy
-    truth_d, truth_i = exact_knn(backend, queries, stored, k, keep=keep)
+    truth_d, truth_i = exact_knn(run.backend, queries, stored, k, keep=keep)
     if stored_is_original and reference is None:
         reference = ExactReference(truth_i, truth_d)
     elif reference is None and plan.reference:
-        reference = exact_reference(backend, holdout, originals, client, k)
+        reference = exact_reference(run, holdout, originals, k)
     wanted = [found_i] if reference is None or reference.blended is not None else [found_i, reference.ids]
     unique = np.unique(np.concatenate([w.ravel() for w in wanted]))
     unique = unique[unique >= 0]
@@ -163,22 +163,23 @@ def nprobe_sweep(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, kee
     return points
 
 
-def evaluate_build(index: faiss.Index, features: FeatureSet, config: EvaluateConfig, backend: Backend,
-                   client: Any | None = None, *, aligned: bool, stored_is_original: bool, seed: int = 0,
-                   k: int = SEARCH_K, build_seconds: float | None = None
+def evaluate_build(index: faiss.Index, features: FeatureSet, config: EvaluateConfig, run: Run[Backend], *,
+                   aligned: bool, stored_is_original: bool, k: int = SEARCH_K, build_seconds: float | None = None
                    ) -> tuple[Evaluation | EvaluationSkipped, Holdout | None]:
-    """A build's evaluation (report.json ``evaluation``), sized to ``build_seconds`` of building so far
-    (``rvc_index.evaluation.sizing``; None: everything), and the held-out queries it used (the verdict measures
-    the index a build replaces on the same). ``aligned``: stored id i is feature row i (no compression).
-    Skipped, saying why (and no queries), when no whole utterance can be held out."""
+    """A build's evaluation (report.json ``evaluation``), and the held-out queries it used (the verdict measures
+    the index a build replaces on the same). What it measures is planned here, not ahead with the build's:
+    it is sized to the ``build_seconds`` the build took so far (``rvc_index.evaluation.sizing``; None:
+    everything). ``aligned``: stored id i is feature row i (no compression). Skipped, saying why (and no
+    queries), when no whole utterance can be held out."""
     plan = plan_evaluation(config, features.n_rows, int(index.ntotal), features.dim,
-                           stored_is_original=stored_is_original, build_seconds=build_seconds, device=backend.name)
+                           stored_is_original=stored_is_original, build_seconds=build_seconds,
+                           device=run.backend.profile)
     try:
-        holdout = holdout_from_features(features, config.holdout_fraction, plan.queries, seed, client,
+        holdout = holdout_from_features(features, config.holdout_fraction, plan.queries, run.seed, run.client,
                                         min_keep_rows=k)
     except HoldoutError as exc:
         return EvaluationSkipped(str(exc)), None
-    return evaluate_index(index, holdout, features, backend, client=client, k=k,
+    return evaluate_index(index, holdout, features, run, k=k,
                           exclude_ids=holdout.row_ids() if aligned else None,
                           stored_is_original=stored_is_original, plan=plan), holdout
 
@@ -207,15 +208,14 @@ def _built_from(index_path: Path, features: FeatureSet) -> bool:
     return False
 
 
-def stores_rows_of(index: faiss.Index, features: FeatureSet, client: Any | None = None, runs: int = 4,
-                   run_rows: int = 64, seed: int = 0) -> bool:
+def stores_rows_of(index: faiss.Index, features: FeatureSet, run: Run[Backend], spots: int = 4,
+                   spot_rows: int = 64) -> bool:
     """True when the index holds the collection's rows as they are, id i = row i (spot checks)."""
     if index.ntotal != features.n_rows:
         return False
-    rng = np.random.default_rng(seed)
-    for start in rng.integers(0, max(1, index.ntotal - run_rows), size=runs).tolist():
-        stop = min(start + run_rows, index.ntotal)
-        rows = take_rows(features, np.arange(start, stop), client)
+    for start in run.rng().integers(0, max(1, index.ntotal - spot_rows), size=spots).tolist():
+        stop = min(start + spot_rows, index.ntotal)
+        rows = run.take_rows(features, np.arange(start, stop))
         if not np.array_equal(index.reconstruct_n(start, stop - start), rows):
             return False
     return True
@@ -239,20 +239,21 @@ def evaluate_files(index_path: str | Path, feature_dir: str | Path, backend: Bac
         raise EvaluationError(f"{experiment.feature_dir}: {manifest.dim}-d features, {index_path.name} "
                               f"holds {index.d}-d vectors (v1 and v2 mixed?)")
     chunk_mb = SourceConfig.chunk_mb
-    features = open_feature_set(experiment, manifest, chunk_mb, client=client,  # small: read once
-                                resident=resident_fits(manifest, chunk_mb, client is None))
-    same_rows = stores_rows_of(index, features, client, seed=seed)
+    run = Run(backend, client, seed, "eval")
+    features = open_feature_set(experiment, manifest, chunk_mb, run=run,  # small: read once
+                                resident=resident_fits(manifest, chunk_mb, run.local))
+    same_rows = stores_rows_of(index, features, run)
     exclude = None
     if queries_dir is not None:
         holdout = holdout_from_folder(queries_dir, max_queries, seed, index.d)
     else:
-        holdout = holdout_from_features(features, fraction, max_queries, seed, client)
+        holdout = holdout_from_features(features, fraction, max_queries, run.seed, run.client)
         if same_rows or _built_from(index_path, features):
             exclude = holdout.row_ids()
         else:  # e.g. RVC's own index: rows shuffled; find the held-out frames by content
-            held = take_rows(features, holdout.row_ids(), client)
+            held = run.take_rows(features, holdout.row_ids())
             exclude = ids_holding(reconstruct_blocks(index), row_digests(held))
-    result = evaluate_index(index, holdout, features, backend, client=client, exclude_ids=exclude,
+    result = evaluate_index(index, holdout, features, run, exclude_ids=exclude,
                             stored_is_original=same_rows, plan=full_plan(len(holdout.queries), sweep))
     return dataclasses.replace(result, size=dataclasses.replace(result.size, disk_bytes=index_path.stat().st_size),
                                index=describe_index(index))

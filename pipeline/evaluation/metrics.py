@@ -28,7 +28,7 @@ def exact_knn(backend: Backend, queries: np.ndarray, blocks: Iterable[np.ndarray
     ensure_warm(backend)
     xp = backend.xp
     mask = None if keep is None else (lambda start, stop: backend.asarray(keep[start:stop], dtype=bool))
-    values, ids = knn(xp, backend.asarray(queries), backend.stage(blocks), k, 4 * tile_rows * MIN_QUERY_ROWS,
+    values, ids = knn(xp, backend.asarray(queries), backend.upload(blocks), k, 4 * tile_rows * MIN_QUERY_ROWS,
                       keep=mask)
     return backend.to_host(values), backend.to_host(ids)
 

@@ -8,19 +8,19 @@ other vectors: centroids or expansions), latency repeats and the nprobe sweep (t
 own search of the queries), and report.png (about a second: matplotlib). ``evaluate.full=true``
 measures everything whatever it costs; ``rvc-index eval`` always does.
 
-The rates below are a quiet 2-core machine's, rounded down: on a busy machine the build and the
-evaluation slow down alike, and the share stays near its bound (the figures: docs/benchmarks.md, "Lab notes").
+The device's rates (``compute.backend.DeviceProfile``) are a quiet 2-core machine's, rounded down: on a busy
+machine the build and the evaluation slow down alike, and the share stays near its bound (the figures:
+docs/benchmarks.md, "Lab notes").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rvc_index.compute.backend import CPU_PROFILE, DeviceProfile
 from rvc_index.config.schema import EvaluateConfig
 
 FRAMES_PER_SECOND = 50  # HuBERT frames per second of 16 kHz audio (hop 320): RVC searches 50 per second
-GEMM_FLOPS = {"cpu": 2e10, "gpu": 2e12}  # exact k-NN tiles (numpy BLAS, or CuPy)
-TOPK_S_PER_PAIR = {"cpu": 1e-8, "gpu": 0.0}  # argpartition and merge of a tile per (query, row)
 READ_BYTES_PER_S = 2.5e8  # a streamed pass over the feature files (load, finite check)
 FIXED_S = 0.05  # held-out files, masks, gathers and blends of a few hundred queries
 SEARCH_S = 1.5e-4  # one query's single-thread search at the stored settings, before it is measured
@@ -87,13 +87,14 @@ def full_plan(queries: int, sweep: bool = True, plot: bool = True, repeats: int 
     return EvaluationPlan(queries, True, queries, repeats, sweep, plot, None, 0.0, ("full evaluation",))
 
 
-def exact_seconds(queries: int, rows: int, dim: int, device: str = "cpu") -> float:
-    """Predicted seconds of an exact k-NN of ``queries`` over ``rows`` vectors of ``dim`` (in memory)."""
-    return queries * rows * (2.0 * dim / GEMM_FLOPS[device] + TOPK_S_PER_PAIR[device])
+def exact_seconds(queries: int, rows: int, dim: int, device: DeviceProfile = CPU_PROFILE) -> float:
+    """Predicted seconds of an exact k-NN of ``queries`` over ``rows`` vectors of ``dim`` (in memory) on
+    ``device`` (its matrix-product rate and top-k cost)."""
+    return queries * rows * (2.0 * dim / device.gemm_flops + device.topk_s_per_pair)
 
 
 def plan_evaluation(config: EvaluateConfig, n_rows: int, n_vectors: int, dim: int, *, stored_is_original: bool,
-                    build_seconds: float | None, device: str = "cpu") -> EvaluationPlan:
+                    build_seconds: float | None, device: DeviceProfile = CPU_PROFILE) -> EvaluationPlan:
     """The evaluation a build of ``n_rows`` frames storing ``n_vectors`` vectors of ``dim`` can afford
     after ``build_seconds`` of building (None, or ``config.full``: everything).
 

@@ -15,7 +15,7 @@ from rvc_index.data.feature_set import check_estimate, resident_fits, stream_byt
 from rvc_index.data.sources import Manifest
 from rvc_index.evaluation.evaluate import evaluate_estimate
 from rvc_index.runtime.memory import StageEstimate
-from rvc_index.stages.compress import CompressPlan, KMeansPlan, compress_estimate, plan_compression, plan_kmeans
+from rvc_index.stages.compress import CompressPlan, KMeansPlan, compress_estimate, plan_compression
 from rvc_index.stages.expand import ExpandPlan, expand_estimate, plan_expansion
 from rvc_index.stages.indexing import IndexPlan, add_estimate, plan_index, train_estimate
 
@@ -29,13 +29,16 @@ class BuildPlan:
     backend: str
     chunk_mb: float
     resident: bool  # the value check keeps the collection in memory: the stages after it read no file
-    compression: CompressPlan
-    kmeans: KMeansPlan | None  # the minibatch k-means, when compression applies with that method
+    compression: CompressPlan  # with its k-means plan (``compression.kmeans``) when it applies
     expansion: ExpandPlan | None
-    expansion_alpha: float | None  # the expansion's weights max(0, cos)^alpha (expand.alpha), when it runs
     index: IndexPlan
     eval_queries: int
     stages: tuple[StageEstimate, ...]
+
+    @property
+    def kmeans(self) -> KMeansPlan | None:
+        """The minibatch k-means, when compression applies with that method."""
+        return self.compression.kmeans
 
     @property
     def n_vectors(self) -> int:
@@ -76,7 +79,7 @@ class BuildPlan:
         if self.kmeans is not None:
             lines.append(f"k-means: {self.kmeans.describe()}")
         if self.expansion is not None:
-            lines.append(f"expansion: alpha {self.expansion_alpha:g} over {self.expansion.neighbours} neighbours, "
+            lines.append(f"expansion: alpha {self.expansion.alpha:g} over {self.expansion.neighbours} neighbours, "
                          f"{self.expansion.method} ({self.expansion.reason}), "
                          f"{'spilled to disk' if self.expansion.spill else 'in memory'}")
         lines.append(f"index: {self.index.factory}, nprobe {self.index.nprobe}, "
@@ -88,8 +91,8 @@ class BuildPlan:
 
 def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool, chunk_mb: float | None = None,
               n_rows: int | None = None, resident: bool | None = None) -> BuildPlan:
-    """Decide every stage of a build of ``manifest`` (``n_rows``: the rows left after the value check,
-    else the headers' count). ``local``: chunks load on this process's threads (no Dask client).
+    """Decide every stage of a build of ``manifest`` on ``backend`` (``local``: the chunks load on this process's
+    threads, no Dask cluster). ``n_rows``: the rows left after the value check, else the headers' count.
     ``resident``: whether the value check kept the collection (None: whether it will, ``resident_fits``)."""
     chunk_mb = config.source.chunk_mb if chunk_mb is None else chunk_mb
     n = manifest.rows if n_rows is None else n_rows
@@ -97,24 +100,21 @@ def make_plan(manifest: Manifest, config: Config, backend: Backend, local: bool,
     threads = os.cpu_count() or 1
     resident = resident_fits(manifest, chunk_mb, local) if resident is None else resident
     stream = 0 if resident else stream_bytes(manifest, chunk_mb, local)  # resident: passes read from memory
-    compression = plan_compression(n, dim, config.compress, config.budget)
-    kmeans = None
-    if compression.apply and config.compress.method == "minibatch":
-        kmeans = plan_kmeans(n, compression.n_centroids, config.compress, backend)
+    compression = plan_compression(n, dim, config.compress, config.budget, backend)
     stages = [check_estimate(manifest, chunk_mb, local, threads, resident)]
     vectors = n
     if compression.apply:
-        stages.append(compress_estimate(n, dim, compression, kmeans, stream, backend.is_gpu))
+        stages.append(compress_estimate(n, dim, compression, stream, backend.is_gpu))
         vectors = compression.n_centroids
     expansion = None
     if config.expand.enabled:
         expansion = plan_expansion(vectors, dim, config.expand, backend)
         stages.append(expand_estimate(expansion, threads, stream))
     index = plan_index(vectors, dim, config.index, config.budget, frames=not compression.apply)
-    stages += [train_estimate(index, stream), add_estimate(index, config.index.add_batch_rows, stream)]
+    stages += [train_estimate(index, stream), add_estimate(index, stream)]
     queries = min(config.evaluate.recall_queries, n)
     if queries:
         stages.append(evaluate_estimate(queries, vectors, dim, index.n_list, SEARCH_K, stream))
     stages.append(StageEstimate("write", stream if config.output.write_total_fea else 0, 0, "streamed"))
-    return BuildPlan(n, dim, backend.name, chunk_mb, resident, compression, kmeans, expansion,
-                     config.expand.alpha if expansion is not None else None, index, queries, tuple(stages))
+    return BuildPlan(n, dim, backend.name, chunk_mb, resident, compression, expansion, index, queries,
+                     tuple(stages))

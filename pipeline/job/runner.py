@@ -14,11 +14,12 @@ from typing import Any
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, select_backend
+from rvc_index.compute.values import device_row_codes
 from rvc_index.config.loading import dump_config
 from rvc_index.config.schema import SEARCH_K, Config
 from rvc_index.data.feature_set import FeatureSet, open_feature_set
 from rvc_index.data.layouts import Experiment, resolve_experiment
-from rvc_index.data.sources import Manifest, scan_manifest
+from rvc_index.data.sources import Manifest, scan_manifest, value_bound
 from rvc_index.evaluation.evaluate import evaluate_build
 from rvc_index.evaluation.holdout import Holdout
 from rvc_index.evaluation.plots import write_report_png
@@ -64,7 +65,7 @@ from rvc_index.job.vectors import IndexVectors, prepare_vectors
 from rvc_index.runtime.memory import peak_rss_mb
 from rvc_index.runtime.outputs import atomic_paths, remove_stale_temps, write_json_atomic, writing
 from rvc_index.runtime.progress import DETAIL, Progress, get_logger, stage
-from rvc_index.runtime.stream import iter_batches, iter_blocks
+from rvc_index.runtime.run import Run
 from rvc_index.stages.indexing import (
     add_batches,
     check_consumers,
@@ -97,20 +98,20 @@ def build_experiment(path: str | Path, config: Config, out_dir: str | Path | Non
     experiment, out = place.experiment, place.out
     check_output_dir(out)
     check_names(experiment.name, out, config)
+    run = Run(backend or select_backend("auto"), client, config.seed, experiment.name)
     with output_lock(out, config.safety.lock, config.safety.lock_timeout_s, experiment.name):
-        return Build(experiment, out, config, backend or select_backend("auto"), client, force,
-                     fixed_index_name(place, config), head_start_s=head_start_s).run()
+        return Build(experiment, out, config, run, force, fixed_index_name(place, config),
+                     head_start_s=head_start_s).execute()
 
 
 @dataclass
 class Build:
-    """The state of one build in progress; ``run`` executes it stage by stage."""
+    """The state of one build in progress; ``execute`` runs it stage by stage."""
 
     experiment: Experiment
     out: Path
     config: Config
-    backend: Backend
-    client: Any | None
+    run: Run[Backend]  # the device, the Dask client (None: local threads), the seed, the label
     force: bool
     index_file: str | None = None  # fixed before the build (--index-path, Applio naming); None: from the plan
     timings: dict[str, float] = field(default_factory=dict)
@@ -120,6 +121,10 @@ class Build:
     @property
     def name(self) -> str:
         return self.experiment.name
+
+    @property
+    def backend(self) -> Backend:
+        return self.run.backend
 
     @property
     def voices(self) -> tuple[str, ...]:
@@ -138,7 +143,7 @@ class Build:
         with stage(name, self.timings, self.name):
             yield
 
-    def run(self) -> BuildResult:
+    def execute(self) -> BuildResult:
         log = get_logger()
         config, name = self.config, self.name
         remove_stale_temps(self.out)
@@ -160,21 +165,22 @@ class Build:
                 raise OutputError(f"{files.report}: an index built with other settings is already there; "
                                   "use --force to replace it")
             check_rows(manifest.rows, str(self.experiment.feature_dir))  # before any value is read
-            headers_plan, guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, self.backend,
-                                                                        self.client is None, chunk_mb),
+            backend, local = self.backend, self.run.local
+            headers_plan, guard = guard_plan(lambda chunk_mb: make_plan(manifest, config, backend, local, chunk_mb),
                                              config.source.chunk_mb, config.safety, name)
             kplan = headers_plan.kmeans  # the value check also draws the k-means init sample (no read of its own)
+            row_codes = device_row_codes(self.backend, value_bound(manifest.dim)) if self.backend.is_gpu else None
             features = open_feature_set(self.experiment, manifest, headers_plan.chunk_mb, config.source.on_bad_file,
-                                        self.client, kplan.check_sample_rows if kplan else 0, config.seed,
-                                        headers_plan.resident)
+                                        self.run, kplan.check_sample_rows if kplan else 0, headers_plan.resident,
+                                        row_codes)
             check_rows(features.n_rows, str(self.experiment.feature_dir))  # NaN/Inf rows dropped
-        plan = make_plan(features.manifest, config, self.backend, self.client is None, headers_plan.chunk_mb,
-                         features.n_rows, features.is_resident)  # for the rows that passed the value check
+        plan = make_plan(features.manifest, config, self.backend, local, headers_plan.chunk_mb, features.n_rows,
+                         features.is_resident)  # for the rows that passed the value check
         log.info("%s: %s rows x %d, compression: %s, index %s, backend: %s", name, f"{plan.n_rows:,}", plan.dim,
                  plan.compression.reason, plan.index.factory, self.backend.describe())
         for line in plan.describe():
             log.info("%s: plan: %s", name, line, extra=DETAIL)
-        prepared = prepare_vectors(features, plan, config, self.backend, self.client, self.out, name,
+        prepared = prepare_vectors(features, plan, self.run, self.out,
                                    lambda stage_name: self.stage(stage_name, plan, guard))
         index, nprobe = self.index(prepared, plan, guard)
         evaluation, holdout = self.evaluate(index, features, prepared, plan, guard)
@@ -203,14 +209,13 @@ class Build:
 
     def index(self, prepared: IndexVectors, plan: BuildPlan, guard: MemoryGuard) -> tuple[faiss.Index, int]:
         """Train, fill and set the search breadth of the CPU index; (index, stored nprobe)."""
-        log, config, name = get_logger(), self.config, self.name
+        log, name = get_logger(), self.name
         for note in plan.index.notes:
             log.warning("%s: %s", name, note)
         with self.stage("train", plan, guard):
-            index = train_index(prepared.vectors, plan.index, self.backend, config.index.train_iterations,
-                                config.seed, prepared.raw_rows, self.client)
+            index = train_index(prepared.vectors, plan.index, self.run, prepared.raw_rows)
         with self.stage("add", plan, guard):
-            add_batches(index, iter_batches(prepared.vectors, config.index.add_batch_rows, self.client), self.backend,
+            add_batches(index, self.run.batches(prepared.vectors, plan.index.add_batch_rows), self.backend,
                         Progress(f"{name}: add", prepared.n_vectors, "vectors"))
         sizes = list_sizes(index)
         nprobe = nprobe_for_k(sizes, SEARCH_K, plan.index.nprobe)
@@ -228,8 +233,8 @@ class Build:
         if not plan.eval_queries:
             return None, None
         with self.stage("evaluate", plan, guard):
-            evaluation, holdout = evaluate_build(index, features, self.config.evaluate, self.backend, self.client,
-                                                 aligned=prepared.raw_rows, seed=self.config.seed,
+            evaluation, holdout = evaluate_build(index, features, self.config.evaluate, self.run,
+                                                 aligned=prepared.raw_rows,
                                                  stored_is_original=prepared.are_originals, k=SEARCH_K,
                                                  build_seconds=time.perf_counter() - self.started + self.head_start_s)
         log_evaluation(self.name, evaluation)
@@ -253,7 +258,7 @@ class Build:
                 with writing(tmps[0]):
                     tmps[0].write_text(dump_config(self.config), encoding="utf-8")
                 if total_fea:
-                    write_total_fea(tmps[1], prepared.vectors, prepared.n_vectors, dim, self.client)
+                    write_total_fea(tmps[1], prepared.vectors, prepared.n_vectors, dim, self.run)
                 save_index(index, tmps[-1])
 
     def record(self, features: FeatureSet, manifest: Manifest, plan: BuildPlan, prepared: IndexVectors,
@@ -297,9 +302,9 @@ class Build:
             dropped_rows=features.dropped_rows, retired=tuple(retired))
 
 
-def write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, client: Any) -> None:
+def write_total_fea(path: Path, vectors: Any, n_rows: int, dim: int, run: Run[Backend]) -> None:
     """RVC's ``total_fea.npy`` [n_rows, dim] float32, streamed block by block."""
     with writing(path), open(path, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (n_rows, dim)})
-        for block in iter_blocks(vectors, client):
+        for block in run.blocks(vectors):
             handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -46,7 +46,7 @@ from rvc_index.job.plan import make_plan
 from rvc_index.job.vectors import prepare_vectors
 from rvc_index.runtime.outputs import write_text_atomic
 from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.runtime.stream import iter_batches, iter_blocks
+from rvc_index.runtime.run import Run
 from rvc_index.stages.indexing import (
     FLAT,
     add_batches,
@@ -129,24 +129,23 @@ def choose(trials: Sequence[Trial], target: Target) -> Trial | None:
     return min(feasible, key=lambda t: (t.us_per_frame, t.ram_mb))
 
 
-def index_vectors(features: FeatureSet, config: Config, backend: Backend, client: Any | None,
-                  workdir: Path) -> tuple[np.ndarray, bool]:
+def index_vectors(features: FeatureSet, config: Config, run: Run[Backend], workdir: Path) -> tuple[np.ndarray, bool]:
     """(the vectors a build would index, in memory; whether they are the collection's own rows)."""
-    plan = make_plan(features.manifest, config, backend, client is None, n_rows=features.n_rows)
-    prepared = prepare_vectors(features, plan, config, backend, client, workdir, "tune")
+    plan = make_plan(features.manifest, config, run.backend, run.local, n_rows=features.n_rows)
+    prepared = prepare_vectors(features, plan, run, workdir)
     vectors = prepared.vectors
-    rows = np.concatenate(list(iter_blocks(vectors, client))) if not isinstance(vectors, np.ndarray) else vectors
+    rows = np.concatenate(list(run.blocks(vectors))) if not isinstance(vectors, np.ndarray) else vectors
     return np.ascontiguousarray(rows, dtype=np.float32), prepared.raw_rows
 
 
-def build_layout(vectors: np.ndarray, layout: Layout, config: Config, backend: Backend,
+def build_layout(vectors: np.ndarray, layout: Layout, config: Config, run: Run[Backend],
                  compressed: bool = False) -> faiss.Index:
     """Train and fill one index of ``layout`` the way a build does."""
     index_config = dataclasses.replace(config.index, lists=layout.lists, sqrt_factor=layout.sqrt_factor, n_list=0,
                                        min_coded_rows=0)
     plan = plan_index(vectors.shape[0], vectors.shape[1], index_config, config.budget)
-    index = train_index(vectors, plan, backend, index_config.train_iterations, config.seed, raw_rows=not compressed)
-    add_batches(index, iter_batches(vectors, index_config.add_batch_rows), backend,
+    index = train_index(vectors, plan, run, raw_rows=not compressed)
+    add_batches(index, run.batches(vectors, plan.add_batch_rows), run.backend,
                 Progress(f"tune: add {layout.lists} x{layout.sqrt_factor:g}", vectors.shape[0],
                          "vectors", step_percent=50))
     return index
@@ -205,25 +204,25 @@ class TuneResult:
     preset_file: Path | None = None  # where ``tune_experiment`` wrote it
 
 
-def tune(features: FeatureSet, base: Config, target: Target, backend: Backend, client: Any | None = None,
+def tune(features: FeatureSet, base: Config, target: Target, run: Run[Backend],
          layout_list: Sequence[Layout] | None = None, holdout_fraction: float = 0.05, max_queries: int = 1000,
          name: str = "tuned") -> TuneResult:
     """Measure every layout on held-out utterances of ``features``; choose the cheapest meeting ``target``."""
     log = get_logger()
     k = SEARCH_K
-    holdout = holdout_from_features(features, holdout_fraction, max_queries, base.seed, client)
+    holdout = holdout_from_features(features, holdout_fraction, max_queries, run.seed, run.client)
     queries = holdout.queries
-    reference = exact_reference(backend, holdout, features, client, k).blended
+    reference = exact_reference(run, holdout, features, k).blended
     with tempfile.TemporaryDirectory(prefix="rvc-index-tune-") as workdir:
-        vectors, aligned = index_vectors(features, base, backend, client, Path(workdir))
+        vectors, aligned = index_vectors(features, base, run, Path(workdir))
         keep = holdout.keep_mask(vectors.shape[0]) if aligned else None
-        _, truth = exact_knn(backend, queries, [vectors], k, keep=keep)
+        _, truth = exact_knn(run.backend, queries, [vectors], k, keep=keep)
         trials: list[Trial] = []
         per_layout: list[Trial] = []
         for layout in layout_list or layouts():
             if vectors.shape[0] < CODED_MIN_ROWS.get(layout.lists, 0):
                 continue
-            index = build_layout(vectors, layout, base, backend, compressed=not aligned)
+            index = build_layout(vectors, layout, base, run, compressed=not aligned)
             found = sweep_layout(index, layout, vectors, queries, keep, truth, reference, target, k)
             best = choose(found, target)
             per_layout.append(best or max(found, key=lambda t: t.recall_at_k))
@@ -249,7 +248,8 @@ def tune_experiment(path: str | Path, base: Config, target: Target, backend: Bac
     features = open_feature_set(experiment, manifest, base.source.chunk_mb, base.source.on_bad_file,
                                 resident=resident_fits(manifest, base.source.chunk_mb, True))
     grid = layouts(("flat", "fp16"), (1.0, 2.0), (1.0, 2.0)) if quick else None
-    result = tune(features, base, target, backend, layout_list=grid, holdout_fraction=holdout_fraction,
+    result = tune(features, base, target, Run(backend, None, base.seed, "tune"), layout_list=grid,
+                  holdout_fraction=holdout_fraction,
                   max_queries=max_queries, name=name)
     if not result.trials:
         raise TuneError(f"no layout could be measured on {result.vectors:,} vectors (coded lists need "

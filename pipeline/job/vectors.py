@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from rvc_index.compute.backend import Backend
-from rvc_index.config.schema import Config
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.job.plan import BuildPlan
+from rvc_index.runtime.run import Run
 from rvc_index.stages.compress import compress
 from rvc_index.stages.expand import Expansion, expand
 
@@ -35,20 +35,17 @@ class IndexVectors:
         return self.raw_rows and self.expansion is None
 
 
-def prepare_vectors(features: FeatureSet, plan: BuildPlan, config: Config, backend: Backend,
-                    client: Any | None, spill_dir: Path, label: str,
+def prepare_vectors(features: FeatureSet, plan: BuildPlan, run: Run[Backend], spill_dir: Path,
                     stage: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext()) -> IndexVectors:
-    """Compress and expand ``features`` as ``plan`` says; ``stage(name)`` wraps each stage that runs
-    (the runner's memory check and timing)."""
+    """Compress and expand ``features`` as ``plan`` says (an expansion's temporary files in ``spill_dir``);
+    ``stage(name)`` wraps each stage that runs (the runner's memory check and timing)."""
     vectors: Any = features  # streamed from its files (a dask array only with a cluster)
     if plan.compression.apply:
         with stage("compress"):
-            vectors = compress(features, plan.compression, config.compress, backend, config.seed, client,
-                               plan.kmeans)
+            vectors = compress(features, plan.compression, run)
     expansion = None
     if plan.expansion is not None:  # the vectors to index become their alpha-QE expansions (memory or memmap)
         with stage("expand"):
-            expansion = expand(vectors, config.expand, backend, client, spill_dir, config.seed, label,
-                               plan.expansion)
+            expansion = expand(vectors, plan.expansion, run, spill_dir)
         vectors = expansion.vectors
     return IndexVectors(vectors, not plan.compression.apply, expansion)

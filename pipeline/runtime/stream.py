@@ -13,11 +13,10 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import as_completed as as_completed_local
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+from rvc_index.runtime.threads import in_threads, local_threads
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -64,11 +63,6 @@ class ChunkSource(Protocol):
     def load_chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
-def local_threads(limit: int = 4) -> int:
-    """Threads for a local pass: every core, at most ``limit`` (each holds a chunk in flight)."""
-    return max(1, min(limit, os.cpu_count() or 1))
-
-
 def block_tasks(array: da.Array) -> list[Any]:
     """One delayed object per row-chunk of a 2-D dask array, in row order."""
     return list(array.to_delayed().ravel())
@@ -91,10 +85,8 @@ def each_result(tasks: Sequence[functools.partial[Any]], client: Any | None = No
             future.release()
             yield index[future.key], result
         return
-    with ThreadPoolExecutor(max_workers=local_threads(os.cpu_count() or 1)) as pool:
-        pending = {pool.submit(task): i for i, task in enumerate(tasks)}
-        for future in as_completed_local(pending):
-            yield pending.pop(future), future.result()
+    calls = in_threads(lambda task: task(), tasks, local_threads(os.cpu_count() or 1), one_blas_thread=False)
+    yield from enumerate(calls)
 
 
 def iter_blocks(array: da.Array | np.ndarray | ChunkSource, client: Any | None = None, prefetch: int = 1,
@@ -128,8 +120,9 @@ def load_chunks(source: ChunkSource, indices: Sequence[int], prefetch: int = 1) 
 
 def _on_threads(loads: Sequence[Callable[[], Any]], prefetch: int) -> Iterator[np.ndarray]:
     """The results of ``loads``, in order, at most ``prefetch`` running ahead on local threads."""
-    with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
-        yield from _in_order(pool.submit, loads, prefetch)
+    for result in in_threads(lambda load: load(), loads, max(1, prefetch), ahead=max(1, prefetch),
+                             one_blas_thread=False):
+        yield np.asarray(result)
 
 
 def _in_order(submit: Callable[[Any], Any], items: Sequence[Any], prefetch: int) -> Iterator[np.ndarray]:

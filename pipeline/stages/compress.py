@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import numpy as np
 from rvc_index.compute.backend import Backend
@@ -31,7 +31,7 @@ from rvc_index.data.feature_set import FeatureSet
 from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.progress import get_logger
-from rvc_index.runtime.stream import iter_blocks
+from rvc_index.runtime.run import Run
 from rvc_index.stages.compress_device import fit_device
 from rvc_index.stages.compress_minibatch import fit_on_sample_then_passes
 from rvc_index.stages.kmeans_plan import KMeansPlan, plan_kmeans
@@ -43,10 +43,14 @@ class CompressError(RvcIndexError, ValueError):
 
 @dataclass(frozen=True)
 class CompressPlan:
+    """Whether the collection is replaced by centroids, how many, and how they are fitted."""
+
     apply: bool
     n_centroids: int
     reason: str
     budget_vectors: int = 0  # the most vectors the budget holds (docs/consumers.md)
+    method: Literal["minibatch", "sklearn"] = "minibatch"  # sklearn: RVC's own MiniBatchKMeans call
+    kmeans: KMeansPlan | None = None  # the minibatch k-means, when it applies
 
 
 MIB = 2**20
@@ -61,10 +65,12 @@ def budget_vectors(dim: int, budget: BudgetConfig) -> int:
     return max(1, int(min(by_ram, by_gpu)))
 
 
-def plan_compression(n_rows: int, dim: int, config: CompressConfig, budget: BudgetConfig) -> CompressPlan:
+def plan_compression(n_rows: int, dim: int, config: CompressConfig, budget: BudgetConfig,
+                     backend: Backend) -> CompressPlan:
     """Decide whether to compress ``n_rows`` rows of ``dim`` and to how many centroids: as many as the budget
     holds (``compress.n_centroids=0``), above as many rows as it holds (``compress.row_threshold=0``), or the
-    numbers the config names (RVC's recipe: 10,000 above 200,000 rows)."""
+    numbers the config names (RVC's recipe: 10,000 above 200,000 rows); and the k-means that fits them on
+    ``backend`` (``plan_kmeans``)."""
     cap = budget_vectors(dim, budget)
     held = f"budget {budget.big_mb:g} MB of vectors / {budget.gpu_mb:g} MB of GPU holds {cap:,} vectors"
     if not config.enabled:
@@ -86,14 +92,14 @@ def plan_compression(n_rows: int, dim: int, config: CompressConfig, budget: Budg
     why = (f"{n_rows:,} rows > the {held}: {n_centroids:,} centroids" if not config.n_centroids else
            f"{n_rows:,} rows > {'compress.row_threshold ' + format(threshold, ',') if config.row_threshold else held}: "
            f"{n_centroids:,} centroids (compress.n_centroids)")
-    return CompressPlan(True, n_centroids, why, cap)
+    kmeans = plan_kmeans(n_rows, n_centroids, config, backend) if config.method == "minibatch" else None
+    return CompressPlan(True, n_centroids, why, cap, config.method, kmeans)
 
 
-def compress_estimate(n_rows: int, dim: int, plan: CompressPlan, kplan: KMeansPlan | None,
-                      stream: int, on_gpu: bool) -> StageEstimate:
-    """Host bytes the compress stage holds (``stream``: a streamed pass's chunks; ``kplan`` None: sklearn's
+def compress_estimate(n_rows: int, dim: int, plan: CompressPlan, stream: int, on_gpu: bool) -> StageEstimate:
+    """Host bytes the compress stage holds (``stream``: a streamed pass's chunks; no k-means plan: sklearn's
     in-memory call); it keeps the K centroids."""
-    row, k = dim * F32, plan.n_centroids
+    row, k, kplan = dim * F32, plan.n_centroids, plan.kmeans
     if kplan is None:
         transient, what = 2 * n_rows * row + stream, f"all {n_rows:,} rows held twice (sklearn)"
     elif kplan.route == "device":  # on a GPU the rows live in device memory; on numpy in host memory (at most)
@@ -112,38 +118,35 @@ def compress_estimate(n_rows: int, dim: int, plan: CompressPlan, kplan: KMeansPl
     return StageEstimate("compress", transient, k * row, what)
 
 
-def sklearn_centroids(features: FeatureSet, n_centroids: int, seed: int, client: Any | None) -> np.ndarray:
+def sklearn_centroids(features: FeatureSet, n_centroids: int, run: Run[Backend]) -> np.ndarray:
     """RVC's exact call: concatenate, shuffle, ``MiniBatchKMeans(init='random')``. Holds all rows."""
     from sklearn.cluster import MiniBatchKMeans
 
-    rows = np.concatenate(list(iter_blocks(features, client)))
-    rows = rows[np.random.default_rng(seed).permutation(rows.shape[0])]
+    rows = np.concatenate(list(run.blocks(features)))
+    rows = rows[run.rng().permutation(rows.shape[0])]
     model = MiniBatchKMeans(n_clusters=n_centroids, batch_size=256 * (os.cpu_count() or 1),
-                            compute_labels=False, init="random", random_state=seed)
+                            compute_labels=False, init="random", random_state=run.seed)
     return model.fit(rows).cluster_centers_.astype(np.float32)
 
 
-def compress(features: FeatureSet, plan: CompressPlan, config: CompressConfig, backend: Backend,
-             seed: int, client: Any | None = None, kplan: KMeansPlan | None = None) -> np.ndarray:
-    """Centroids [n_centroids, D] float32 summarising the collection."""
-    log = get_logger()
-    if config.method == "sklearn":
-        log.info("compress: sklearn MiniBatchKMeans (RVC parity mode) on %s rows", f"{features.n_rows:,}")
-        return sklearn_centroids(features, plan.n_centroids, seed, client)
-    state = fit_centroids(features, plan.n_centroids, config, backend, seed, client, kplan)
-    return backend.to_host(state.centres).astype(np.float32)
+def compress(features: FeatureSet, plan: CompressPlan, run: Run[Backend]) -> np.ndarray:
+    """Centroids [n_centroids, D] float32 summarising the collection, as ``plan`` says."""
+    if plan.kmeans is None:
+        get_logger().info("compress: sklearn MiniBatchKMeans (RVC parity mode) on %s rows", f"{features.n_rows:,}")
+        return sklearn_centroids(features, plan.n_centroids, run)
+    state = fit_centroids(features, plan.kmeans, run)
+    return run.backend.to_host(state.centres).astype(np.float32)
 
 
-def fit_centroids(features: FeatureSet, n_centroids: int, config: CompressConfig, backend: Backend,
-                  seed: int, client: Any | None = None, kplan: KMeansPlan | None = None) -> KMeansState:
+def fit_centroids(features: FeatureSet, kplan: KMeansPlan, run: Run[Backend]) -> KMeansState:
     """k-means of the whole collection on the plan's route; returns the final state (centres on the device)."""
+    backend = run.backend
     ensure_warm(backend)  # a GPU's kernels compiled before the first timed pass
-    rng = np.random.default_rng(seed)
-    kplan = kplan or plan_kmeans(features.n_rows, n_centroids, config, backend)  # a build passes its plan's
+    rng = run.rng()
     get_logger().info("compress: %s", kplan.describe())
     if kplan.route == "device":
-        fitted = fit_device(features, kplan, config, backend, rng, client)
+        fitted = fit_device(features, kplan, run, rng)
         state = new_state(backend.xp, fitted.centres, fitted.counts, seed=int(rng.integers(2**31)), adopt=True)
         state.reseeded, state.msd = fitted.reseeded, fitted.msd
         return state
-    return fit_on_sample_then_passes(features, kplan, config, backend, rng, client)
+    return fit_on_sample_then_passes(features, kplan, run, rng)

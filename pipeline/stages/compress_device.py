@@ -20,14 +20,13 @@ import numpy as np
 from rvc_index.compute.backend import Backend
 from rvc_index.compute.init import init_centres
 from rvc_index.compute.lloyd import Exact, LloydResult, ResidentRows, lloyd
-from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.runtime.stream import iter_blocks, sample_row_ids, take_rows
+from rvc_index.runtime.run import Run
+from rvc_index.runtime.stream import sample_row_ids
 from rvc_index.stages.kmeans_plan import KMeansPlan
 from rvc_index.stages.passes import StagedRows
 
-TILE_BYTES = {"gpu": 2 << 30, "cpu": 128 << 20}  # one pass tile's working memory, at most a quarter of the budget
 INIT_ROWS_PER_CENTRE = 32  # the init draws from at most max(32 K, 65,536) of the device rows
 MIB = 2**20
 
@@ -50,53 +49,54 @@ class DeviceRoute:
     stream_passes: int  # passes streamed over every row afterwards (streamed only)
 
 
-def choose_route(n_rows: int, dim: int, n_centroids: int, config: CompressConfig, backend: Backend,
-                 chunk_rows: int) -> DeviceRoute:
+def choose_route(n_rows: int, dim: int, kplan: KMeansPlan, backend: Backend, chunk_rows: int) -> DeviceRoute:
     """Resident when the rows and a pass's working set fit the budget, else streamed (``chunk_rows``: the
-    largest chunk, staged twice over)."""
-    if config.device_budget_mb:
-        budget, source = int(config.device_budget_mb * MIB), "compress.device_budget_mb"
+    largest chunk, staged twice over). The device's free memory is known only when the stage runs: the route
+    is decided then, from the plan's settings."""
+    n_centroids = kplan.n_centroids
+    if kplan.device_budget_mb:
+        budget, source = int(kplan.device_budget_mb * MIB), "compress.device_budget_mb"
     else:
         budget, source = backend.free_bytes() // 2, f"half of the {backend.name}'s free memory"
-    tile_bytes = max(1, min(TILE_BYTES[backend.name], budget // 4))
+    tile_bytes = max(1, min(backend.profile.tile_bytes, budget // 4))
     rows_per_tile = tile_rows(n_centroids, dim, tile_bytes)
     working = rows_per_tile * (4 * n_centroids + 16 * dim) + 12 * n_centroids * dim
     data = 4 * n_rows * dim
     if data + working <= budget:
         reason = (f"{data / MIB:,.0f} MiB of rows + {working / MIB:,.0f} MiB of pass tiles fit the "
-                  f"{budget / MIB:,.0f} MiB budget ({source}): copied once, up to {config.lloyd_passes} "
+                  f"{budget / MIB:,.0f} MiB budget ({source}): copied once, up to {kplan.device_passes} "
                   "full-batch passes")
-        return DeviceRoute("resident", reason, budget, rows_per_tile, n_rows, config.lloyd_passes, 0)
+        return DeviceRoute("resident", reason, budget, rows_per_tile, n_rows, kplan.device_passes, 0)
     room = budget - working - 2 * 4 * chunk_rows * dim
     device_rows = int(min(n_rows, max(n_centroids, room // (4 * dim))))
     reason = (f"{data / MIB:,.0f} MiB of rows + {working / MIB:,.0f} MiB of pass tiles exceed the "
-              f"{budget / MIB:,.0f} MiB budget ({source}): up to {config.lloyd_passes} full-batch passes on a "
-              f"{device_rows:,}-row device sample, then {config.stream_passes} passes streaming every chunk")
-    return DeviceRoute("streamed", reason, budget, rows_per_tile, device_rows, config.lloyd_passes,
-                       config.stream_passes)
+              f"{budget / MIB:,.0f} MiB budget ({source}): up to {kplan.device_passes} full-batch passes on a "
+              f"{device_rows:,}-row device sample, then {kplan.stream_passes} passes streaming every chunk")
+    return DeviceRoute("streamed", reason, budget, rows_per_tile, device_rows, kplan.device_passes,
+                       kplan.stream_passes)
 
 
 def _to_device(backend: Backend, blocks: Iterable[np.ndarray], n: int, dim: int, progress: Progress) -> Any:
     """[n, dim] float32 on the device from host blocks, staged in order."""
     rows = backend.xp.empty((n, dim), dtype=backend.xp.float32)
-    for staged in backend.stage(blocks, out=rows):
+    for staged in backend.upload(blocks, out=rows):
         progress.advance(staged.shape[0])
     return rows
 
 
-def fit_device(features: FeatureSet, kplan: KMeansPlan, config: CompressConfig, backend: Backend,
-               rng: np.random.Generator, client: Any | None = None) -> LloydResult:
+def fit_device(features: FeatureSet, kplan: KMeansPlan, run: Run[Backend], rng: np.random.Generator) -> LloydResult:
     """k-means of the whole collection on the device route; centres and counts stay on the device."""
     log = get_logger()
+    backend = run.backend
     xp, n, dim, k = backend.xp, features.n_rows, features.dim, kplan.n_centroids
-    route = choose_route(n, dim, k, config, backend, max(features.chunk_rows, default=0))
+    route = choose_route(n, dim, kplan, backend, max(features.chunk_rows, default=0))
     log.info("compress: device route %s: %s", route.name, route.reason)
     if route.name == "resident":
-        rows = _to_device(backend, iter_blocks(features, client, prefetch=2), n, dim,
+        rows = _to_device(backend, run.blocks(features, prefetch=2), n, dim,
                           Progress("compress: copy to device", n))
     else:
-        sample = take_rows(features, sample_row_ids(n, route.device_rows, rng), client)
-        rows = _to_device(backend, iter_blocks(sample), sample.shape[0], dim,
+        sample = run.take_rows(features, sample_row_ids(n, route.device_rows, rng))
+        rows = _to_device(backend, run.blocks(sample), sample.shape[0], dim,
                           Progress("compress: sample to device", sample.shape[0]))
         del sample
     init_rows = min(rows.shape[0], max(INIT_ROWS_PER_CENTRE * k, 65_536))
@@ -116,7 +116,7 @@ def fit_device(features: FeatureSet, kplan: KMeansPlan, config: CompressConfig, 
              " -> ".join(f"{m:.4g}" for m in result.msd[:1] + result.msd[-1:]), result.reseeded)
     del rows
     if route.stream_passes:
-        streamed = lloyd(xp, StagedRows(features, backend, route.tile_rows, client), result.centres,
+        streamed = lloyd(xp, StagedRows(features, run, route.tile_rows), result.centres,
                          route.stream_passes, assigner, on_pass=logged("streamed"))
         result = LloydResult(streamed.centres, streamed.counts, result.msd + streamed.msd,
                              result.reseeded + streamed.reseeded, result.converged)

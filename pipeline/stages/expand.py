@@ -22,14 +22,13 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 from rvc_index.compute.backend import Backend, to_host
 from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.neighbours import (
-    each,
     exact_neighbours,
     faiss_gpu_neighbours,
     ivf_neighbours,
@@ -43,11 +42,11 @@ from rvc_index.errors import RvcIndexError
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import temp_name
 from rvc_index.runtime.progress import Progress, get_logger
-from rvc_index.runtime.stream import iter_blocks, sample_row_ids
+from rvc_index.runtime.run import Run
+from rvc_index.runtime.stream import sample_row_ids
 from rvc_index.stages.indexing import train_coarse
 
 FLOOR = 1e-9  # norm floor of both normalisations
-EXACT_MAX_ROWS = {"cpu": 12_288, "gpu": 131_072}  # expand.exact_max_rows = 0: exact k-NN up to these
 MIX_CPU_BYTES = 8 * 2**20  # gathered neighbours per mixing batch on a CPU: stays in cache
 TRAIN_ROWS_PER_LIST = 40  # k-means sample for the IVF lists (faiss wants >= 39 per centroid)
 
@@ -58,25 +57,41 @@ class ExpandError(RvcIndexError, ValueError):
 
 @dataclass(frozen=True)
 class ExpandPlan:
-    """The decisions of one expansion: neighbours, spill to disk or not, exact or IVF neighbour search."""
+    """The decisions of one expansion: neighbours and their weights, spill to disk or not, exact or IVF
+    neighbour search (and the IVF route's lists, probes and recall target)."""
 
     n_rows: int
     dim: int
     neighbours: int
     spill: bool  # unit and expanded copies as memory-mapped temporary files
-    method: str  # exact | ivf
+    method: Literal["exact", "ivf"]
     tile_bytes: int
     reason: str
+    alpha: float  # neighbour weight max(0, cos) ** alpha
+    scale: Literal["feature", "unit"]  # unit: the stored rows stay L2-normalised
+    n_list: int = 0  # IVF route: lists (0 on the exact route)
+    nprobe: int = 0  # IVF route: lists each row probes; 0 = the smallest reaching target_recall on a sample
+    target_recall: float = 0.96
+    max_nprobe: int = 64
+    recall_queries: int = 128  # rows whose exact neighbours measure the IVF route's recall; 0 = skip
+    train_iterations: int = 3  # k-means iterations of the IVF lists
 
 
 def plan_expansion(n_rows: int, dim: int, config: ExpandConfig, backend: Backend) -> ExpandPlan:
-    """Spill when a copy of the vectors passes ``spill_mb``; exact k-NN up to ``exact_max_rows`` (by device)."""
-    exact_limit = config.exact_max_rows or EXACT_MAX_ROWS[backend.name]
+    """Spill when a copy of the vectors passes ``spill_mb``; exact k-NN up to ``exact_max_rows`` (0: the device
+    profile's limit), else IVF over ``n_list`` lists (0: round(sqrt(N)), at most N / 40)."""
+    exact_limit = config.exact_max_rows or backend.profile.exact_max_rows
     method = config.method if config.method != "auto" else "exact" if n_rows <= exact_limit else "ivf"
     reason = (f"expand.method={config.method}" if config.method != "auto" else
               f"{n_rows:,} rows {'<=' if method == 'exact' else '>'} {exact_limit:,} on the {backend.name}")
+    n_list = 0
+    if method == "ivf":
+        n_list = max(1, min(config.n_list or int(round(np.sqrt(n_rows))), n_rows // TRAIN_ROWS_PER_LIST))
+        reason += f": {n_list:,} lists"
     return ExpandPlan(n_rows, dim, min(config.num_expand, n_rows), F32 * n_rows * dim > config.spill_mb * 2**20,
-                      method, int(config.tile_mb * 2**20), reason)
+                      method, int(config.tile_mb * 2**20), reason, config.alpha, config.scale, n_list,
+                      min(config.nprobe, n_list), config.target_recall, config.max_nprobe, config.recall_queries,
+                      config.train_iterations)
 
 
 def expand_estimate(plan: ExpandPlan, threads: int, stream: int) -> StageEstimate:
@@ -188,27 +203,28 @@ def row_buffer(n: int, dim: int, spill_dir: Path | None, spill: bool, name: str)
     return array
 
 
-def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | None = None,
-           spill_dir: str | Path | None = None, seed: int = 0, label: str = "",
-           plan: ExpandPlan | None = None) -> Expansion:
-    """Alpha-query-expand ``vectors`` [N, D] (numpy, memmap or dask; streamed once) on ``backend``.
+def expand(vectors: Any, plan: ExpandPlan, run: Run[Backend], spill_dir: str | Path | None = None) -> Expansion:
+    """Alpha-query-expand ``vectors`` [N, D] (numpy, memmap or dask; streamed once) as ``plan`` says; the
+    temporary files of a spilled expansion go in ``spill_dir`` (None: the system's).
 
     CPU work runs on ``faiss.omp_get_max_threads()`` threads (the build's thread budget).
     """
     log = get_logger()
+    backend = run.backend
     xp = backend.xp
-    prefix = f"{label}: " if label else ""
+    prefix = run.prefix
     n, dim = int(vectors.shape[0]), int(vectors.shape[1])
     if n == 0:
         raise ExpandError("expand: there are no vectors to expand")
-    plan = plan or plan_expansion(n, dim, config, backend)  # a build passes the plan its guard checked
+    if (n, dim) != (plan.n_rows, plan.dim):
+        raise ExpandError(f"expand: the plan is for {plan.n_rows:,} x {plan.dim} vectors, not {n:,} x {dim}")
     ensure_warm(backend)
     k, tile_bytes, spill = plan.neighbours, plan.tile_bytes, plan.spill
     workers = 1 if backend.is_gpu else max(1, faiss.omp_get_max_threads())
     timings: dict[str, float] = {}
     began = started = time.perf_counter()
     unit = row_buffer(n, dim, spill_dir, spill, "unit")
-    norms = _normalise_into(unit, iter_blocks(vectors, client), Progress(f"{prefix}expand: normalise", n), workers)
+    norms = _normalise_into(unit, run.blocks(vectors), Progress(f"{prefix}expand: normalise", n), run, workers)
     dev = backend.to_device(unit)
     timings["normalise"] = round(time.perf_counter() - started, 4)
 
@@ -221,7 +237,7 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
         ids = exact_neighbours(xp, dev, dev, k, tile_bytes, workers)
         knn_gflop = 2.0 * n * n * dim / 1e9
     else:
-        ids, knn_gflop, result = _ivf(backend, unit, dev, k, config, seed, tile_bytes, prefix, workers, steps)
+        ids, knn_gflop, result = _ivf(run, unit, dev, plan, workers, steps)
         method = result.pop("method")
     backend.sync()
     previous = started
@@ -238,12 +254,12 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
     def mix(span: tuple[int, int]) -> Any:
         rows_ids = backend.asarray(ids[span[0]:span[1]], dtype=xp.int64)
         expanded, cosine = expand_rows(xp, dev, dev[span[0]:span[1]], rows_ids, device_norms[span[0]:span[1]],
-                                       config.alpha, config.scale)
+                                       plan.alpha, plan.scale)
         out[span[0]:span[1]] = backend.to_host(expanded)
         return cosine.astype(xp.float64).sum()  # stays on the device: summed there, read once
 
     cos_total, spans = xp.zeros((), dtype=xp.float64), tiles(n, batch, 1)
-    for span, total in zip(spans, each(workers, mix, spans)):
+    for span, total in zip(spans, run.map(mix, spans, workers)):
         cos_total = cos_total + total
         progress.advance(span[1] - span[0])
     cos_sum = float(cos_total)
@@ -251,17 +267,18 @@ def expand(vectors: Any, config: ExpandConfig, backend: Backend, client: Any | N
         out.flush()
     timings["mix"] = round(time.perf_counter() - started, 4)
 
-    expansion = Expansion(out, k, float(config.alpha), config.scale, method, cos_sum / max(int((norms > 0).sum()), 1),
+    expansion = Expansion(out, k, float(plan.alpha), plan.scale, method, cos_sum / max(int((norms > 0).sum()), 1),
                           "memmap" if spill else "memory", knn_gflop=round(knn_gflop, 3), timings=timings,
                           neighbour_ids=backend.to_host(ids), seconds=time.perf_counter() - began,
                           **result)
     log.info("%sexpand: %d neighbours, alpha %g, %s, mean cos to expansion %.4f, %s scale, %s, %.2f s",
-             prefix, k, config.alpha, method, expansion.mean_cosine, config.scale,
+             prefix, k, plan.alpha, method, expansion.mean_cosine, plan.scale,
              "spilled to a memory-mapped temporary file" if spill else "in memory", expansion.seconds)
     return expansion
 
 
-def _normalise_into(unit: np.ndarray, blocks: Iterable[np.ndarray], progress: Progress, workers: int) -> np.ndarray:
+def _normalise_into(unit: np.ndarray, blocks: Iterable[np.ndarray], progress: Progress, run: Run[Backend],
+                    workers: int) -> np.ndarray:
     """Write the L2-normalised rows of ``blocks`` (floor 1e-9) into ``unit``; return their norms [N]."""
     norms = np.empty(unit.shape[0], dtype=np.float32)
     offset = 0
@@ -278,45 +295,45 @@ def _normalise_into(unit: np.ndarray, blocks: Iterable[np.ndarray], progress: Pr
             np.divide(rows, np.maximum(lengths, FLOOR)[:, None], out=unit[offset + span[0]:offset + span[1]])
             norms[offset + span[0]:offset + span[1]] = lengths
 
-        for _ in each(workers, tile, tiles(block.shape[0], 8192, workers)):
+        for _ in run.map(tile, tiles(block.shape[0], 8192, workers), workers):
             pass
         offset += block.shape[0]
         progress.advance(block.shape[0])
     return norms
 
 
-def _ivf(backend: Backend, unit: np.ndarray, dev: Any, k: int, config: ExpandConfig, seed: int,
-         tile_bytes: int, prefix: str, workers: int, timings: dict[str, float]) -> tuple[Any, float, dict[str, Any]]:
+def _ivf(run: Run[Backend], unit: np.ndarray, dev: Any, plan: ExpandPlan, workers: int,
+         timings: dict[str, float]) -> tuple[Any, float, dict[str, Any]]:
     """Neighbour ids by the IVF route, its GFLOP, and what it decided (method, lists, nprobe, recall).
 
     ``timings`` gets the end time of each step (``time.perf_counter()``).
     """
     log = get_logger()
+    backend, prefix = run.backend, run.prefix
     xp = backend.xp
     n, dim = unit.shape
-    rng = np.random.default_rng(seed)
-    n_list = config.n_list or int(round(np.sqrt(n)))
-    n_list = max(1, min(n_list, n // TRAIN_ROWS_PER_LIST))
+    k, n_list, tile_bytes = plan.neighbours, plan.n_list, plan.tile_bytes
+    rng = run.rng()
     sample = np.ascontiguousarray(unit[sample_row_ids(n, TRAIN_ROWS_PER_LIST * n_list, rng)])
-    centres_host = train_coarse(sample, n_list, backend, config.train_iterations, seed)
+    centres_host = train_coarse(sample, n_list, backend, plan.train_iterations, run.seed)
     centres = backend.asarray(centres_host)
     gflop = 2.0 * n * n_list * dim / 1e9  # probing
     timings["lists"] = time.perf_counter()
 
-    nprobe, recall, queries = min(config.nprobe, n_list), None, 0
-    if config.recall_queries:
-        sample_ids = backend.asarray(sample_row_ids(n, config.recall_queries, rng), dtype=xp.int64)
+    nprobe, recall, queries = plan.nprobe, None, 0
+    if plan.recall_queries:
+        sample_ids = backend.asarray(sample_row_ids(n, plan.recall_queries, rng), dtype=xp.int64)
         queries = int(sample_ids.shape[0])
         truth = exact_neighbours(xp, dev[sample_ids], dev, k, tile_bytes, workers)
         gflop += 2.0 * queries * n * dim / 1e9
         by_nprobe = probe_recall(xp, dev, centres, sample_ids, truth,
-                                 min(n_list, max(config.max_nprobe, config.nprobe)))
+                                 min(n_list, max(plan.max_nprobe, plan.nprobe)))
         if not nprobe:
-            reached = np.nonzero(by_nprobe >= config.target_recall)[0]
+            reached = np.nonzero(by_nprobe >= plan.target_recall)[0]
             nprobe = int(reached[0]) + 1 if len(reached) else len(by_nprobe)
             if not len(reached):
                 log.warning("%sexpand: recall %.3f at expand.max_nprobe=%d is below the target %.2f",
-                            prefix, by_nprobe[-1], nprobe, config.target_recall)
+                            prefix, by_nprobe[-1], nprobe, plan.target_recall)
         recall = float(by_nprobe[nprobe - 1])
     timings["recall_sample"] = time.perf_counter()
     log.info("%sexpand: IVF %d-NN over %d lists, nprobe %d (neighbour recall %s on %d sampled rows)",

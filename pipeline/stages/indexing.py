@@ -20,14 +20,15 @@ import faiss
 import numpy as np
 from faiss.contrib.ivf_tools import replace_ivf_quantizer
 from rvc_index.compute.backend import Backend
-from rvc_index.config.schema import LIST_FORMATS, BudgetConfig, IndexConfig
+from rvc_index.config.schema import LIST_FORMATS, BudgetConfig, IndexConfig, ListFormat
 from rvc_index.errors import RvcIndexError
 from rvc_index.inspection.consumers import static_problems
 from rvc_index.inspection.describe import check_rows
 from rvc_index.runtime.memory import F32, StageEstimate
 from rvc_index.runtime.outputs import writing
 from rvc_index.runtime.progress import Progress
-from rvc_index.runtime.stream import sample_row_ids, take_rows
+from rvc_index.runtime.run import Run
+from rvc_index.runtime.stream import sample_row_ids
 
 FLAT = "flat"
 PQ_DIMS = 16  # pq8's default sub-quantizer width: 48 x 8 bits at 768-D, 16 at 256-D (faiss-gpu clones both)
@@ -58,7 +59,7 @@ class IndexBuildError(RvcIndexError, ValueError):
 class IndexPlan:
     """What will be built, decided from the row count, the width, the config and the budget."""
 
-    lists: str  # flat | fp16 | sq8 | pq8
+    lists: ListFormat
     dim: int
     n_rows: int  # vectors stored
     n_list: int
@@ -67,6 +68,8 @@ class IndexPlan:
     train_rows: int
     us_per_frame: float  # the plan's estimate of one frame's search at one thread
     notes: tuple[str, ...] = ()
+    train_iterations: int = 10  # faiss k-means iterations of the coarse quantizer
+    add_batch_rows: int = 8192  # vectors per add call
 
     @property
     def layout(self) -> str:
@@ -146,7 +149,7 @@ def plan_index(n_rows: int, dim: int, config: IndexConfig, budget: BudgetConfig 
     if lists == "pq8":
         train_rows = max(train_rows, min(n_rows, PQ_CENTROIDS * config.min_rows_per_list))
     return IndexPlan(lists, dim, n_rows, n_list, pq_m if lists == "pq8" else 0, nprobe, train_rows,
-                     round(costs[lists], 1), tuple(notes))
+                     round(costs[lists], 1), tuple(notes), config.train_iterations, config.add_batch_rows)
 
 
 FAISS_BLOCK = 4096 * 1024  # faiss's exhaustive search block (queries x database) of float32 distances
@@ -161,11 +164,11 @@ def train_estimate(plan: IndexPlan, stream: int) -> StageEstimate:
     return StageEstimate("train", train, plan.n_list * row, f"{plan.train_rows:,} training rows, {plan.n_list:,} lists")
 
 
-def add_estimate(plan: IndexPlan, add_batch_rows: int, stream: int) -> StageEstimate:
+def add_estimate(plan: IndexPlan, stream: int) -> StageEstimate:
     """Adding: a batch and its assignment block while streaming; keeps the filled index."""
     row = plan.dim * F32
     index = int(plan.n_rows * (plan.code_bytes + 8) * LIST_GROWTH)
-    batch = add_batch_rows * row * 2 + min(add_batch_rows * plan.n_list, FAISS_BLOCK) * F32
+    batch = plan.add_batch_rows * row * 2 + min(plan.add_batch_rows * plan.n_list, FAISS_BLOCK) * F32
     return StageEstimate("add", batch + stream, index,
                          f"index of {plan.n_rows:,} x {plan.dim} vectors ({index / 2**20:,.0f} MB with list growth)")
 
@@ -205,16 +208,15 @@ def assemble_index(plan: IndexPlan, centroids: np.ndarray, codec_sample: np.ndar
     return ivf
 
 
-def train_index(vectors: Any, plan: IndexPlan, backend: Backend, iterations: int, seed: int, raw_rows: bool,
-                client: Any | None = None) -> faiss.Index:
+def train_index(vectors: Any, plan: IndexPlan, run: Run[Backend], raw_rows: bool) -> faiss.Index:
     """An empty CPU index of ``plan``, trained on a seeded sample of ``vectors`` [N, D] (numpy, memmap
     or dask). ``raw_rows``: the vectors are the collection's frames, which reach k-means in a seeded
     shuffled order, as RVC's recipe does (exact parity of its centroids)."""
     n_vectors = int(vectors.shape[0])
-    sample = take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, np.random.default_rng(seed)), client)
+    sample = run.take_rows(vectors, sample_row_ids(n_vectors, plan.train_rows, run.rng()))
     if raw_rows:
-        sample = sample[np.random.default_rng(seed).permutation(sample.shape[0])]
-    centroids = train_coarse(sample, plan.n_list, backend, iterations, seed)
+        sample = sample[run.rng().permutation(sample.shape[0])]
+    centroids = train_coarse(sample, plan.n_list, run.backend, plan.train_iterations, run.seed)
     return assemble_index(plan, centroids, sample)
 
 

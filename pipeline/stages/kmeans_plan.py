@@ -5,12 +5,15 @@ count, K, the config and the backend, and logged by the route (``KMeansPlan.desc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from rvc_index.compute.backend import Backend
 from rvc_index.config.schema import CompressConfig
 
+KMeansRoute = Literal["minibatch", "device"]
 MINIBATCH_MAX_ROWS = 4_000_000  # above, no mini-batch epoch and one Lloyd pass: the sample's k-means, then 2 reads
 
 CELL_MIN_CENTRES = 32_768  # from this many centres, or with fewer than CELL_ROWS_PER_CENTRE rows per centre:
@@ -28,10 +31,11 @@ class KMeansPlan:
     batch_rows: int
     steps: int  # mini-batch steps over the collection
     lloyd_passes: int = 1  # Lloyd passes over every row after the epochs
-    route: str = "minibatch"  # minibatch | device (full-batch Lloyd, rows resident or streamed: stages.compress_device)
+    route: KMeansRoute = "minibatch"  # device: full-batch Lloyd, rows resident or streamed (stages.compress_device)
     route_reason: str = ""
-    init: str = "hierarchical"  # hierarchical (per coarse cell, a CPU) | kmeans++ (batched D^2) | random
-    precision: str = "fp32"  # the device route's assignment products: tf32 (then one fp32 pass) | fp32
+    init: Literal["hierarchical", "kmeans++", "random"] = "hierarchical"  # hierarchical: per coarse cell (a CPU);
+    # kmeans++: batched D^2 sampling
+    precision: Literal["fp32", "tf32"] = "fp32"  # the device route's assignment products (tf32: then one fp32 pass)
     stop_tol: float = 0.0  # the device route stops once the mean squared distance changes by less than this share
     fixed_cells: bool = False  # each centre stays in the coarse cell it was initialised in (no grouped copy)
     spread: int = 4  # coarse cells each centre is listed in
@@ -40,6 +44,12 @@ class KMeansPlan:
     refine_iters: int = 2  # then over the whole sample, across cell borders
     coarse_rows: int = 64  # sample rows per coarse centre for the coarse k-means
     coarse_iters: int = 10
+    cell_init: Literal["kmeans++", "random"] = "kmeans++"  # each coarse cell's init (hierarchical)
+    decay: float = 1.0  # mini-batch centre weights *= decay per step
+    dead_threshold: float = 1.0  # mini-batch: re-seed centres hit fewer times than this in 20 expected rows
+    device_budget_mb: float = 0.0  # device route: memory its rows and tiles may take; 0 = half the free memory
+    device_passes: int = 10  # device route: at most this many full-batch passes over the device rows
+    stream_passes: int = 2  # device route over budget: exact passes streaming every chunk after the sample's
 
     @property
     def check_sample_rows(self) -> int:
@@ -91,20 +101,23 @@ def plan_kmeans(n_rows: int, n_centroids: int, config: CompressConfig, backend: 
                                                     or n_rows < CELL_ROWS_PER_CENTRE * n_centroids)
     if fixed:  # 1.5 rows per centre: allocation can leave a cell of duplicates (digital silence) one centre
         sample_rows = config.sample_rows or 3 * n_centroids // 2
-        return KMeansPlan(n_centroids, n_coarse, two_level, min(n_rows, max(sample_rows, n_centroids)), batch_rows,
+        plan = KMeansPlan(n_centroids, n_coarse, two_level, min(n_rows, max(sample_rows, n_centroids)), batch_rows,
                           0, max(passes, 1), route, reason, init, fixed_cells=True, spread=1, nprobe=1,
                           init_iters=min(config.init_iters, 1) or 1, refine_iters=0, coarse_rows=16, coarse_iters=4)
-    sample_rows = min(n_rows, max(sample_rows, n_centroids))
-    if route == "device":
+    elif route == "device":
         tf32 = config.precision == "tf32" or (config.precision == "auto" and backend.tf32)
-        return KMeansPlan(n_centroids, n_coarse, False, sample_rows, batch_rows, 0, passes, route, reason,
-                          config.init, "tf32" if tf32 else "fp32", config.stop_tol)
-    return KMeansPlan(n_centroids, n_coarse, two_level, sample_rows, batch_rows, steps, passes, route, reason, init,
-                      spread=config.spread, nprobe=config.nprobe, init_iters=config.init_iters,
-                      refine_iters=config.init_iters)
+        plan = KMeansPlan(n_centroids, n_coarse, False, min(n_rows, max(sample_rows, n_centroids)), batch_rows, 0,
+                          passes, route, reason, config.init, "tf32" if tf32 else "fp32", config.stop_tol)
+    else:
+        plan = KMeansPlan(n_centroids, n_coarse, two_level, min(n_rows, max(sample_rows, n_centroids)), batch_rows,
+                          steps, passes, route, reason, init, spread=config.spread, nprobe=config.nprobe,
+                          init_iters=config.init_iters, refine_iters=config.init_iters)
+    return dataclasses.replace(plan, cell_init=config.init, decay=config.decay, dead_threshold=config.dead_threshold,
+                               device_budget_mb=config.device_budget_mb, device_passes=config.lloyd_passes,
+                               stream_passes=config.stream_passes)
 
 
-def kmeans_route(config: CompressConfig, backend: Backend) -> tuple[str, str]:
+def kmeans_route(config: CompressConfig, backend: Backend) -> tuple[KMeansRoute, str]:
     """(route, why): full-batch passes on a GPU (the device's matrix rate pays for exact passes over every
     row), streamed mini-batches on a CPU (two-level assignment: ~2 % of an exact pass)."""
     if config.route != "auto":

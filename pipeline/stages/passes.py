@@ -9,7 +9,6 @@ from __future__ import annotations
 import queue
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +20,12 @@ from rvc_index.compute.lloyd import Assigner, Exact, PassSums, accumulate, merge
 from rvc_index.compute.two_level import FixedCells, TwoLevel
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress
-from rvc_index.runtime.stream import block_tasks, iter_blocks, load_chunks, local_threads
+from rvc_index.runtime.run import Run
+from rvc_index.runtime.stream import block_tasks, load_chunks
 
 
 def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: np.random.Generator,
-                     client: Any | None = None) -> Iterator[np.ndarray]:
+                     run: Run[Backend]) -> Iterator[np.ndarray]:
     """Batches of ``batch_rows`` rows: chunks in a seeded random order, rows shuffled inside.
 
     Stops after ``max_rows`` rows (several passes when it exceeds the collection). Every batch is
@@ -35,8 +35,7 @@ def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: 
     batch = np.empty((batch_rows, features.dim), dtype=np.float32)
     while emitted < max_rows:
         order = rng.permutation(len(features.chunks))
-        blocks = load_chunks(features, order) if client is None else \
-            iter_blocks(features.array.blocks[order.tolist()], client)
+        blocks = load_chunks(features, order) if run.local else run.blocks(features.array.blocks[order.tolist()])
         for block in blocks:
             perm = rng.permutation(block.shape[0])
             start = 0
@@ -132,10 +131,10 @@ class ChunkRows:
     read into a buffer ``cache`` hands from chunk to chunk and pass to pass, assigned and summed there
     (sparse sums when the centres outnumber its rows), merged in chunk order."""
 
-    def __init__(self, features: FeatureSet, cache: PassCache | None = None, label: str = "compress: Lloyd pass",
-                 threads: int = 0) -> None:
-        self.features, self.cache, self.label = features, cache or PassCache(), label
-        self.threads = threads or local_threads()
+    def __init__(self, features: FeatureSet, run: Run[Backend], cache: PassCache | None = None,
+                 label: str = "compress: Lloyd pass") -> None:
+        self.features, self.run, self.cache, self.label = features, run, cache or PassCache(), label
+        self.threads = run.workers()
         self.n_rows, self.passes = features.n_rows, 0
 
     def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
@@ -154,18 +153,10 @@ class ChunkRows:
                 if buffer is not None:
                     cache.buffers.put(buffer)  # the sums hold copies: the next chunk may overwrite it
 
-        from threadpoolctl import threadpool_limits
-
-        total = None
-        with threadpool_limits(1), ThreadPoolExecutor(self.threads) as pool:
-            pending: deque[Any] = deque()
-            for index in list(range(len(features.chunks))) + [None] * self.threads:
-                if index is not None:
-                    pending.append(pool.submit(one_chunk, index))
-                if len(pending) >= self.threads or (index is None and pending):
-                    part = pending.popleft().result()  # merged in chunk order: the same sums on any machine
-                    total = merge(xp, total, part, n_far)
-                    progress.advance(part.rows)
+        total = None  # merged in chunk order: the same sums on any machine
+        for part in self.run.map(one_chunk, range(len(features.chunks)), self.threads, ahead=self.threads):
+            total = merge(xp, total, part, n_far)
+            progress.advance(part.rows)
         return total
 
 
@@ -207,9 +198,8 @@ class DaskRows:
     """The chunks on the Dask workers that hold them: the centres broadcast once per pass, at most two chunks per
     worker in flight, the parts merged here in chunk order."""
 
-    def __init__(self, features: FeatureSet, client: Any, backend: Backend,
-                 label: str = "compress: Lloyd pass") -> None:
-        self.features, self.client, self.backend, self.label = features, client, backend, label
+    def __init__(self, features: FeatureSet, run: Run[Backend], label: str = "compress: Lloyd pass") -> None:
+        self.features, self.client, self.backend, self.label = features, run.client, run.backend, label
         self.n_rows, self.passes = features.n_rows, 0
 
     def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
@@ -243,17 +233,16 @@ class StagedRows:
     (``Backend.stage``: pinned, double-buffered, the copy of one chunk overlapping the reading of the next and
     the compute on the last), in tiles of ``tile_rows``; nothing comes back to the host."""
 
-    def __init__(self, features: FeatureSet, backend: Backend, tile_rows: int, client: Any | None = None,
+    def __init__(self, features: FeatureSet, run: Run[Backend], tile_rows: int,
                  label: str = "compress: streamed pass") -> None:
-        self.features, self.backend, self.tile_rows = features, backend, tile_rows
-        self.client, self.label = client, label
+        self.features, self.run, self.tile_rows, self.label = features, run, tile_rows, label
         self.n_rows, self.passes = features.n_rows, 0
 
     def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
         self.passes += 1
         progress = Progress(f"{self.label} {self.passes}", self.features.n_rows)
         total = None
-        for block in self.backend.stage(iter_blocks(self.features, self.client, prefetch=2)):
+        for block in self.run.backend.upload(self.run.blocks(self.features, prefetch=2)):
             for start in range(0, block.shape[0], self.tile_rows):
                 tile = block[start:start + self.tile_rows]
                 total = merge(xp, total, accumulate(xp, assigner, tile, None, assigner.cells(xp, tile), n_far), n_far)
@@ -261,12 +250,12 @@ class StagedRows:
         return total
 
 
-def collection_rows(features: FeatureSet, backend: Backend, client: Any | None, cache: PassCache | None = None,
-                    tile_rows: int = 0, label: str = "compress: Lloyd pass") -> Any:
+def collection_rows(features: FeatureSet, run: Run[Backend], cache: PassCache | None = None, tile_rows: int = 0,
+                    label: str = "compress: Lloyd pass") -> Any:
     """The row source of a pass over the whole collection: staged through a device, on the Dask workers, or on
     local threads."""
-    if backend.is_gpu:
-        return StagedRows(features, backend, tile_rows or features.max_chunk_rows, client, label)
-    if client is not None:
-        return DaskRows(features, client, backend, label)
-    return ChunkRows(features, cache, label)
+    if run.backend.is_gpu:
+        return StagedRows(features, run, tile_rows or features.max_chunk_rows, label)
+    if not run.local:
+        return DaskRows(features, run, label)
+    return ChunkRows(features, run, cache, label)

@@ -1,24 +1,26 @@
 import logging
-import os
 import sys
 import types
 
 import numpy as np
 import pytest
 from rvc_index.compute.backend import (
+    CPU_PROFILE,
+    GPU_PROFILE,
     BackendError,
     _cupy_with_device,
     cuda_mismatch,
     kernel_problem,
     loaded_cuda_majors,
     select_backend,
-    thread_map,
 )
 
 
 def test_cpu_backend():
     backend = select_backend("cpu")
     assert backend.xp is np and not backend.is_gpu and backend.faiss_gpus == 0
+    assert backend.profile == CPU_PROFILE and GPU_PROFILE.tile_bytes > CPU_PROFILE.tile_bytes
+    assert GPU_PROFILE.exact_max_rows > CPU_PROFILE.exact_max_rows and GPU_PROFILE.gemm_flops > CPU_PROFILE.gemm_flops
     assert backend.flat_index(16).d == 16
     assert isinstance(backend.to_host(backend.asarray([[1, 2]])), np.ndarray)
 
@@ -57,7 +59,7 @@ def test_stage_fills_consecutive_rows_and_describes_the_cpu():
     backend = select_backend("cpu")
     blocks = [np.full((n, 3), i, dtype=np.float64) for i, n in enumerate((4, 1, 5))]
     out = np.empty((10, 3), dtype=np.float32)
-    staged = list(backend.stage(blocks, out=out))
+    staged = list(backend.upload(blocks, out=out))
     assert [s.shape[0] for s in staged] == [4, 1, 5] and out.dtype == np.float32
     np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 0, 1, 2, 2, 2, 2, 2])
     assert backend.free_bytes() > 0 and backend.describe() == "cpu (numpy, faiss-cpu)"
@@ -70,25 +72,9 @@ def test_pinned_staging_round_trip_and_faiss_status():
     rows = np.random.default_rng(0).standard_normal((300_000, 64)).astype(np.float32)
     np.testing.assert_array_equal(backend.to_host(backend.to_device(rows, block_rows=70_000)), rows)
     blocks = [rows[i:i + 50_000] for i in range(0, len(rows), 50_000)]
-    sums = [float(block.sum()) for block in backend.stage(blocks)]  # double-buffered: each valid until the next
+    sums = [float(block.sum()) for block in backend.upload(blocks)]  # double-buffered: each valid until the next
     np.testing.assert_allclose(sums, [float(b.astype(np.float64).sum()) for b in blocks], rtol=1e-4, atol=1e-2)
     assert backend.faiss_gpus or backend.faiss_note  # faiss on the GPU, or a stated reason why not
-
-
-def test_thread_map_keeps_order_and_runs_numpy_work_on_every_core():
-    import threading
-
-    seen = set()
-
-    def work(i):
-        seen.add(threading.get_ident())
-        x = np.full((200, 200), float(i), np.float32)
-        return float((x @ x)[0, 0])
-
-    assert thread_map(np, work, range(12)) == [200.0 * i * i for i in range(12)]
-    assert thread_map(np, work, []) == []
-    cores = os.cpu_count() or 1
-    assert (threading.main_thread().ident not in seen) == (cores > 1)  # a pool of one thread per core
 
 
 class DynamicLibNotFoundError(RuntimeError):

@@ -14,6 +14,7 @@ from rvc_index.compute.neighbours import exact_neighbours, ivf_neighbours, probe
 from rvc_index.compute.warm import ensure_warm
 from rvc_index.config.schema import BudgetConfig, CompressConfig
 from rvc_index.evaluation.metrics import exact_knn
+from rvc_index.runtime.run import HostOnly, Run
 from rvc_index.stages.compress import compress, plan_compression
 
 GPU = Backend("gpu", XP)
@@ -47,13 +48,13 @@ def test_device_init_costs_a_fixed_number_of_calls_and_no_transfer():
 def test_pinned_staging_copies_each_block_once_and_reads_nothing_back(sizes):
     blocks = [rows(n, 8, seed=i).astype(np.float64) for i, n in enumerate(sizes)]
     out = XP.empty((sum(sizes), 8), dtype=XP.float32)
-    calls, transfers = measure(lambda: [None for _ in GPU.stage(blocks, out=out)])
+    calls, transfers = measure(lambda: [None for _ in GPU.upload(blocks, out=out)])
     counts = DeviceArray.counts
     assert (calls, transfers, counts.uploads) == (0, 0, len(blocks))  # one pinned copy per block, no kernel
     assert counts.waits == len(blocks) - 1  # the host waits for a buffer's previous copy, not for the compute
     assert counts.pinned <= 2 + sum(b > max(sizes[:i], default=0) for i, b in enumerate(sizes))
     np.testing.assert_array_equal(out.get(), np.concatenate(blocks).astype(np.float32))
-    staged = [s.get() for s in GPU.stage(blocks)]  # without ``out``: each valid until the next is asked for
+    staged = [s.get() for s in GPU.upload(blocks)]  # without ``out``: each valid until the next is asked for
     assert all(np.array_equal(s, b.astype(np.float32)) for s, b in zip(staged, blocks))
 
 
@@ -65,7 +66,7 @@ def test_the_device_kmeans_route_reads_back_once_per_pass(make_experiment, featu
                                 lloyd_passes=3, stream_passes=1, stop_tol=0.0)
         centres = {}
         seen[(n, k, budget)] = measure(lambda f=features, c=config, out=centres: out.setdefault(
-            "c", compress(f, plan_compression(f.n_rows, f.dim, c, BudgetConfig()), c, GPU, seed=0)))[1]
+            "c", compress(f, plan_compression(f.n_rows, f.dim, c, BudgetConfig(), GPU), Run(GPU))))[1]
         assert centres["c"].shape == (k, 64) and np.isfinite(centres["c"]).all()
     # resident: each pass's MSD (3), every MSD and the re-seeded count once more, the centres; streamed: the
     # streamed pass's MSD and its own closing read
@@ -111,8 +112,8 @@ def test_the_minibatch_route_on_a_device_reads_back_a_fixed_number_of_times(make
     for n, k in [(4000, 64), (12000, 256)]:
         features = feature_set(make_experiment(f"m{n}_{k}", n, 64))
         config = CompressConfig(row_threshold=100, n_centroids=k, route="minibatch", epochs=1.0, init="random")
-        plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig())
-        seen.append(measure(lambda f=features, c=config, p=plan: compress(f, p, c, GPU, seed=0))[1])
+        plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig(), GPU)
+        seen.append(measure(lambda f=features, c=config, p=plan: compress(f, p, Run(GPU)))[1])
     assert seen[0] == seen[1], seen
 
 
@@ -130,7 +131,7 @@ def test_the_warm_up_launches_every_kernel_the_device_routes_launch(make_experim
     for route, extra in (("device", {"device_budget_mb": 64}), ("device", {"device_budget_mb": 2}),
                          ("minibatch", {"epochs": 1.0})):
         config = CompressConfig(row_threshold=100, n_centroids=300, route=route, lloyd_passes=2, **extra)
-        measure(lambda c=config: compress(features, plan_compression(6000, 64, c, BudgetConfig()), c, GPU, seed=0))
+        measure(lambda c=config: compress(features, plan_compression(6000, 64, c, BudgetConfig(), GPU), Run(GPU)))
         launched |= DeviceArray.counts.kernels
     queries = rows(50)
     measure(lambda: exact_knn(GPU, queries, [rows(3000, seed=2)], 8, keep=np.ones(3000, bool)))
@@ -158,7 +159,7 @@ def test_the_value_check_on_the_device_reads_back_once_per_chunk_and_agrees_with
     opened = {}
     for where, codes in (("host", None), ("device", device_row_codes(GPU, value_bound(64)))):
         calls, transfers = measure(lambda codes=codes, where=where: opened.setdefault(where, open_feature_set(
-            experiment, manifest, 0.1, sample_rows=500, seed=3, row_codes=codes)))
+            experiment, manifest, 0.1, sample_rows=500, run=Run(HostOnly(), seed=3), row_codes=codes)))
         if where == "device":
             assert transfers == len(opened[where].chunks) and calls <= 3 * len(opened[where].chunks)
     host, device = opened["host"], opened["device"]

@@ -13,7 +13,8 @@ from rvc_index.compute.knn import top_k
 from rvc_index.compute.lloyd import Exact, ResidentRows, lloyd
 from rvc_index.compute.minibatch import minibatch_step, new_state
 from rvc_index.config.schema import ExpandConfig
-from rvc_index.stages.expand import expand, expand_rows
+from rvc_index.stages.expand import expand_rows
+from stage_runs import planned_expand
 
 
 def device_rows(n, dim=16, seed=0):
@@ -88,7 +89,8 @@ def test_the_whole_expansion_reads_back_only_its_results():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     backend = Backend("cpu", XP)
-    calls, transfers = measure(lambda: expand(x, ExpandConfig(enabled=True, method="exact", tile_mb=0.5), backend))
+    config = ExpandConfig(enabled=True, method="exact", tile_mb=0.5)
+    calls, transfers = measure(lambda: planned_expand(x, config, backend))
     # the expanded rows per mixing tile, the neighbour ids and the mean cosine: not one per query tile or row
     mixing_tiles = -(-3000 // max(1, (8 * 2**20) // (4 * 8 * 16)))
     assert transfers <= mixing_tiles + 2, transfers

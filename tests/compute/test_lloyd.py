@@ -16,9 +16,9 @@ from rvc_index.compute.segments import one_hot_sums, segment_sums, sorted_segmen
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import CompressConfig, ConfigError
 from rvc_index.runtime.stream import iter_blocks
-from rvc_index.stages.compress import fit_centroids
 from rvc_index.stages.compress_device import choose_route
 from rvc_index.stages.kmeans_plan import kmeans_route, plan_kmeans
+from stage_runs import planned_kmeans
 
 CPU = select_backend("cpu")
 
@@ -96,9 +96,11 @@ def test_route_choice_follows_device_and_budget():
     assert plan_kmeans(10**6, 10**4, CompressConfig(route="device", precision="tf32"), CPU).precision == "tf32"
     on_gpu = plan_kmeans(10**6, 10**4, CompressConfig(route="minibatch"), Backend("gpu", np))
     assert on_gpu.init == "kmeans++" and not on_gpu.two_level  # a device: batched D^2, exact assignment
-    fits = choose_route(1_000_000, 768, 10_000, CompressConfig(device_budget_mb=8000), CPU, 50_000)
+    fits = choose_route(1_000_000, 768, plan_kmeans(10**6, 10**4, CompressConfig(device_budget_mb=8000), CPU), CPU,
+                        50_000)
     assert fits.name == "resident" and fits.device_rows == 1_000_000 and "fit the 8,000 MiB budget" in fits.reason
-    small = choose_route(3_000_000, 768, 10_000, CompressConfig(device_budget_mb=4000), CPU, 50_000)
+    small = choose_route(3_000_000, 768, plan_kmeans(3 * 10**6, 10**4, CompressConfig(device_budget_mb=4000), CPU),
+                         CPU, 50_000)
     assert small.name == "streamed" and 10_000 <= small.device_rows < 3_000_000 and small.stream_passes == 2
     assert "exceed the 4,000 MiB budget" in small.reason
     with pytest.raises(ConfigError, match="compress.lloyd_passes"):
@@ -114,7 +116,7 @@ def test_device_route_beats_ten_lloyd_passes_from_random_init(make_experiment, c
     rows = np.concatenate(list(iter_blocks(features.array)))
     config = load_config(None, ["compress.row_threshold=100", "compress.route=device", "compress.init=kmeans++"])
     with caplog.at_level(logging.INFO, logger="rvc_index"):
-        ours = CPU.to_host(fit_centroids(features, 200, config.compress, CPU, seed=0).centres)
+        ours = CPU.to_host(planned_kmeans(features, 200, config.compress, CPU, seed=0).centres)
     assert "device route resident" in caplog.text and "converged" in caplog.text  # stopped on the MSD's change
     plain = lloyd(np, rows, random_init(np, rows, 200, np.random.default_rng(0)), 10).centres
     assert ours.shape == (200, 64) and np.isfinite(ours).all()
@@ -127,10 +129,10 @@ def test_streamed_route_under_a_small_budget_passes_over_every_row(make_experime
     config = load_config(None, ["compress.row_threshold=100", "compress.route=device",
                                 "compress.device_budget_mb=1.5"]).compress
     with caplog.at_level(logging.INFO, logger="rvc_index"):
-        state = fit_centroids(features, 200, config, CPU, seed=0)
+        state = planned_kmeans(features, 200, config, CPU, seed=0)
     assert "device route streamed" in caplog.text and "streamed pass 2 over 12,000 rows" in caplog.text
     assert int(state.counts.sum()) == 12_000  # the last pass saw every row
-    resident = fit_centroids(features, 200, CompressConfig(row_threshold=100, route="device"), CPU, seed=0)
+    resident = planned_kmeans(features, 200, CompressConfig(row_threshold=100, route="device"), CPU, seed=0)
     assert inertia(CPU, [rows], state.centres) <= 1.1 * inertia(CPU, [rows], resident.centres)
 
 
@@ -141,8 +143,8 @@ def test_gpu_device_route_matches_numpy_quality(make_experiment, feature_set):
     gpu = select_backend("gpu")
     for precision in ("fp32", "tf32"):
         config = CompressConfig(row_threshold=100, route="device", init="kmeans++", precision=precision)
-        on_gpu = gpu.to_host(fit_centroids(features, 200, config, gpu, seed=0).centres)
-        on_cpu = fit_centroids(features, 200, config, CPU, seed=0).centres
+        on_gpu = gpu.to_host(planned_kmeans(features, 200, config, gpu, seed=0).centres)
+        on_cpu = planned_kmeans(features, 200, config, CPU, seed=0).centres
         assert inertia(CPU, [rows], on_gpu) <= 1.01 * inertia(CPU, [rows], on_cpu), precision
 
 

@@ -12,17 +12,20 @@ from rvc_index.config.schema import CompressConfig
 from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.layouts import resolve_experiment
 from rvc_index.data.sources import scan_manifest
+from rvc_index.runtime.run import Run
 from rvc_index.runtime.stream import ROWS_READ, iter_blocks, local_threads
 from rvc_index.stages.compress import fit_centroids, plan_kmeans
 from rvc_index.stages.passes import ChunkRows, PassCache
 from rvc_index.tools import speechlike
+from stage_runs import planned_kmeans
 
 CPU = select_backend("cpu")
 
 
 def open_set(path, sample_rows=0, chunk_mb=0.25):
     experiment = resolve_experiment(sorted(path.glob("3_feature*"))[0])
-    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb, sample_rows=sample_rows, seed=1)
+    return open_feature_set(experiment, scan_manifest(experiment), chunk_mb, sample_rows=sample_rows,
+                            run=Run(CPU, seed=1))
 
 
 def test_value_check_draws_the_sample_from_every_chunk_in_its_one_read(make_experiment):
@@ -61,7 +64,7 @@ def test_the_sample_leaves_out_drawn_rows_holding_nan_and_keeps_ids_straight(mak
 
 
 def one_pass(features, assigner, cache=None):
-    return ChunkRows(features, cache).pass_sums(np, assigner, N_FAR)
+    return ChunkRows(features, Run(CPU), cache).pass_sums(np, assigner, N_FAR)
 
 
 def test_seeded_coarse_cells_and_reused_buffers_give_the_same_pass(make_experiment):
@@ -103,7 +106,7 @@ def test_compress_without_minibatch_epochs_reads_the_collection_twice(make_exper
     kplan = plan_kmeans(8000, 300, config, CPU)
     before = ROWS_READ.rows
     features = open_set(path, sample_rows=kplan.check_sample_rows)
-    state = fit_centroids(features, 300, config, CPU, seed=0)
+    state = planned_kmeans(features, 300, config, CPU, seed=0)
     assert (ROWS_READ.rows - before) / features.n_rows == 2.0  # value check + sample, then the final pass
     assert np.isfinite(state.centres).all() and state.coarse is not None
     large = plan_kmeans(10_000_000, 10_000, CompressConfig(epochs=1.0), CPU)
@@ -155,8 +158,8 @@ def test_compress_of_a_resident_collection_reads_once_and_fits_the_same_centres(
     for resident in (True, False):
         before = ROWS_READ.rows
         features = open_feature_set(experiment, scan_manifest(experiment), 0.25, sample_rows=kplan.check_sample_rows,
-                                    seed=1, resident=resident)
-        fitted.append(fit_centroids(features, 200, config, CPU, seed=0, kplan=kplan).centres)
+                                    run=Run(CPU, seed=1), resident=resident)
+        fitted.append(fit_centroids(features, kplan, Run(CPU)).centres)
         reads.append((ROWS_READ.rows - before) / features.n_rows)
         chunks.append([features.load_chunk(i).copy() for i in range(len(features.chunks))])
     assert reads[0] == 1.0 and reads[1] == 1.0 + kplan.lloyd_passes  # the streamed set reads again per Lloyd pass

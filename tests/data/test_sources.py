@@ -6,6 +6,7 @@ from rvc_index.data.feature_set import open_feature_set, plan_chunks
 from rvc_index.data.files import FeatureFileError, load_checked
 from rvc_index.data.layouts import resolve_experiment
 from rvc_index.data.sources import SourceError, load_group, scan_manifest
+from rvc_index.runtime.run import HostOnly, Run
 from rvc_index.runtime.stream import ROWS_READ, iter_blocks, take_rows
 
 
@@ -20,10 +21,11 @@ def save(folder, name, array):
     return folder / name
 
 
-def open_set(path, **kwargs):
+def open_set(path, client=None, seed=0, **kwargs):
     experiment = resolve_experiment(path)
     on_bad = kwargs.pop("on_bad_file", "error")
-    return open_feature_set(experiment, scan_manifest(experiment, on_bad), on_bad_file=on_bad, **kwargs)
+    return open_feature_set(experiment, scan_manifest(experiment, on_bad), on_bad_file=on_bad,
+                            run=Run(HostOnly(), client, seed), **kwargs)
 
 
 def rows(n, dim=768, seed=0):

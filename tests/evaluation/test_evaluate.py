@@ -38,6 +38,7 @@ from rvc_index.evaluation.metrics import (
 )
 from rvc_index.evaluation.sizing import full_plan, nprobe_values
 from rvc_index.job.runner import build_experiment
+from rvc_index.runtime.run import Run
 from rvc_index.tools.synth import utterances
 
 CPU = select_backend("cpu")
@@ -140,14 +141,15 @@ def test_exhaustive_index_has_perfect_recall_and_no_blend_error():
     data = frames(3000)
     holdout = collection_holdout(data, [300] * 10)
     index = flat_ivf(data)  # nprobe = n_list: exact search
-    result = asdict(evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(), stored_is_original=True))
+    result = asdict(evaluate_index(index, holdout, data, Run(CPU), exclude_ids=holdout.row_ids(),
+                                   stored_is_original=True))
     assert result["recall_at_k"] == 1.0 and result["missing_label_share"] == 0.0
     assert result["blend_error"]["max"] < 1e-5
     assert result["coverage"] == pytest.approx(result["coverage_exact"], rel=1e-5)
     assert result["holdout"]["left_out_of_index"] == holdout.held_rows >= 300
     assert result["holdout"]["files"] == len(holdout.files)
     # the separate reference pass (stored_is_original=False) computes the same thing
-    again = asdict(evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(),
+    again = asdict(evaluate_index(index, holdout, data, Run(CPU), exclude_ids=holdout.row_ids(),
                                   plan=full_plan(len(holdout.queries), sweep=False)))
     assert again["blend_error"]["max"] < 1e-5 and again["recall_at_k"] == 1.0
 
@@ -168,8 +170,8 @@ def test_approximate_index_is_measured_honestly():
     data = frames(4000)
     holdout = collection_holdout(data, [400] * 10)
     index = flat_ivf(data, n_list=64, nprobe=1)
-    result = asdict(evaluate_index(index, holdout, data, CPU, exclude_ids=holdout.row_ids(), stored_is_original=True,
-                                   plan=full_plan(len(holdout.queries), repeats=1)))
+    result = asdict(evaluate_index(index, holdout, data, Run(CPU), exclude_ids=holdout.row_ids(),
+                                   stored_is_original=True, plan=full_plan(len(holdout.queries), repeats=1)))
     assert 0.0 < result["recall_at_k"] < 1.0 and result["blend_error"]["mean"] > 1e-3
     sweep = result["nprobe_sweep"]
     assert [r["nprobe"] for r in sweep] == nprobe_values(64, 1) == [1, 2, 4, 8, 16, 32, 64]

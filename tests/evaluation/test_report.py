@@ -17,6 +17,7 @@ from rvc_index.evaluation.sizing import full_plan
 from rvc_index.inspection.describe import describe_index
 from rvc_index.job.runner import build_experiment
 from rvc_index.runtime.records import from_json
+from rvc_index.runtime.run import Run
 from rvc_index.tools.synth import utterances
 
 from benchmarks.bench_report import write_bench_png
@@ -32,7 +33,7 @@ def evaluation():
     index.add(data)
     faiss.extract_index_ivf(index).nprobe = 2
     holdout = Holdout(data[:300], ((0, 600),), ("a",), len(data))
-    result = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(600),
+    result = evaluate_index(index, holdout, data, Run(select_backend("cpu")), exclude_ids=np.arange(600),
                             stored_is_original=True, plan=full_plan(300, repeats=1))
     return result, describe_index(index)
 

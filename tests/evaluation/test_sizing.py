@@ -26,6 +26,7 @@ from rvc_index.evaluation.sizing import (
 )
 from rvc_index.job.runner import build_experiment
 from rvc_index.runtime.records import from_json
+from rvc_index.runtime.run import Run
 from rvc_index.runtime.stream import take_rows
 from rvc_index.tools.synth import utterances
 
@@ -100,7 +101,7 @@ def test_evaluation_serialises_to_the_report_json():
     index.add(data)
     holdout = Holdout(data[:200], ((0, 300),), ("a",), len(data))
     plan = plan_evaluation(DEFAULT, 3000, 3000, 64, stored_is_original=False, build_seconds=1.0)
-    result = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(300), plan=plan)
+    result = evaluate_index(index, holdout, data, Run(select_backend("cpu")), exclude_ids=np.arange(300), plan=plan)
     assert isinstance(result, Evaluation) and result.plan == plan
     out = json.loads(json.dumps(asdict(result)))
     assert set(out) >= {"k", "queries", "holdout", "recall_at_k", "missing_label_share", "blend_error", "coverage",
@@ -111,7 +112,7 @@ def test_evaluation_serialises_to_the_report_json():
     assert "recall@8" in result.summary_line() and "blend error" in result.summary_line()
     assert asdict(EvaluationSkipped("one file")) == {"skipped": "one file"}
     assert from_json(Evaluation, out) == result  # what report.json holds reads back as the typed result
-    no_reference = evaluate_index(index, holdout, data, select_backend("cpu"), exclude_ids=np.arange(300),
+    no_reference = evaluate_index(index, holdout, data, Run(select_backend("cpu")), exclude_ids=np.arange(300),
                                   plan=replace(full_plan(200), reference=False))
     blank = asdict(no_reference)
     assert blank["blend_error"] is None and blank["coverage_exact"] is None and blank["coverage"] > 0

@@ -14,8 +14,8 @@ from rvc_index.config.loading import load_config
 from rvc_index.data.sources import SourceError
 from rvc_index.inspection.rvc_files import OutputError
 from rvc_index.job.runner import build_experiment
-from rvc_index.stages.expand import expand
 from rvc_index.tools.synth import utterances
+from stage_runs import planned_expand
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -47,7 +47,7 @@ def test_preset_builds_an_rvc_ready_index(preset, dim, make_experiment, client, 
     assert load_config(exp / f"rvc-index-alice-{preset}.config.yaml") == config
     stored = features_of(exp)
     if config.expand.enabled:  # tips stores the alpha-QE expansions of the features (rvc_index.stages.expand)
-        stored = expand(stored, config.expand, Backend("cpu", np)).vectors
+        stored = planned_expand(stored, config.expand, Backend("cpu", np)).vectors
     replayed = consumer_check(result.index_path, held_out(500, dim), stored, dim)
     assert {r["ntotal"] for r in replayed.values()} == {6000} and len(replayed) == 3
     assert {r["nprobe"] for r in replayed.values()} == {report["index"]["nprobe"]}

@@ -12,6 +12,7 @@ from rvc_index.data.layouts import resolve_experiment
 from rvc_index.data.sources import scan_manifest
 from rvc_index.job.runner import build_experiment
 from rvc_index.job.tune import Layout, Target, Trial, TuneError, choose, layouts, tune, write_preset
+from rvc_index.runtime.run import Run
 
 
 def trial(recall, us, ram, missing=0.0, nprobe=4):
@@ -51,7 +52,8 @@ def test_tune_picks_a_config_that_builds_to_its_measured_recall(speaker, tmp_pat
     base = load_config("configs/tips.yaml", ["expand.enabled=false"])
     target = Target(min_recall=0.9)
     grid = [Layout("fp16", 1.0), Layout("flat", 4.0)]
-    result = tune(features_of(speaker), base, target, select_backend("cpu"), layout_list=grid, name="tuned-test")
+    result = tune(features_of(speaker), base, target, Run(select_backend("cpu"), seed=base.seed), layout_list=grid,
+                  name="tuned-test")
     chosen = result.chosen
     assert chosen is not None and chosen.meets(target)
     assert {t.lists for t in result.trials} == {"fp16", "flat"}
@@ -78,8 +80,8 @@ def test_tune_picks_a_config_that_builds_to_its_measured_recall(speaker, tmp_pat
 
 def test_an_unreachable_target_writes_nothing(speaker, tmp_path):
     base = load_config("configs/tips.yaml", ["expand.enabled=false"])
-    result = tune(features_of(speaker), base, Target(min_recall=0.9, max_us_per_frame=0.001), select_backend("cpu"),
-                  layout_list=[Layout("flat", 4.0)])
+    result = tune(features_of(speaker), base, Target(min_recall=0.9, max_us_per_frame=0.001),
+                  Run(select_backend("cpu")), layout_list=[Layout("flat", 4.0)])
     assert result.chosen is None and result.config is None and result.trials
     with pytest.raises(TuneError, match="no configuration met"):
         write_preset(tmp_path / "x.yaml", result)

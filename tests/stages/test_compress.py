@@ -11,10 +11,12 @@ from rvc_index.compute.minibatch import inertia
 from rvc_index.compute.two_level import TwoLevel
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import BudgetConfig, CompressConfig, ConfigError
+from rvc_index.runtime.run import Run
 from rvc_index.runtime.stream import iter_blocks
-from rvc_index.stages.compress import CompressError, budget_vectors, fit_centroids, plan_compression, plan_kmeans
+from rvc_index.stages.compress import CompressError, budget_vectors, plan_compression, plan_kmeans
 from rvc_index.stages.passes import DaskRows, shuffled_batches
 from sklearn.cluster import MiniBatchKMeans
+from stage_runs import planned_kmeans
 
 CPU = select_backend("cpu")
 
@@ -30,11 +32,12 @@ def compress_config(**changes):
 
 def test_plan_clamps_or_refuses_more_centroids_than_rows():
     budget = BudgetConfig()
-    clamped = plan_compression(500, 64, CompressConfig(row_threshold=100, n_centroids=1000), budget)
+    clamped = plan_compression(500, 64, CompressConfig(row_threshold=100, n_centroids=1000), budget, CPU)
     assert clamped.apply and clamped.n_centroids == 500
     with pytest.raises(CompressError, match="compress.n_centroids=1,000 is more than the 500 rows"):
-        plan_compression(500, 64, CompressConfig(row_threshold=100, n_centroids=1000, on_too_few_rows="error"), budget)
-    assert not plan_compression(100, 64, CompressConfig(row_threshold=100, n_centroids=10), budget).apply
+        too_many = CompressConfig(row_threshold=100, n_centroids=1000, on_too_few_rows="error")
+        plan_compression(500, 64, too_many, budget, CPU)
+    assert not plan_compression(100, 64, CompressConfig(row_threshold=100, n_centroids=10), budget, CPU).apply
 
 
 @pytest.mark.parametrize("dim, expected", [(768, 174_648), (256, 523_265)])
@@ -43,16 +46,16 @@ def test_the_budget_decides_how_many_vectors_are_stored(dim, expected):
     budget = BudgetConfig()
     assert budget_vectors(dim, budget) == expected  # the GPU's 2 x D x 4 + 4 bytes per vector bind first
     config = CompressConfig()  # row_threshold and n_centroids 0: from the budget
-    fits = plan_compression(expected, dim, config, budget)
+    fits = plan_compression(expected, dim, config, budget, CPU)
     assert not fits.apply and "fit the budget" in fits.reason and fits.budget_vectors == expected
-    over = plan_compression(expected + 1, dim, config, budget)
+    over = plan_compression(expected + 1, dim, config, budget, CPU)
     assert over.apply and over.n_centroids == expected
-    smaller = plan_compression(100_000, dim, config, BudgetConfig(big_mb=30, gpu_mb=60))
+    smaller = plan_compression(100_000, dim, config, BudgetConfig(big_mb=30, gpu_mb=60), CPU)
     assert smaller.apply and smaller.n_centroids == budget_vectors(dim, BudgetConfig(big_mb=30, gpu_mb=60))
     assert 10_000 <= smaller.n_centroids if dim == 768 else smaller.n_centroids >= 30_000
-    rvc = plan_compression(300_000, dim, CompressConfig(row_threshold=200_000, n_centroids=10_000), budget)
+    rvc = plan_compression(300_000, dim, CompressConfig(row_threshold=200_000, n_centroids=10_000), budget, CPU)
     assert rvc.apply and rvc.n_centroids == 10_000  # RVC's rule when the config names it
-    off = plan_compression(10**6, dim, CompressConfig(enabled=False), budget)
+    off = plan_compression(10**6, dim, CompressConfig(enabled=False), budget, CPU)
     assert not off.apply and "over the budget" in off.reason
 
 
@@ -99,7 +102,7 @@ def test_shuffled_batches_draw_every_chunk_in_a_seeded_order(make_experiment, fe
     rows = all_rows(features)
 
     def epoch(seed):
-        return [batch.copy() for batch in shuffled_batches(features, 500, 6000, np.random.default_rng(seed))]
+        return [batch.copy() for batch in shuffled_batches(features, 500, 6000, np.random.default_rng(seed), Run(CPU))]
 
     first, again, other = epoch(1), epoch(1), epoch(2)
     assert len(first) == 12 and all(b.shape == (500, 64) for b in first)
@@ -118,7 +121,7 @@ def test_minibatch_compress_beats_rvcs_sklearn_call(make_experiment, feature_set
     features = feature_set(make_experiment("q", 8000, 64))
     rows = all_rows(features)
     config = compress_config(n_centroids=256)
-    ours = CPU.to_host(fit_centroids(features, 256, config, CPU, seed=0).centres)
+    ours = CPU.to_host(planned_kmeans(features, 256, config, CPU, seed=0).centres)
     theirs = MiniBatchKMeans(n_clusters=256, batch_size=256 * (os.cpu_count() or 1), compute_labels=False,
                              init="random", random_state=0).fit(rows).cluster_centers_
     assert ours.shape == (256, 64) and np.isfinite(ours).all()
@@ -130,8 +133,9 @@ def test_sklearn_mode_runs_rvcs_call(make_experiment, feature_set):
 
     features = feature_set(make_experiment("sk", 3000, 64))
     config = compress_config(n_centroids=50, method="sklearn")
-    plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig())
-    centres = compress(features, plan, config, CPU, seed=4)
+    plan = plan_compression(features.n_rows, features.dim, config, BudgetConfig(), CPU)
+    assert plan.kmeans is None and plan.method == "sklearn"
+    centres = compress(features, plan, Run(CPU, seed=4))
     rows = all_rows(features)[np.random.default_rng(4).permutation(features.n_rows)]
     expected = MiniBatchKMeans(n_clusters=50, batch_size=256 * (os.cpu_count() or 1), compute_labels=False,
                                init="random", random_state=4).fit(rows).cluster_centers_
@@ -141,8 +145,8 @@ def test_sklearn_mode_runs_rvcs_call(make_experiment, feature_set):
 def test_streaming_on_a_local_cluster_equals_the_in_process_run(make_experiment, client, feature_set):
     path = make_experiment("dist", 8000, 64)
     config = compress_config(n_centroids=400, batch_rows=1000, epochs=1.0)
-    local = fit_centroids(feature_set(path), 400, config, CPU, seed=3)
-    remote = fit_centroids(feature_set(path, client=client), 400, config, CPU, seed=3, client=client)
+    local = planned_kmeans(feature_set(path), 400, config, CPU, seed=3)
+    remote = planned_kmeans(feature_set(path, client=client), 400, config, CPU, seed=3, client=client)
     assert local.coarse is not None and local.step == 8
     np.testing.assert_allclose(remote.centres, local.centres, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(remote.counts, local.counts)
@@ -157,7 +161,7 @@ def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experi
     centres = rows[rng.permutation(len(rows))[:300]].copy()
     assigner = TwoLevel(centres[:17].copy(), 1, 2) if two_level else Exact()
     assigner.prepare(np, centres)
-    on_workers = DaskRows(features, client, CPU).pass_sums(np, assigner, 256)
+    on_workers = DaskRows(features, Run(CPU, client)).pass_sums(np, assigner, 256)
     in_memory = ResidentRows(rows).pass_sums(np, assigner, 256)
     np.testing.assert_array_equal(on_workers.counts, in_memory.counts)
     np.testing.assert_allclose(on_workers.sums, in_memory.sums, rtol=1e-4, atol=1e-3)
@@ -166,9 +170,9 @@ def test_partial_sums_on_workers_equal_one_in_memory_pass(two_level, make_experi
 
 def test_k_equal_to_rows_keeps_every_row(make_experiment, feature_set):
     features = feature_set(make_experiment("few", 300, 64))
-    plan = plan_compression(features.n_rows, features.dim, compress_config(n_centroids=1000), BudgetConfig())
+    plan = plan_compression(features.n_rows, features.dim, compress_config(n_centroids=1000), BudgetConfig(), CPU)
     assert plan.n_centroids == 300
-    state = fit_centroids(features, plan.n_centroids, compress_config(n_centroids=1000), CPU, seed=0)
+    state = planned_kmeans(features, plan.n_centroids, compress_config(n_centroids=1000), CPU, seed=0)
     assert state.coarse is not None  # 300 centres: the two-level path
     assert inertia(CPU, [all_rows(features)], state.centres) == pytest.approx(0.0, abs=1e-4)
 
@@ -181,6 +185,6 @@ def test_constant_collection_gives_finite_centres(tmp_path, feature_set):
     features = feature_set(folder, chunk_mb=0.2)
     for assign in ("two-level", "exact"):
         config = compress_config(n_centroids=300, assign=assign, batch_rows=200)
-        centres = CPU.to_host(fit_centroids(features, 300, config, CPU, seed=0).centres)
+        centres = CPU.to_host(planned_kmeans(features, 300, config, CPU, seed=0).centres)
         assert np.isfinite(centres).all()
         np.testing.assert_allclose(centres, 0.25, atol=1e-6)

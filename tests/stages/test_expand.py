@@ -10,8 +10,9 @@ from rvc_index.compute.backend import Backend, select_backend
 from rvc_index.config.loading import config_from_dict, load_config
 from rvc_index.config.schema import ConfigError, ExpandConfig
 from rvc_index.job.runner import build_experiment
-from rvc_index.stages.expand import ExpandError, expand
+from rvc_index.stages.expand import ExpandError
 from rvc_index.tools.synth import utterances
+from stage_runs import planned_expand
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CPU = Backend("cpu", np)
@@ -59,7 +60,7 @@ def test_equals_float64_reference(alpha, route):
     config = ExpandConfig(enabled=True, alpha=alpha, method="exact")
     if route == "ivf-all-lists":  # probing every list makes the IVF search exact
         config = ExpandConfig(enabled=True, alpha=alpha, method="ivf", n_list=12, nprobe=12)
-    result = expand(x, config, CPU)
+    result = planned_expand(x, config, CPU)
     expected, _ = reference(x, 8, alpha)
     assert row_relative_error(result.vectors, expected).max() < 1e-5
     assert result.neighbours == 8 and result.method == ("exact" if route == "exact" else "ivf")
@@ -72,10 +73,10 @@ def test_equals_float64_reference(alpha, route):
 def test_norms_restored_or_unit_when_asked():
     x = clustered(600, 32, seed=2)
     norms = np.linalg.norm(x, axis=1)
-    feature = expand(x, ExpandConfig(enabled=True), CPU)
+    feature = planned_expand(x, ExpandConfig(enabled=True), CPU)
     np.testing.assert_allclose(np.linalg.norm(feature.vectors, axis=1), norms, rtol=1e-5)
     assert not np.allclose(feature.vectors, x, rtol=1e-3)
-    unit = expand(x, ExpandConfig(enabled=True, scale="unit"), CPU)
+    unit = planned_expand(x, ExpandConfig(enabled=True, scale="unit"), CPU)
     np.testing.assert_allclose(np.linalg.norm(unit.vectors, axis=1), 1.0, rtol=1e-5)
     assert row_relative_error(unit.vectors, reference(x, 8, 3.0, scale="unit")[0]).max() < 1e-5
     np.testing.assert_allclose(unit.vectors * norms[:, None], feature.vectors, rtol=1e-4, atol=1e-5)
@@ -91,7 +92,7 @@ def test_no_nan_for_any_alpha_and_zero_rows(alpha, scale):
     x[100:140] = -x[:40]  # antipodes: negative cosines must weigh 0, not NaN
     x[[7, 50, 299]] = 0.0
     x[8] = 1e-30  # below the norm floor
-    result = expand(x, ExpandConfig(enabled=True, alpha=alpha, scale=scale), CPU)
+    result = planned_expand(x, ExpandConfig(enabled=True, alpha=alpha, scale=scale), CPU)
     assert np.isfinite(result.vectors).all() and np.isfinite(result.mean_cosine)
     assert not result.vectors[[7, 50, 299]].any()  # zero rows stay zero
     lengths = np.linalg.norm(result.vectors, axis=1)
@@ -107,7 +108,7 @@ def test_no_nan_for_any_alpha_and_zero_rows(alpha, scale):
 
 def test_ivf_route_recall_on_speech_like_frames():
     x = np.concatenate(list(utterances(4000, 256, [5, 256])))
-    result = expand(x, ExpandConfig(enabled=True, method="ivf"), CPU)
+    result = planned_expand(x, ExpandConfig(enabled=True, method="ivf"), CPU)
     truth = exact_ids(x, 8)
     recall = neighbour_recall(result.neighbour_ids, truth)
     assert recall >= 0.95
@@ -115,15 +116,15 @@ def test_ivf_route_recall_on_speech_like_frames():
     assert report["method"] == "ivf" and report["n_list"] == 63 and 1 <= report["nprobe"] < 63
     assert report["neighbour_recall"] >= 0.96 and report["recall_queries"] == 128
     assert abs(report["neighbour_recall"] - recall) < 0.03  # the sampled estimate is close to the truth
-    exact = expand(x, ExpandConfig(enabled=True, method="exact"), CPU)
+    exact = planned_expand(x, ExpandConfig(enabled=True, method="exact"), CPU)
     assert np.median(row_relative_error(result.vectors, exact.vectors)) < 1e-5  # most rows: same neighbours
 
 
 def test_fixed_nprobe_is_used_and_low_nprobe_loses_recall():
     x = np.concatenate(list(utterances(4000, 128, [6, 128])))
     truth = exact_ids(x, 8)
-    one = expand(x, ExpandConfig(enabled=True, method="ivf", n_list=60, nprobe=1), CPU)
-    tuned = expand(x, ExpandConfig(enabled=True, method="ivf", n_list=60), CPU)
+    one = planned_expand(x, ExpandConfig(enabled=True, method="ivf", n_list=60, nprobe=1), CPU)
+    tuned = planned_expand(x, ExpandConfig(enabled=True, method="ivf", n_list=60), CPU)
     assert one.nprobe == 1 and tuned.nprobe > 1
     recall_one = neighbour_recall(one.neighbour_ids, truth)
     assert recall_one == pytest.approx(one.neighbour_recall, abs=0.05)
@@ -134,8 +135,8 @@ def test_fixed_nprobe_is_used_and_low_nprobe_loses_recall():
 
 def test_spilled_result_is_a_memmap_equal_to_the_in_memory_one(tmp_path):
     x = clustered(700, 24, seed=4)
-    in_memory = expand(x, ExpandConfig(enabled=True), CPU)
-    spilled = expand(x, ExpandConfig(enabled=True, spill_mb=0), CPU, spill_dir=tmp_path)
+    in_memory = planned_expand(x, ExpandConfig(enabled=True), CPU)
+    spilled = planned_expand(x, ExpandConfig(enabled=True, spill_mb=0), CPU, spill_dir=tmp_path)
     assert isinstance(spilled.vectors, np.memmap) and spilled.storage == "memmap"
     assert in_memory.storage == "memory" and not isinstance(in_memory.vectors, np.memmap)
     np.testing.assert_array_equal(spilled.vectors, in_memory.vectors)
@@ -145,20 +146,20 @@ def test_spilled_result_is_a_memmap_equal_to_the_in_memory_one(tmp_path):
 def test_dask_input_streams_on_a_cluster(client):
     x = clustered(1500, 32, seed=5)
     lazy = da.from_array(x, chunks=(400, 32))
-    streamed = expand(lazy, ExpandConfig(enabled=True), CPU, client=client)
-    np.testing.assert_array_equal(streamed.vectors, expand(x, ExpandConfig(enabled=True), CPU).vectors)
+    streamed = planned_expand(lazy, ExpandConfig(enabled=True), CPU, client=client)
+    np.testing.assert_array_equal(streamed.vectors, planned_expand(x, ExpandConfig(enabled=True), CPU).vectors)
 
 
 def test_non_finite_input_is_refused():
     x = clustered(100, 8)
     x[42, 3] = np.inf
     with pytest.raises(ExpandError, match="NaN or Inf"):
-        expand(x, ExpandConfig(enabled=True), CPU)
+        planned_expand(x, ExpandConfig(enabled=True), CPU)
 
 
 def test_fewer_rows_than_neighbours_uses_them_all():
     x = clustered(5, 8)
-    result = expand(x, ExpandConfig(enabled=True, num_expand=8), CPU)
+    result = planned_expand(x, ExpandConfig(enabled=True, num_expand=8), CPU)
     assert result.neighbours == 5
     assert row_relative_error(result.vectors, reference(x, 5, 3.0)[0]).max() < 1e-5
 
@@ -195,7 +196,7 @@ def test_build_with_expansion_is_rvc_ready(preset, scale, spill_mb, on_cluster, 
     result = build_experiment(exp, config, backend=CPU, client=client)  # compared bytewise with the CPU expansion
     stored = np.load(exp / "total_fea.npy")
     raw = features_of(exp)
-    np.testing.assert_array_equal(stored, expand(raw, config.expand, CPU).vectors)
+    np.testing.assert_array_equal(stored, planned_expand(raw, config.expand, CPU).vectors)
     expected_norms = np.linalg.norm(raw, axis=1) if scale == "feature" else np.ones(len(raw))
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), expected_norms, rtol=1e-5)
     queries = np.concatenate(list(utterances(300, 256, [77, 256])))
@@ -224,7 +225,7 @@ def test_cpu_and_gpu_agree(method):
     gpu = select_backend("gpu")
     x = np.concatenate(list(utterances(20000, 256, [8, 256])))
     config = ExpandConfig(enabled=True, method=method)
-    on_cpu, on_gpu = expand(x, config, CPU), expand(x, config, gpu)
+    on_cpu, on_gpu = planned_expand(x, config, CPU), planned_expand(x, config, gpu)
     assert on_gpu.method.startswith(method) and on_gpu.storage == "memory"
     same = (np.sort(on_cpu.neighbour_ids, axis=1) == np.sort(on_gpu.neighbour_ids, axis=1)).all(axis=1)
     assert same.mean() > (0.99 if method == "exact" else 0.8)

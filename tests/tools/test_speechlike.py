@@ -12,9 +12,10 @@ from rvc_index.data.feature_set import open_feature_set
 from rvc_index.data.layouts import resolve_experiment
 from rvc_index.data.sources import scan_manifest
 from rvc_index.runtime.stream import iter_blocks
-from rvc_index.stages.compress import fit_centroids, plan_kmeans
+from rvc_index.stages.compress import plan_kmeans
 from rvc_index.tools import speechlike
 from sklearn.cluster import MiniBatchKMeans
+from stage_runs import planned_kmeans
 
 CPU = select_backend("cpu")
 
@@ -66,7 +67,7 @@ def test_compress_msd_is_no_worse_than_rvcs_sklearn_call(kind, tmp_path, make_ex
     k = 400
     config = load_config("rvc-classic", ["compress.row_threshold=100", f"compress.n_centroids={k}"]).compress
     assert plan_kmeans(len(rows), k, config, CPU).two_level
-    ours = fit_centroids(features, k, config, CPU, seed=0).centres
+    ours = planned_kmeans(features, k, config, CPU, seed=0).centres
     shuffled = rows[np.random.default_rng(0).permutation(len(rows))]
     theirs = MiniBatchKMeans(n_clusters=k, batch_size=256 * (os.cpu_count() or 1), compute_labels=False,
                              init="random", random_state=0).fit(shuffled).cluster_centers_
