@@ -175,3 +175,27 @@ def test_the_value_check_on_the_device_reads_back_once_per_chunk_and_agrees_with
             open_feature_set(experiment, manifest, 0.1, row_codes=codes)
         problems.append(str(caught.value))
     assert problems[0] == problems[1] and "row 7" in problems[0]
+
+
+def test_a_whole_build_on_the_device_checks_values_there_and_takes_the_device_route(
+        make_experiment, tmp_path, monkeypatch):
+    """The runner on a GPU backend (faiss on the CPU beside it): the value check codes each chunk's rows on the
+    device (one read back per chunk), the k-means takes the device route, and the index is the CPU build's kind."""
+    import json
+
+    import rvc_index.compute.values as values
+    from rvc_index.config.loading import load_config
+    from rvc_index.job.runner import build_experiment
+
+    coded = []
+    real = values.row_check
+    monkeypatch.setattr(values, "row_check", lambda xp, rows, bound: coded.append(rows.shape[0]) or real(xp, rows,
+                                                                                                       bound))
+    exp = make_experiment("on-device", 6000, 256)
+    config = load_config("tips-plain", ["compress.row_threshold=1000", "compress.n_centroids=200",
+                                        "evaluate.recall_queries=0", "source.chunk_mb=0.5"])
+    result = build_experiment(exp, config, tmp_path / "out", backend=GPU)
+    report = json.loads(result.report_path.read_text())
+    assert sum(coded) == 6000 and len(coded) >= 2  # every row coded on the device, one call per chunk
+    assert any("route device" in line for line in report["plan"]["decisions"])
+    assert report["rows"] == 6000 and report["index"]["ntotal"] == 200 and report["backend"].startswith("gpu")
