@@ -1,4 +1,4 @@
-"""Host rows to the device (``Backend.stage`` on a GPU): two pinned host buffers on their own copy stream, the
+"""Host rows to the device (``Backend.upload`` on a GPU): two pinned host buffers on their own copy stream, the
 next block read on a thread meanwhile, so reading, copying and computing overlap."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def read_ahead(blocks: Iterable[T], depth: int = 1) -> Iterator[T]:
 
 
 def stage_pinned(cupy: ModuleType, blocks: Iterable[np.ndarray], out: Any | None) -> Iterator[Any]:
-    """``Backend.stage`` on a GPU: two pinned buffers, grown to the largest block, one copy stream."""
+    """``Backend.upload`` on a GPU: two pinned buffers, grown to the largest block, one copy stream."""
     import cupyx
 
     copy_stream = cupy.cuda.Stream(non_blocking=True)

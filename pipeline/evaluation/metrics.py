@@ -18,7 +18,7 @@ SCORE_FLOOR = 1e-12  # a query equal to a stored vector scores 0: RVC's weight w
 def exact_knn(backend: Backend, queries: np.ndarray, blocks: Iterable[np.ndarray], k: int,
               tile_rows: int = 8192, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact L2 k-NN of ``queries`` [q, D] over the rows of ``blocks`` (streamed, in id order): the one exact
-    k-NN (``compute.knn.knn``), the blocks staged through the device (``Backend.stage``: on a GPU the reading of
+    k-NN (``compute.knn.knn``), the blocks staged through the device (``Backend.upload``: on a GPU the reading of
     the next block, its copy and the compute on this one overlap), ``tile_rows`` rows per score tile.
 
     Returns (squared distances [q, k] float32, ids [q, k] int64), nearest first; ids count rows

@@ -106,7 +106,7 @@ def iter_blocks(array: da.Array | np.ndarray | ChunkSource, client: Any | None =
         array = array.array
     tasks = block_tasks(array)
     if client is not None:
-        yield from _in_order(client.compute, tasks, prefetch)
+        yield from map(np.asarray, in_order(client.compute, tasks, prefetch))
         return
     import dask.local  # a dask array is here: dask is imported already
 
@@ -125,17 +125,18 @@ def _on_threads(loads: Sequence[Callable[[], Any]], prefetch: int) -> Iterator[n
         yield np.asarray(result)
 
 
-def _in_order(submit: Callable[[Any], Any], items: Sequence[Any], prefetch: int) -> Iterator[np.ndarray]:
-    """``submit(item)`` for each item, at most ``prefetch`` ahead; each future's result in order. A
-    ``distributed`` future is released once the caller is done with its block."""
+def in_order(submit: Callable[[Any], Any], items: Sequence[Any], ahead: int) -> Iterator[Any]:
+    """``submit(item)`` for each item (a ``distributed`` client's ``compute``, a pool's ``submit``), at most
+    ``ahead`` submitted; each future's result in order. A ``distributed`` future is released once the caller is
+    done with its result."""
     pending: deque[Any] = deque()
     next_item = 0
     while next_item < len(items) or pending:
-        while next_item < len(items) and len(pending) < max(1, prefetch):
+        while next_item < len(items) and len(pending) < max(1, ahead):
             pending.append(submit(items[next_item]))
             next_item += 1
         future = pending.popleft()
-        yield np.asarray(future.result())
+        yield future.result()
         if hasattr(future, "release"):
             future.release()
 

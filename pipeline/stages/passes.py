@@ -7,7 +7,6 @@ mini-batches. Each holds a few chunks at a time, never the collection.
 from __future__ import annotations
 
 import queue
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from rvc_index.compute.two_level import FixedCells, TwoLevel
 from rvc_index.data.feature_set import FeatureSet
 from rvc_index.runtime.progress import Progress
 from rvc_index.runtime.run import Run
-from rvc_index.runtime.stream import block_tasks, load_chunks
+from rvc_index.runtime.stream import block_tasks, in_order, load_chunks
 
 
 def shuffled_batches(features: FeatureSet, batch_rows: int, max_rows: int, rng: np.random.Generator,
@@ -213,24 +212,17 @@ class DaskRows:
         tasks = [dask.delayed(chunk_sums, pure=False)(block, shared[0], shared[1], n_far)
                  for block in block_tasks(self.features.array)]
         window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
-        pending: deque[Any] = deque()
         total = None
-        for task in tasks + [None] * window:
-            if task is not None:
-                pending.append(client.compute(task))
-            if len(pending) >= window or (task is None and pending):
-                future = pending.popleft()
-                part = future.result()
-                future.release()
-                total = merge(np, total, part, n_far)
-                progress.advance(part.rows)
+        for part in in_order(client.compute, tasks, window):  # two chunks per worker in flight
+            total = merge(np, total, part, n_far)
+            progress.advance(part.rows)
         client.cancel(shared)
         return total
 
 
 class StagedRows:
     """The chunks read on host threads (or fetched from a cluster) and staged through the device
-    (``Backend.stage``: pinned, double-buffered, the copy of one chunk overlapping the reading of the next and
+    (``Backend.upload``: pinned, double-buffered, the copy of one chunk overlapping the reading of the next and
     the compute on the last), in tiles of ``tile_rows``; nothing comes back to the host."""
 
     def __init__(self, features: FeatureSet, run: Run[Backend], tile_rows: int,

@@ -341,5 +341,5 @@ def measure(fn):
 
 
 def with_cupyx(monkeypatch):
-    """``import cupyx`` (``Backend.stage`` on a GPU) finds the stand-in's ``empty_pinned``."""
+    """``import cupyx`` (``Backend.upload`` on a GPU) finds the stand-in's ``empty_pinned``."""
     monkeypatch.setitem(sys.modules, "cupyx", CUPYX)
