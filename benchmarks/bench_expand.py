@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from rvc_index.compute.backend import Backend, select_backend
 from rvc_index.compute.neighbours import exact_neighbours
 from rvc_index.config.loading import load_config
 from rvc_index.config.schema import ExpandConfig
+from rvc_index.job.record import ExpansionRecord
 from rvc_index.runtime.progress import configure_logging
 from rvc_index.runtime.run import Run
 from rvc_index.runtime.stream import sample_row_ids
@@ -106,7 +108,8 @@ def throughput(args: argparse.Namespace, backend: Backend) -> dict[str, Any]:
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "ours": {"seconds": ours_times, "median_seconds": float(np.median(ours_times)),
                  "vectors_per_s": round(args.rows / float(np.median(ours_times))),
-                 **{key: value for key, value in ours.report().items() if key not in ("applied", "note", "seconds")},
+                 **{key: value for key, value in asdict(ExpansionRecord.of(ours)).items()
+                    if key not in ("applied", "note", "seconds") and value is not None},
                  "estimated_neighbour_recall": ours.neighbour_recall,  # on the expansion's own sample
                  "neighbour_recall": round(recall(ours.neighbour_ids[queries], truth), 4),
                  "knn_gflop": ours.knn_gflop},

@@ -126,20 +126,6 @@ class Expansion:
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def report(self) -> dict[str, Any]:
-        """The ``expansion`` entry of a build report."""
-        report = {"applied": True, "neighbours": self.neighbours, "alpha": self.alpha, "scale": self.scale,
-                  "method": self.method, "mean_cosine": round(self.mean_cosine, 5), "storage": self.storage,
-                  "seconds": round(self.seconds, 3), "timings": dict(self.timings)}
-        if self.method != "exact":
-            report.update(n_list=self.n_list, nprobe=self.nprobe, recall_queries=self.recall_queries,
-                          neighbour_recall=None if self.neighbour_recall is None else round(self.neighbour_recall, 4))
-        report["note"] = (
-            "stored vectors are L2-normalised (unit norm), not in HuBERT feature scale: "
-            "normalise query frames the same way before searching" if self.scale == "unit" else
-            "each expanded vector is rescaled to the norm of the vector it replaces (feature scale)")
-        return report
-
 
 def alpha_weights(xp: Any, cos: Any, alpha: float) -> Any:
     """``max(0, cos) ** alpha``: the clamp keeps non-integer alpha from producing NaN."""

@@ -9,6 +9,7 @@ import pytest
 from rvc_index.compute.backend import Backend, select_backend
 from rvc_index.config.loading import config_from_dict, load_config
 from rvc_index.config.schema import ConfigError, ExpandConfig
+from rvc_index.job.record import ExpansionRecord
 from rvc_index.job.runner import build_experiment
 from rvc_index.stages.expand import ExpandError
 from rvc_index.tools.synth import utterances
@@ -80,8 +81,8 @@ def test_norms_restored_or_unit_when_asked():
     np.testing.assert_allclose(np.linalg.norm(unit.vectors, axis=1), 1.0, rtol=1e-5)
     assert row_relative_error(unit.vectors, reference(x, 8, 3.0, scale="unit")[0]).max() < 1e-5
     np.testing.assert_allclose(unit.vectors * norms[:, None], feature.vectors, rtol=1e-4, atol=1e-5)
-    assert feature.report()["scale"] == "feature" and "feature scale" in feature.report()["note"]
-    assert unit.report()["scale"] == "unit" and "normalise query frames" in unit.report()["note"]
+    assert ExpansionRecord.of(feature).scale == "feature" and "feature scale" in ExpansionRecord.of(feature).note
+    assert ExpansionRecord.of(unit).scale == "unit" and "normalise query frames" in ExpansionRecord.of(unit).note
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.37, 1.0, 3.0, 7.5, 400.0])
@@ -112,10 +113,10 @@ def test_ivf_route_recall_on_speech_like_frames():
     truth = exact_ids(x, 8)
     recall = neighbour_recall(result.neighbour_ids, truth)
     assert recall >= 0.95
-    report = result.report()
-    assert report["method"] == "ivf" and report["n_list"] == 63 and 1 <= report["nprobe"] < 63
-    assert report["neighbour_recall"] >= 0.96 and report["recall_queries"] == 128
-    assert abs(report["neighbour_recall"] - recall) < 0.03  # the sampled estimate is close to the truth
+    report = ExpansionRecord.of(result)
+    assert report.method == "ivf" and report.n_list == 63 and 1 <= report.nprobe < 63
+    assert report.neighbour_recall >= 0.96 and report.recall_queries == 128
+    assert abs(report.neighbour_recall - recall) < 0.03  # the sampled estimate is close to the truth
     exact = planned_expand(x, ExpandConfig(enabled=True, method="exact"), CPU)
     assert np.median(row_relative_error(result.vectors, exact.vectors)) < 1e-5  # most rows: same neighbours
 
