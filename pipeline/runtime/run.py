@@ -8,7 +8,7 @@ which the array code below the stages calls with the thread count a stage hands 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -64,9 +64,6 @@ class Run(Generic[D]):
         """A generator seeded with the run's seed: each call starts the same sequence."""
         return np.random.default_rng(self.seed)
 
-    def named(self, label: str) -> Run[D]:
-        return replace(self, label=label)
-
     def workers(self) -> int:
         """Threads for host work spread by ``map``: every core (at most 4: each holds a chunk in flight); one on
         a GPU, whose one stream runs the items in order."""
@@ -74,7 +71,7 @@ class Run(Generic[D]):
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], workers: int = 0, ahead: int = 0) -> Iterator[R]:
         """``fn(item)`` for every item, results in order, on ``workers`` local threads (0: ``self.workers()``)
-        with one BLAS thread each, at most ``ahead`` items beyond the one yielded (``threads.in_threads``)."""
+        with one BLAS thread each, at most ``ahead`` of them in hand at once (``threads.in_threads``)."""
         return in_threads(fn, items, workers or self.workers(), ahead)
 
     def blocks(self, source: Any, prefetch: int = 1) -> Iterator[np.ndarray]:
@@ -91,8 +88,8 @@ class Run(Generic[D]):
         return take_rows(source, row_ids, self.client)
 
     def completed(self, tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        """(index, result) of every task (a ``functools.partial``) as it completes: Dask tasks on the cluster,
-        or calls on local threads."""
+        """(index, result) of every task (a ``functools.partial``): Dask tasks on the cluster as each completes,
+        or calls on local threads in order."""
         return each_result(tasks, self.client)
 
 

@@ -69,8 +69,8 @@ def block_tasks(array: da.Array) -> list[Any]:
 
 
 def each_result(tasks: Sequence[functools.partial[Any]], client: Any | None = None) -> Iterator[tuple[int, Any]]:
-    """(index, result) of every task (a ``functools.partial``) as it completes: on the cluster as dask
-    tasks keyed by their arguments, or called on local threads."""
+    """(index, result) of every task (a ``functools.partial``): on the cluster as dask tasks keyed by their
+    arguments, as each completes, or called on local threads, in order."""
     if not tasks:
         return
     if client is not None:

@@ -21,9 +21,9 @@ def local_threads(limit: int = 4) -> int:
 
 def in_threads(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int = 0,
                one_blas_thread: bool = True) -> Iterator[R]:
-    """``fn(item)`` for every item, results in order. With ``workers`` > 1, on that many threads, at most
-    ``ahead`` items submitted beyond the one being yielded (0: two per worker), so results waiting for an
-    earlier one stay few. ``one_blas_thread``: each thread's matrix products on one BLAS thread (no BLAS
+    """``fn(item)`` for every item, results in order. With ``workers`` > 1, on that many threads, with at most
+    ``ahead`` items submitted and not yet taken, the one being yielded included (0: two per worker): results
+    waiting for an earlier one stay few. ``one_blas_thread``: each thread's matrix products on one BLAS thread (no BLAS
     thread waits for a descheduled sibling, so small products stay fast on a busy machine). Items must write
     disjoint outputs. Written here rather than ``pool.map``: that submits every item at once."""
     if workers <= 1:

@@ -62,5 +62,4 @@ def test_run_maps_on_local_threads_and_reads_blocks_locally():
     assert np.array_equal(np.concatenate(list(run.blocks(rows))), rows)
     assert np.array_equal(run.take_rows(rows, np.array([1, 7])), rows[[1, 7]])
     assert [b.shape[0] for b in run.batches(rows, 4)] == [4, 4, 2]
-    assert run.named("bob").label == "bob" and run.label == "alice"  # frozen: a new context, not a changed one
     assert HOST_RUN.local and HOST_RUN.workers() == local_threads() and not HOST_RUN.backend.is_gpu
