@@ -71,7 +71,7 @@ class Run(Generic[D]):
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], workers: int = 0, ahead: int = 0) -> Iterator[R]:
         """``fn(item)`` for every item, results in order, on ``workers`` local threads (0: ``self.workers()``)
-        with one BLAS thread each, at most ``ahead`` of them in hand at once (``threads.in_threads``)."""
+        with one BLAS thread each; ``ahead`` > 0: at most that many in hand at once (``threads.in_threads``)."""
         return in_threads(fn, items, workers or self.workers(), ahead)
 
     def blocks(self, source: Any, prefetch: int = 1) -> Iterator[np.ndarray]:

@@ -43,6 +43,26 @@ def test_in_threads_submits_a_bounded_window_ahead():
     assert taken == list(range(40))
 
 
+def test_in_threads_without_a_window_lets_no_worker_wait_for_a_slow_item_ahead():
+    """Uneven items (the init's coarse cells): while the first item runs long, the other worker goes through all
+    the rest; a window of ``ahead`` items would hold it to a few."""
+    done, lock = [], threading.Lock()
+
+    def work(i):
+        time.sleep(0.5 if i == 0 else 0.001)
+        with lock:
+            done.append(i)
+        return i
+
+    results = in_threads(work, range(30), 2)
+    assert next(results) == 0 and len(done) == 30  # every other item finished while item 0 ran
+    assert list(results) == list(range(1, 30))
+    done.clear()
+    windowed = in_threads(work, range(30), 2, ahead=4)
+    assert next(windowed) == 0 and len(done) <= 4
+    assert list(windowed) == list(range(1, 30))
+
+
 def test_in_threads_raises_what_an_item_raised():
     def work(i):
         if i == 5:
