@@ -125,21 +125,31 @@ class PassCache:
         return buffer if buffer.shape[0] >= rows and buffer.shape[1] == dim else np.empty((rows, dim), np.float32)
 
 
-class ChunkRows:
+class CollectionPasses:
+    """A row source over a collection's chunks on a ``run``: counts its passes and shows each one's progress."""
+
+    def __init__(self, features: FeatureSet, run: Run[Backend], label: str = "compress: Lloyd pass") -> None:
+        self.features, self.run, self.label = features, run, label
+        self.n_rows, self.passes = features.n_rows, 0
+
+    def next_pass(self) -> Progress:
+        self.passes += 1
+        return Progress(f"{self.label} {self.passes}", self.n_rows)
+
+
+class ChunkRows(CollectionPasses):
     """The chunks of a collection on local threads (one chunk per core, one BLAS thread each; numpy), each
     read into a buffer ``cache`` hands from chunk to chunk and pass to pass, assigned and summed there
     (sparse sums when the centres outnumber its rows), merged in chunk order."""
 
     def __init__(self, features: FeatureSet, run: Run[Backend], cache: PassCache | None = None,
                  label: str = "compress: Lloyd pass") -> None:
-        self.features, self.run, self.cache, self.label = features, run, cache or PassCache(), label
-        self.threads = run.workers()
-        self.n_rows, self.passes = features.n_rows, 0
+        super().__init__(features, run, label)
+        self.cache, self.threads = cache or PassCache(), run.workers()
 
     def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
-        self.passes += 1
+        progress = self.next_pass()
         features, cache = self.features, self.cache
-        progress = Progress(f"{self.label} {self.passes}", features.n_rows)
         rows = features.max_chunk_rows
 
         def one_chunk(index: int) -> PassSums:
@@ -193,21 +203,16 @@ def chunk_sums(block: np.ndarray, centres: np.ndarray, spec: AssignSpec, n_far: 
     return accumulate(np, assigner, block, None, assigner.cells(np, block), n_far, compact=True)
 
 
-class DaskRows:
+class DaskRows(CollectionPasses):
     """The chunks on the Dask workers that hold them: the centres broadcast once per pass, at most two chunks per
     worker in flight, the parts merged here in chunk order."""
-
-    def __init__(self, features: FeatureSet, run: Run[Backend], label: str = "compress: Lloyd pass") -> None:
-        self.features, self.client, self.backend, self.label = features, run.client, run.backend, label
-        self.n_rows, self.passes = features.n_rows, 0
 
     def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
         import dask
 
-        self.passes += 1
-        progress = Progress(f"{self.label} {self.passes}", self.features.n_rows)
-        client = self.client
-        shared = client.scatter([self.backend.to_host(assigner.centres), AssignSpec.of(self.backend, assigner)],
+        progress = self.next_pass()
+        client, backend = self.run.client, self.run.backend
+        shared = client.scatter([backend.to_host(assigner.centres), AssignSpec.of(backend, assigner)],
                                 broadcast=True, hash=False)  # own keys: the last pass's may still be cancelled
         tasks = [dask.delayed(chunk_sums, pure=False)(block, shared[0], shared[1], n_far)
                  for block in block_tasks(self.features.array)]
@@ -220,19 +225,18 @@ class DaskRows:
         return total
 
 
-class StagedRows:
+class StagedRows(CollectionPasses):
     """The chunks read on host threads (or fetched from a cluster) and staged through the device
     (``Backend.upload``: pinned, double-buffered, the copy of one chunk overlapping the reading of the next and
     the compute on the last), in tiles of ``tile_rows``; nothing comes back to the host."""
 
     def __init__(self, features: FeatureSet, run: Run[Backend], tile_rows: int,
                  label: str = "compress: streamed pass") -> None:
-        self.features, self.run, self.tile_rows, self.label = features, run, tile_rows, label
-        self.n_rows, self.passes = features.n_rows, 0
+        super().__init__(features, run, label)
+        self.tile_rows = tile_rows
 
     def pass_sums(self, xp: Any, assigner: Assigner, n_far: int) -> PassSums | None:
-        self.passes += 1
-        progress = Progress(f"{self.label} {self.passes}", self.features.n_rows)
+        progress = self.next_pass()
         total = None
         for block in self.run.backend.upload(self.run.blocks(self.features, prefetch=2)):
             for start in range(0, block.shape[0], self.tile_rows):
