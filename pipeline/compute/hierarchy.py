@@ -17,7 +17,7 @@ from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.knn import nearest
 from rvc_index.compute.lloyd import lloyd, reseed
 from rvc_index.compute.two_level import assign_two_level, build_tree
-from rvc_index.runtime.run import in_threads
+from rvc_index.runtime.threads import in_threads
 
 COARSE_ROWS = 64  # sample rows per coarse centre for the coarse k-means (a coarse cell only routes rows)
 HEAVY_CELL = 4  # a coarse cell given more centres than this many times the average is split

@@ -30,7 +30,8 @@ import numpy as np
 from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.knn import Product, distance_tile_rows, nearest, plain_product
 from rvc_index.compute.segments import segment_sums
-from rvc_index.runtime.run import in_threads
+from rvc_index.runtime.memory import zeros_in_huge_pages
+from rvc_index.runtime.threads import in_threads
 
 N_FAR = 256  # farthest rows kept per pass: spares for centres that win no row
 SPARSE_RATIO = 2  # a part sums sparsely (numpy) when the centres outnumber its rows this many times
@@ -105,7 +106,8 @@ class PassSums:
         """[k, d] sums of every centre (the sparse rows scattered into zeros)."""
         if self.ids is None:
             return self.sums
-        dense = xp.zeros((self.counts.shape[0], self.sums.shape[1]), dtype=self.sums.dtype)
+        shape = (self.counts.shape[0], self.sums.shape[1])
+        dense = zeros_in_huge_pages(shape, self.sums.dtype) if xp is np else xp.zeros(shape, dtype=self.sums.dtype)
         dense[self.ids] = self.sums
         return dense
 

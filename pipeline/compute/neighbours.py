@@ -19,7 +19,7 @@ from rvc_index.compute.backend import Backend, to_host
 from rvc_index.compute.kernels import squared_norms
 from rvc_index.compute.knn import query_tile_rows, select_top_k, top_k
 from rvc_index.runtime.progress import Progress
-from rvc_index.runtime.run import in_threads
+from rvc_index.runtime.threads import in_threads
 
 
 def tiles(n: int, rows: int, workers: int) -> list[tuple[int, int]]:

@@ -182,6 +182,31 @@ def keep_freed_memory() -> str | None:
 
 
 THP_DEFRAG = Path("/sys/kernel/mm/transparent_hugepage/defrag")
+HUGE_PAGES_FROM = 64 * MB  # ``zeros_in_huge_pages``: smaller arrays are plain ``numpy.zeros``
+
+
+def zeros_in_huge_pages(shape: tuple[int, ...], dtype: Any) -> Any:
+    """``numpy.zeros(shape, dtype)`` in an anonymous mapping of its own advised for transparent huge pages (Linux;
+    elsewhere, or below ``HUGE_PAGES_FROM``, plain ``numpy.zeros``).
+
+    For the one large array a k-means pass scatters rows into (its running [K, D] sums: 536 MB at 174,648 x 768):
+    with 4 KB pages nearly every row added misses the TLB, and the CLI turns numpy's huge-page advice off for every
+    other array (``avoid_compaction_stalls``). The mapping is private: shared anonymous memory takes huge pages
+    only where ``shmem_enabled`` allows (docs/benchmarks.md, "Lab notes": the default's k-means 5 % faster)."""
+    import mmap
+
+    import numpy as np
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < HUGE_PAGES_FROM or advice is None:
+        return np.zeros(shape, dtype)
+    try:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: shared anonymous
+        region.madvise(advice)  # memory takes huge pages only where shmem_enabled says so
+    except (OSError, ValueError):  # no such advice here: plain pages
+        return np.zeros(shape, dtype)
+    return np.frombuffer(region, dtype=dtype).reshape(shape)  # zero-filled; unmapped with the array
 
 
 def avoid_compaction_stalls(defrag: Path = THP_DEFRAG) -> str | None:

@@ -74,3 +74,20 @@ def test_numpys_huge_page_advice_is_off_only_where_faults_compact(tmp_path, defr
     out = subprocess.run([sys.executable, "-c", PAGES, str(path)], capture_output=True, text=True, check=True,
                          env=env).stdout.split()
     assert out == ["None", "1", "False"]
+
+
+def test_zeros_in_huge_pages_are_zeros_and_large_ones_get_a_mapping_of_their_own():
+    import mmap
+
+    import numpy as np
+    from rvc_index.runtime.memory import HUGE_PAGES_FROM, zeros_in_huge_pages
+
+    small = zeros_in_huge_pages((4, 8), np.float32)
+    assert small.shape == (4, 8) and small.dtype == np.float32 and not small.any()
+    rows = HUGE_PAGES_FROM // (4 * 256) + 1
+    large = zeros_in_huge_pages((rows, 256), np.float32)
+    assert large.shape == (rows, 256) and large.flags.writeable and not large[::997].any()
+    large[rows - 1] += 1.0  # written like any array
+    assert float(large.sum()) == 256.0
+    if getattr(mmap, "MADV_HUGEPAGE", None) is not None:  # Linux: its own private mapping, advised
+        assert isinstance(large.base.base, memoryview) and isinstance(large.base.base.obj, mmap.mmap)
