@@ -192,7 +192,7 @@ def zeros_in_huge_pages(shape: tuple[int, ...], dtype: Any) -> Any:
     For the one large array a k-means pass scatters rows into (its running [K, D] sums: 536 MB at 174,648 x 768):
     with 4 KB pages nearly every row added misses the TLB, and the CLI turns numpy's huge-page advice off for every
     other array (``avoid_compaction_stalls``). The mapping is private: shared anonymous memory takes huge pages
-    only where ``shmem_enabled`` allows (docs/benchmarks.md, "Lab notes": the default's k-means 5 % faster)."""
+    only where ``shmem_enabled`` allows (docs/benchmarks.md, "Lab notes")."""
     import mmap
 
     import numpy as np

@@ -23,9 +23,6 @@ class Device(Protocol):
     """What the context needs to know of a device (``compute.backend.Backend`` is one)."""
 
     @property
-    def name(self) -> str: ...
-
-    @property
     def is_gpu(self) -> bool: ...
 
 
@@ -36,7 +33,6 @@ D = TypeVar("D", bound=Device)
 class HostOnly:
     """The device of a run that computes nothing on one: reading and checking a collection (``HOST_RUN``)."""
 
-    name: str = "cpu"
     is_gpu: bool = False
 
 
